@@ -1,0 +1,430 @@
+//! `clickheatmap-aggregator`: aggregate click records into curated Parquet, and the commands
+//! around it (synthetic data, the local demo, the demo query, the benchmark).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path as FsPath, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use clickheatmap_aggregator::pipeline::{Pipeline, RunReport};
+use clickheatmap_aggregator::query::{Heatmaps, TimeRange, read_rows};
+use clickheatmap_aggregator::render::{GridCounts, RenderOptions, encode_png, render_heatmap};
+use clickheatmap_aggregator::synth::{Generator, SynthOptions};
+use clickheatmap_aggregator::{location::Location, time};
+use clickheatmap_crds::{AggregatorConfig, Duration, SourceConfig};
+
+mod bench;
+
+#[derive(Parser)]
+#[command(name = "clickheatmap-aggregator", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CLICKHEATMAP_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Aggregate NDJSON click records (files, or stdin) into curated Parquet.
+    Run(RunArgs),
+    /// Write synthetic click records in the demo's format as NDJSON.
+    Generate(GenerateArgs),
+    /// Generate clicks, aggregate them, and draw a PNG heatmap per page: the whole path locally.
+    Demo(DemoArgs),
+    /// Print the demo's Athena query result (SUM(clicks) per cell) from curated data.
+    Query(QueryArgs),
+    /// Measure end-to-end throughput from NDJSON bytes to Parquet files.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Aggregator configuration (JSON); every field has a default.
+    #[arg(long, env = "CLICKHEATMAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Input files; `-` or none reads standard input. Overrides the configured source.
+    input: Vec<String>,
+    /// Output root directory (overrides output.root).
+    #[arg(long)]
+    output: Option<String>,
+    /// Window length, like 60s or 5m (overrides window.size).
+    #[arg(long)]
+    window: Option<Duration>,
+    /// Allowed lateness, like 30s (overrides window.allowedLateness).
+    #[arg(long)]
+    allowed_lateness: Option<Duration>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Number of records.
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Output file; standard output when absent.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    synth: SynthArgs,
+}
+
+#[derive(Args, Clone)]
+struct SynthArgs {
+    /// Seed of the generator: the same seed gives the same records.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Event time of the first click in epoch ms; default: so that the last click is about now.
+    #[arg(long)]
+    start_ms: Option<i64>,
+    /// Average clicks per second of event time.
+    #[arg(long, default_value_t = 200.0)]
+    clicks_per_second: f64,
+    /// Share of records that are invalid.
+    #[arg(long, default_value_t = 0.01)]
+    invalid_share: f64,
+    /// Share of clicks that arrive minutes late.
+    #[arg(long, default_value_t = 0.002)]
+    late_share: f64,
+}
+
+impl SynthArgs {
+    fn options(&self, events: u64) -> SynthOptions {
+        let span_ms = (events as f64 / self.clicks_per_second.max(1e-3) * 1000.0) as i64;
+        SynthOptions {
+            seed: self.seed,
+            start_ms: self
+                .start_ms
+                .unwrap_or_else(|| time::now_ms() - span_ms - 60_000),
+            clicks_per_second: self.clicks_per_second,
+            invalid_share: self.invalid_share,
+            late_share: self.late_share,
+            ..SynthOptions::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Working directory: input/, curated/ and heatmaps/ are written below it.
+    #[arg(long, default_value = "heatmap-demo")]
+    dir: PathBuf,
+    /// Number of synthetic records.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    #[command(flatten)]
+    synth: SynthArgs,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Output root the aggregator wrote to.
+    #[arg(long, default_value = "heatmap-out/curated")]
+    output: String,
+    /// Table directory.
+    #[arg(long, default_value = "curated_heatmap")]
+    table: String,
+    /// Only this page (all pages when absent).
+    #[arg(long)]
+    page: Option<String>,
+    /// Windows that ended within this long before now, like the demo's `-1 hour`.
+    #[arg(long, default_value = "1h", conflicts_with = "all")]
+    last: Duration,
+    /// Every window, whenever it ended.
+    #[arg(long)]
+    all: bool,
+    /// Rows to print per page.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Generate(args) => generate(args),
+            Command::Demo(args) => demo(args).await,
+            Command::Query(args) => query(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&*err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: RunArgs) -> CliResult {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("reading {}: {err}", path.display()))?;
+            AggregatorConfig::from_json(&text)?
+        }
+        None => AggregatorConfig::default(),
+    };
+    if let Some(output) = args.output {
+        config.output.root = output;
+    }
+    if let Some(window) = args.window {
+        config.window.size = window;
+    }
+    if let Some(lateness) = args.allowed_lateness {
+        config.window.allowed_lateness = lateness;
+    }
+    let inputs: Vec<String> = if !args.input.is_empty() {
+        args.input
+    } else {
+        match &config.source {
+            SourceConfig::Files { paths } => paths.clone(),
+            SourceConfig::Stdin => vec!["-".to_owned()],
+        }
+    };
+    config.validate()?;
+    let report = aggregate_inputs(&config, &inputs).await?;
+    print_report(&report);
+    Ok(())
+}
+
+/// Aggregates the inputs one after another as one stream: replayed archive files are read in
+/// time order, so they share one watermark.
+async fn aggregate_inputs(
+    config: &AggregatorConfig,
+    inputs: &[String],
+) -> Result<RunReport, Box<dyn std::error::Error>> {
+    let mut pipeline = Pipeline::open(config)?;
+    for input in inputs {
+        tracing::info!(input = %input, "reading");
+        if input == "-" {
+            pipeline
+                .consume(0, "stdin", std::io::stdin().lock())
+                .await?;
+        } else {
+            let file = File::open(input).map_err(|err| format!("opening {input}: {err}"))?;
+            pipeline.consume(0, input, file).await?;
+        }
+    }
+    Ok(pipeline.finish().await?)
+}
+
+fn print_report(report: &RunReport) {
+    let counters = &report.counters;
+    let seconds = report.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "records: {}  clicks counted: {}  late clicks (corrections): {}  rejected: {}",
+        counters.records,
+        counters.clicks,
+        counters.late_clicks,
+        counters.rejected_total()
+    );
+    for (reason, count) in counters.rejected_by_reason().filter(|(_, n)| *n > 0) {
+        println!("  rejected {:<22} {count}", reason.label());
+    }
+    let written = &report.written;
+    println!(
+        "written: {} files ({} final windows, {} corrections, {} dead letters), {} rows, {:.1} KiB in {:.2}s ({:.0} records/s)",
+        written.files,
+        written.final_windows,
+        written.correction_windows,
+        written.dead_letter_records,
+        written.rows,
+        written.bytes as f64 / 1024.0,
+        seconds,
+        counters.records as f64 / seconds,
+    );
+}
+
+fn generate(args: GenerateArgs) -> CliResult {
+    let options = args.synth.options(args.events);
+    let sink: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path).map_err(|err| format!("creating {}: {err}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    write_synthetic(options, args.events, sink)?;
+    Ok(())
+}
+
+fn write_synthetic(options: SynthOptions, events: u64, sink: impl Write) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, sink);
+    let mut line = Vec::with_capacity(512);
+    for record in Generator::new(options).take(events as usize) {
+        line.clear();
+        record.write_json(&mut line);
+        line.push(b'\n');
+        out.write_all(&line)?;
+    }
+    out.flush()
+}
+
+async fn demo(args: DemoArgs) -> CliResult {
+    let input_dir = args.dir.join("input");
+    let curated_dir = args.dir.join("curated");
+    let heatmap_dir = args.dir.join("heatmaps");
+    for dir in [&input_dir, &heatmap_dir] {
+        std::fs::create_dir_all(dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
+    }
+    // The demo owns this folder; yesterday's run would otherwise add up with today's.
+    if curated_dir.exists() {
+        std::fs::remove_dir_all(&curated_dir)
+            .map_err(|err| format!("clearing {}: {err}", curated_dir.display()))?;
+    }
+    let input = input_dir.join("clicks.ndjson");
+    let options = args.synth.options(args.events);
+    let file =
+        File::create(&input).map_err(|err| format!("creating {}: {err}", input.display()))?;
+    write_synthetic(options, args.events, file)?;
+    println!(
+        "generated {} synthetic records into {}",
+        args.events,
+        input.display()
+    );
+
+    let mut config = AggregatorConfig::default();
+    config.output.root = path_string(&curated_dir)?;
+    let report = aggregate_inputs(&config, &[path_string(&input)?]).await?;
+    print_report(&report);
+
+    // The demo's query: everything whose window ended within the last hour.
+    let location = Location::open(&config.output.root)?;
+    let table = location.child(&config.output.table);
+    let range = TimeRange {
+        from_ms: Some(time::now_ms() - 3_600_000),
+        to_ms: None,
+    };
+    let rows = read_rows(&location.store, &table, &range).await?;
+    let heatmaps = Heatmaps::from_rows(&rows);
+    println!(
+        "\nSUM(clicks) per page over the last hour ({} curated rows):",
+        rows.len()
+    );
+    for (page, _) in &heatmaps.cells {
+        let counts = heatmaps.grid_counts(page, config.grid.columns, config.grid.rows);
+        let image = render_heatmap(
+            &GridCounts {
+                columns: config.grid.columns,
+                rows: config.grid.rows,
+                counts: &counts,
+            },
+            &RenderOptions {
+                width: 960,
+                height: 540,
+                draw_grid_lines: true,
+            },
+        )?;
+        let png = heatmap_dir.join(format!("{}.png", safe_file_name(page)));
+        std::fs::write(&png, encode_png(&image)?)
+            .map_err(|err| format!("writing {}: {err}", png.display()))?;
+        let top: Vec<String> = heatmaps
+            .ranked(page)
+            .iter()
+            .take(3)
+            .map(|((x, y), clicks)| format!("({x},{y})={clicks}"))
+            .collect();
+        println!(
+            "  {page:<10} {:>8} clicks  hottest cells {}  -> {}",
+            heatmaps.total(page),
+            top.join(" "),
+            png.display()
+        );
+    }
+    println!(
+        "\ncurated Parquet: {}/{}/dt=YYYY-MM-DD/hour=HH/  dead letters: {}/dead_letter/",
+        curated_dir.display(),
+        config.output.table,
+        curated_dir.display()
+    );
+    Ok(())
+}
+
+async fn query(args: QueryArgs) -> CliResult {
+    let location = Location::open(&args.output)?;
+    let table = location.child(&args.table);
+    let range = if args.all {
+        TimeRange::default()
+    } else {
+        let last = i64::try_from(args.last.as_millis()).unwrap_or(i64::MAX);
+        TimeRange {
+            from_ms: Some(time::now_ms().saturating_sub(last)),
+            to_ms: None,
+        }
+    };
+    let rows = read_rows(&location.store, &table, &range).await?;
+    let heatmaps = Heatmaps::from_rows(&rows);
+    for (page, _) in &heatmaps.cells {
+        if args.page.as_ref().is_some_and(|wanted| wanted != page) {
+            continue;
+        }
+        println!("page {page}: {} clicks", heatmaps.total(page));
+        println!("  grid_x grid_y   clicks");
+        for ((x, y), clicks) in heatmaps.ranked(page).into_iter().take(args.limit) {
+            println!("  {x:>6} {y:>6} {clicks:>8}");
+        }
+    }
+    if heatmaps.cells.is_empty() {
+        println!("no curated rows in the range");
+    }
+    Ok(())
+}
+
+fn path_string(path: &FsPath) -> Result<String, String> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{} is not valid UTF-8", path.display()))
+}
+
+/// A page id made safe as a file name.
+fn safe_file_name(page_id: &str) -> String {
+    page_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,349 @@
+//! Writing closed windows as curated Parquet files, and rejected records as dead letters.
+//!
+//! The layout is a contract (docs/ARCHITECTURE.md): `<table>/dt=YYYY-MM-DD/hour=HH/`, from the
+//! window's start in UTC, with the demo's exact column names and types. File names are derived
+//! from the writer, the window and — for corrections — a flush sequence number, so replaying the
+//! same input rewrites the same files instead of adding copies. Every write goes through
+//! `object_store`: a local directory today, S3 with the same code.
+
+use std::sync::Arc;
+
+use arrow_array::{Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::{WriterProperties, WriterVersion};
+
+use crate::time::civil_from_millis;
+use crate::window::{WindowKind, WindowOutput};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("encoding Parquet for window {window_start}: {source}")]
+    Encode {
+        window_start: i64,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("building the Arrow batch for window {window_start}: {source}")]
+    Batch {
+        window_start: i64,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// The curated table's Arrow schema: exactly the columns the demo's Glue table declares.
+pub fn curated_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("page_id", DataType::Utf8, false),
+        Field::new("grid_x", DataType::Int32, false),
+        Field::new("grid_y", DataType::Int32, false),
+        Field::new("window_start", DataType::Int64, false),
+        Field::new("window_end", DataType::Int64, false),
+        Field::new("clicks", DataType::Int64, false),
+    ]))
+}
+
+/// `dt=YYYY-MM-DD/hour=HH` of a window, from its start in UTC.
+pub fn partition_of(window_start_ms: i64) -> String {
+    let civil = civil_from_millis(window_start_ms);
+    format!(
+        "dt={:04}-{:02}-{:02}/hour={:02}",
+        civil.year, civil.month, civil.day, civil.hour
+    )
+}
+
+/// Encodes one window's rows as a Parquet file.
+pub fn encode_parquet(output: &WindowOutput) -> Result<Bytes, SinkError> {
+    let window_start = output.window_start;
+    let rows = output.cells.len();
+    let page_ids = StringArray::from_iter_values(output.cells.iter().map(|c| &*c.page_id));
+    let grid_x = Int32Array::from_iter_values(output.cells.iter().map(|c| i32::from(c.grid_x)));
+    let grid_y = Int32Array::from_iter_values(output.cells.iter().map(|c| i32::from(c.grid_y)));
+    let starts = Int64Array::from_iter_values(std::iter::repeat_n(output.window_start, rows));
+    let ends = Int64Array::from_iter_values(std::iter::repeat_n(output.window_end, rows));
+    let clicks = Int64Array::from_iter_values(output.cells.iter().map(|c| c.clicks));
+    let batch = RecordBatch::try_new(
+        curated_schema(),
+        vec![
+            Arc::new(page_ids),
+            Arc::new(grid_x),
+            Arc::new(grid_y),
+            Arc::new(starts),
+            Arc::new(ends),
+            Arc::new(clicks),
+        ],
+    )
+    .map_err(|source| SinkError::Batch {
+        window_start,
+        source,
+    })?;
+    // Snappy and Parquet v1 pages: what Athena, Glue crawlers and Spark all read.
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_writer_version(WriterVersion::PARQUET_1_0)
+        .set_created_by(concat!("clickheatmap ", env!("CARGO_PKG_VERSION")).to_owned())
+        .build();
+    let encode = |source| SinkError::Encode {
+        window_start,
+        source,
+    };
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), batch.schema(), Some(properties)).map_err(encode)?;
+    writer.write(&batch).map_err(encode)?;
+    let bytes = writer.into_inner().map_err(encode)?;
+    Ok(Bytes::from(bytes))
+}
+
+/// A curated file about to be written.
+#[derive(Clone, Debug)]
+pub struct PlannedFile {
+    pub path: Path,
+    pub output: WindowOutput,
+}
+
+/// What one flush wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    pub final_windows: u64,
+    pub correction_windows: u64,
+    pub dead_letter_records: u64,
+}
+
+impl WriteReport {
+    pub fn add(&mut self, other: &WriteReport) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.rows += other.rows;
+        self.final_windows += other.final_windows;
+        self.correction_windows += other.correction_windows;
+        self.dead_letter_records += other.dead_letter_records;
+    }
+}
+
+/// Where rejected records go.
+#[derive(Clone, Debug)]
+pub struct DeadLetterTarget {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+}
+
+/// Writes windows and dead letters of one writer.
+pub struct CuratedSink {
+    store: Arc<dyn ObjectStore>,
+    table: Path,
+    dead_letters: Option<DeadLetterTarget>,
+    writer_id: String,
+    /// Numbers the flushes that wrote something; it names correction and dead-letter files, so
+    /// a replay of the same input names them the same.
+    flush_sequence: u64,
+}
+
+impl CuratedSink {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        table: Path,
+        dead_letters: Option<DeadLetterTarget>,
+        writer_id: impl Into<String>,
+    ) -> Self {
+        CuratedSink {
+            store,
+            table,
+            dead_letters,
+            writer_id: writer_id.into(),
+            flush_sequence: 0,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn table(&self) -> &Path {
+        &self.table
+    }
+
+    /// The file a window output goes to.
+    pub fn path_for(&self, output: &WindowOutput, flush_sequence: u64) -> Path {
+        let name = match output.kind {
+            WindowKind::Final => format!("{}-{}.parquet", self.writer_id, output.window_start),
+            WindowKind::Correction => format!(
+                "{}-{}-late-{flush_sequence:08}.parquet",
+                self.writer_id, output.window_start
+            ),
+        };
+        let partition = partition_of(output.window_start);
+        Path::from(format!("{}/{partition}/{name}", self.table))
+    }
+
+    /// Writes one flush: the windows (each its own file) and the dead letters gathered since the
+    /// previous flush. Nothing is skipped on error; the caller retries the same flush.
+    pub async fn write(
+        &mut self,
+        windows: &[WindowOutput],
+        dead_letters: &DeadLetterBatch,
+    ) -> Result<WriteReport, SinkError> {
+        let mut report = WriteReport::default();
+        if windows.is_empty() && dead_letters.is_empty() {
+            return Ok(report);
+        }
+        let sequence = self.flush_sequence;
+        for output in windows.iter().filter(|o| !o.cells.is_empty()) {
+            let path = self.path_for(output, sequence);
+            let bytes = encode_parquet(output)?;
+            report.bytes += bytes.len() as u64;
+            report.rows += output.cells.len() as u64;
+            report.files += 1;
+            match output.kind {
+                WindowKind::Final => report.final_windows += 1,
+                WindowKind::Correction => report.correction_windows += 1,
+            }
+            put(&self.store, &path, bytes).await?;
+            tracing::debug!(%path, kind = ?output.kind, rows = output.cells.len(), "wrote window");
+        }
+        if let Some(target) = &self.dead_letters
+            && !dead_letters.is_empty()
+        {
+            let path = Path::from(format!(
+                "{}/{}-{sequence:08}.ndjson",
+                target.prefix, self.writer_id
+            ));
+            let bytes = Bytes::from(dead_letters.ndjson.clone());
+            report.bytes += bytes.len() as u64;
+            report.files += 1;
+            put(&target.store, &path, bytes).await?;
+        }
+        report.dead_letter_records = dead_letters.records;
+        self.flush_sequence += 1;
+        Ok(report)
+    }
+}
+
+async fn put(store: &Arc<dyn ObjectStore>, path: &Path, bytes: Bytes) -> Result<(), SinkError> {
+    store
+        .put(path, PutPayload::from(bytes))
+        .await
+        .map(|_| ())
+        .map_err(|source| SinkError::Write {
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// Rejected records gathered between two flushes, as NDJSON lines
+/// `{"reason":..., "field":..., "record":...}`.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterBatch {
+    pub ndjson: Vec<u8>,
+    pub records: u64,
+}
+
+/// Longest stretch of a rejected record kept in a dead letter.
+pub const MAX_DEAD_LETTER_BYTES: usize = 64 * 1024;
+
+impl DeadLetterBatch {
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub fn push(&mut self, reason: &str, field: Option<&str>, raw: &[u8]) {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            reason: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'a str>,
+            record: std::borrow::Cow<'a, str>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            truncated: bool,
+        }
+        let truncated = raw.len() > MAX_DEAD_LETTER_BYTES;
+        let kept = &raw[..raw.len().min(MAX_DEAD_LETTER_BYTES)];
+        let line = Line {
+            reason,
+            field,
+            record: String::from_utf8_lossy(kept),
+            truncated,
+        };
+        // Serialising plain strings into a Vec cannot fail.
+        if serde_json::to_writer(&mut self.ndjson, &line).is_ok() {
+            self.ndjson.push(b'\n');
+            self.records += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::CellCount;
+
+    #[test]
+    fn partitions_come_from_window_start_in_utc() {
+        assert_eq!(partition_of(0), "dt=1970-01-01/hour=00");
+        // 2025-12-28T10:51:06.968Z
+        assert_eq!(partition_of(1_766_919_066_968), "dt=2025-12-28/hour=10");
+        // The last minute of a day stays in that day's hour 23.
+        assert_eq!(partition_of(1_766_966_340_000), "dt=2025-12-28/hour=23");
+        assert_eq!(partition_of(1_766_966_400_000), "dt=2025-12-29/hour=00");
+    }
+
+    #[test]
+    fn dead_letters_keep_the_record_and_reason() {
+        let mut batch = DeadLetterBatch::default();
+        batch.push("wrong_type", Some("x"), br#"{"x":"1"}"#);
+        batch.push(
+            "malformed_json",
+            None,
+            &vec![b'{'; MAX_DEAD_LETTER_BYTES + 1],
+        );
+        let text = String::from_utf8(batch.ndjson.clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["reason"], "wrong_type");
+        assert_eq!(lines[0]["field"], "x");
+        assert_eq!(lines[0]["record"], r#"{"x":"1"}"#);
+        assert_eq!(lines[1]["truncated"], true);
+        assert_eq!(batch.records, 2);
+    }
+
+    #[test]
+    fn file_names_are_deterministic() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let sink = CuratedSink::new(store, Path::from("curated_heatmap"), None, "w-0");
+        let mut output = WindowOutput {
+            window_start: 1_766_919_060_000,
+            window_end: 1_766_919_120_000,
+            kind: WindowKind::Final,
+            cells: vec![CellCount {
+                page_id: "p".into(),
+                grid_x: 1,
+                grid_y: 2,
+                clicks: 3,
+            }],
+        };
+        assert_eq!(
+            sink.path_for(&output, 7).as_ref(),
+            "curated_heatmap/dt=2025-12-28/hour=10/w-0-1766919060000.parquet"
+        );
+        output.kind = WindowKind::Correction;
+        assert_eq!(
+            sink.path_for(&output, 7).as_ref(),
+            "curated_heatmap/dt=2025-12-28/hour=10/w-0-1766919060000-late-00000007.parquet"
+        );
+    }
+}

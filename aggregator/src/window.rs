@@ -1,0 +1,370 @@
+//! Event-time tumbling windows of grid counts, closed by a watermark.
+//!
+//! Each source partition (a Kinesis shard, an input file) advances its own clock with the event
+//! times it delivers; the watermark is the slowest partition's clock. A window `[start, end)` is
+//! final once the watermark reaches `end + allowed_lateness`; it is then handed out exactly once.
+//! A click for a window that was already handed out is not dropped: it is counted into a
+//! *correction* for that window, handed out later as extra rows (queries always `SUM(clicks)`).
+//!
+//! Open windows live in a vector sorted by start (there are few, and most clicks go to the newest
+//! one); each holds a hash map from a packed cell key to its count.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+/// A page, column and row packed into one integer, so that a window's map hashes one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CellKey(u64);
+
+impl CellKey {
+    #[inline]
+    fn new(page: u32, grid_x: u16, grid_y: u16) -> Self {
+        CellKey((u64::from(page) << 32) | (u64::from(grid_x) << 16) | u64::from(grid_y))
+    }
+
+    fn page(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    fn grid_x(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+
+    fn grid_y(self) -> u16 {
+        self.0 as u16
+    }
+}
+
+/// Interns page ids: every click names its page, but a site has few pages.
+#[derive(Default)]
+struct PageTable {
+    index: FxHashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+    last: Option<(Arc<str>, u32)>,
+}
+
+impl PageTable {
+    #[inline]
+    fn intern(&mut self, page_id: &str) -> u32 {
+        // Clicks arrive in bursts from one page; skip the hash for a repeat.
+        if let Some((name, index)) = &self.last
+            && **name == *page_id
+        {
+            return *index;
+        }
+        let index = match self.index.get(page_id) {
+            Some(&index) => index,
+            None => {
+                let name: Arc<str> = Arc::from(page_id);
+                let index = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+                self.names.push(name.clone());
+                self.index.insert(name, index);
+                index
+            }
+        };
+        self.last = Some((self.names[index as usize].clone(), index));
+        index
+    }
+
+    fn name(&self, index: u32) -> Arc<str> {
+        self.names
+            .get(index as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
+    }
+}
+
+/// Whether a window output is the window's regular result or a later addition to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WindowKind {
+    /// Everything that arrived before the window closed.
+    Final,
+    /// Clicks that arrived after the window closed.
+    Correction,
+}
+
+/// One curated row before encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CellCount {
+    pub page_id: Arc<str>,
+    pub grid_x: u16,
+    pub grid_y: u16,
+    pub clicks: i64,
+}
+
+/// The counts of one window, sorted by page, row, column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowOutput {
+    pub window_start: i64,
+    pub window_end: i64,
+    pub kind: WindowKind,
+    pub cells: Vec<CellCount>,
+}
+
+impl WindowOutput {
+    pub fn clicks(&self) -> i64 {
+        self.cells.iter().map(|cell| cell.clicks).sum()
+    }
+}
+
+type Counts = FxHashMap<CellKey, i64>;
+
+/// The window state of one aggregator.
+pub struct Windows {
+    size_ms: i64,
+    allowed_lateness_ms: i64,
+    /// Open windows sorted by start.
+    open: Vec<(i64, Counts)>,
+    /// Late clicks of windows that were already handed out, by window start.
+    corrections: Vec<(i64, Counts)>,
+    /// Latest event time seen per partition; `None` until the partition delivered a click.
+    clocks: Vec<Option<i64>>,
+    /// Every window starting before this has been handed out.
+    closed_before: i64,
+    pages: PageTable,
+    late_clicks: u64,
+}
+
+impl Windows {
+    /// `size_ms` must be positive; the configuration validation guarantees it.
+    pub fn new(size_ms: i64, allowed_lateness_ms: i64) -> Self {
+        Windows {
+            size_ms: size_ms.max(1),
+            allowed_lateness_ms: allowed_lateness_ms.max(0),
+            open: Vec::new(),
+            corrections: Vec::new(),
+            clocks: Vec::new(),
+            closed_before: i64::MIN,
+            pages: PageTable::default(),
+            late_clicks: 0,
+        }
+    }
+
+    pub fn size_ms(&self) -> i64 {
+        self.size_ms
+    }
+
+    #[inline]
+    pub fn window_start(&self, event_time_ms: i64) -> i64 {
+        event_time_ms - event_time_ms.rem_euclid(self.size_ms)
+    }
+
+    /// Counts one click.
+    #[inline]
+    pub fn add(
+        &mut self,
+        partition: usize,
+        page_id: &str,
+        grid_x: u16,
+        grid_y: u16,
+        event_time_ms: i64,
+    ) {
+        if partition >= self.clocks.len() {
+            self.clocks.resize(partition + 1, None);
+        }
+        let clock = &mut self.clocks[partition];
+        if clock.is_none_or(|seen| event_time_ms > seen) {
+            *clock = Some(event_time_ms);
+        }
+        let start = self.window_start(event_time_ms);
+        let key = CellKey::new(self.pages.intern(page_id), grid_x, grid_y);
+        let windows = if start < self.closed_before {
+            self.late_clicks += 1;
+            &mut self.corrections
+        } else {
+            &mut self.open
+        };
+        *counts_for(windows, start).entry(key).or_insert(0) += 1;
+    }
+
+    /// The slowest partition's clock, once any partition has delivered a click.
+    pub fn watermark(&self) -> Option<i64> {
+        self.clocks.iter().flatten().copied().min()
+    }
+
+    /// Clicks counted as corrections so far.
+    pub fn late_clicks(&self) -> u64 {
+        self.late_clicks
+    }
+
+    /// Number of windows still open.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether corrections are waiting to be handed out.
+    pub fn has_corrections(&self) -> bool {
+        !self.corrections.is_empty()
+    }
+
+    /// Hands out every window the watermark has closed, oldest first.
+    pub fn close_ready(&mut self) -> Vec<WindowOutput> {
+        let Some(watermark) = self.watermark() else {
+            return Vec::new();
+        };
+        // Windows ending at or before the horizon are complete.
+        let horizon = watermark.saturating_sub(self.allowed_lateness_ms);
+        let boundary = self.window_start(horizon);
+        self.close_before(boundary)
+    }
+
+    /// Hands out every open window: the input is complete (the end of a replayed file).
+    pub fn close_all(&mut self) -> Vec<WindowOutput> {
+        match self.open.last() {
+            Some(&(start, _)) => self.close_before(start.saturating_add(self.size_ms)),
+            None => Vec::new(),
+        }
+    }
+
+    fn close_before(&mut self, boundary: i64) -> Vec<WindowOutput> {
+        if boundary <= self.closed_before {
+            return Vec::new();
+        }
+        self.closed_before = boundary;
+        let closing = self.open.partition_point(|(start, _)| *start < boundary);
+        let closed: Vec<(i64, Counts)> = self.open.drain(..closing).collect();
+        closed
+            .into_iter()
+            .map(|(start, counts)| self.output(start, WindowKind::Final, counts))
+            .collect()
+    }
+
+    /// Hands out the corrections gathered so far, oldest window first.
+    pub fn take_corrections(&mut self) -> Vec<WindowOutput> {
+        let corrections = std::mem::take(&mut self.corrections);
+        corrections
+            .into_iter()
+            .map(|(start, counts)| self.output(start, WindowKind::Correction, counts))
+            .collect()
+    }
+
+    fn output(&self, window_start: i64, kind: WindowKind, counts: Counts) -> WindowOutput {
+        let mut cells: Vec<CellCount> = counts
+            .into_iter()
+            .map(|(key, clicks)| CellCount {
+                page_id: self.pages.name(key.page()),
+                grid_x: key.grid_x(),
+                grid_y: key.grid_y(),
+                clicks,
+            })
+            .collect();
+        // A replay must produce byte-identical files, whatever the hash map's order.
+        cells.sort_unstable_by(|a, b| {
+            (&a.page_id, a.grid_y, a.grid_x).cmp(&(&b.page_id, b.grid_y, b.grid_x))
+        });
+        WindowOutput {
+            window_start,
+            window_end: window_start.saturating_add(self.size_ms),
+            kind,
+            cells,
+        }
+    }
+}
+
+#[inline]
+fn counts_for(windows: &mut Vec<(i64, Counts)>, start: i64) -> &mut Counts {
+    // Most clicks belong to the newest window.
+    let position = match windows.last() {
+        Some((last, _)) if *last == start => windows.len() - 1,
+        _ => match windows.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(found) => found,
+            Err(insert_at) => {
+                windows.insert(insert_at, (start, Counts::default()));
+                insert_at
+            }
+        },
+    };
+    &mut windows[position].1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn totals(outputs: &[WindowOutput]) -> Vec<(i64, WindowKind, i64)> {
+        outputs
+            .iter()
+            .map(|o| (o.window_start, o.kind, o.clicks()))
+            .collect()
+    }
+
+    #[test]
+    fn windows_close_when_the_watermark_passes_end_plus_lateness() {
+        let mut windows = Windows::new(MIN, 30_000);
+        windows.add(0, "p", 1, 2, 10_000);
+        windows.add(0, "p", 1, 2, 59_999);
+        windows.add(0, "p", 3, 4, 61_000);
+        assert!(windows.close_ready().is_empty());
+        windows.add(0, "p", 0, 0, 89_999);
+        assert!(windows.close_ready().is_empty(), "lateness keeps it open");
+        windows.add(0, "p", 0, 0, 90_000);
+        let closed = windows.close_ready();
+        assert_eq!(totals(&closed), vec![(0, WindowKind::Final, 2)]);
+        assert_eq!(closed[0].window_end, MIN);
+        assert_eq!(closed[0].cells[0].grid_x, 1);
+        assert_eq!(windows.open_windows(), 1);
+        let rest = windows.close_all();
+        assert_eq!(totals(&rest), vec![(MIN, WindowKind::Final, 3)]);
+    }
+
+    #[test]
+    fn late_clicks_become_corrections_for_their_own_window() {
+        let mut windows = Windows::new(MIN, 0);
+        windows.add(0, "p", 0, 0, 1_000);
+        windows.add(0, "p", 0, 0, 2 * MIN + 5);
+        let closed = windows.close_ready();
+        assert_eq!(totals(&closed), vec![(0, WindowKind::Final, 1)]);
+        // Window [1m, 2m) had no clicks but is closed too: a click for it now is late.
+        windows.add(0, "p", 0, 0, MIN + 7);
+        windows.add(0, "p", 0, 0, 3);
+        windows.add(0, "q", 0, 0, 4);
+        assert_eq!(windows.late_clicks(), 3);
+        let corrections = windows.take_corrections();
+        assert_eq!(
+            totals(&corrections),
+            vec![
+                (0, WindowKind::Correction, 2),
+                (MIN, WindowKind::Correction, 1)
+            ]
+        );
+        assert!(!windows.has_corrections());
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_the_watermark() {
+        let mut windows = Windows::new(MIN, 0);
+        windows.add(0, "p", 0, 0, 10 * MIN);
+        windows.add(1, "p", 0, 0, 5);
+        assert_eq!(windows.watermark(), Some(5));
+        assert!(windows.close_ready().is_empty());
+        windows.add(1, "p", 0, 0, 11 * MIN);
+        assert_eq!(windows.watermark(), Some(10 * MIN));
+        assert_eq!(
+            totals(&windows.close_ready()),
+            vec![(0, WindowKind::Final, 1)]
+        );
+    }
+
+    #[test]
+    fn negative_times_and_sorting() {
+        let mut windows = Windows::new(MIN, 0);
+        assert_eq!(windows.window_start(-1), -MIN);
+        windows.add(0, "b", 2, 1, 5);
+        windows.add(0, "a", 3, 1, 5);
+        windows.add(0, "a", 1, 2, 5);
+        windows.add(0, "a", 2, 1, 5);
+        let out = windows.close_all();
+        let order: Vec<(&str, u16, u16)> = out[0]
+            .cells
+            .iter()
+            .map(|c| (&*c.page_id, c.grid_x, c.grid_y))
+            .collect();
+        assert_eq!(
+            order,
+            vec![("a", 2, 1), ("a", 3, 1), ("a", 1, 2), ("b", 2, 1)]
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The configuration the operator hands to the aggregator.
+//!
+//! It is written as JSON (or YAML-compatible JSON) into the aggregator's ConfigMap by the
+//! operator, and read from a file by the aggregator. Every field has the original demo's default,
+//! so `{}` is a complete configuration for local use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// Everything one aggregator process needs to know.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Name of the writer, part of every output file name. Two writers that run at the same time
+    /// must have different ids, or they would overwrite each other's files.
+    #[serde(default = "default_writer_id")]
+    pub writer_id: String,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub window: WindowConfig,
+    #[serde(default)]
+    pub grid: GridConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            writer_id: default_writer_id(),
+            source: SourceConfig::default(),
+            window: WindowConfig::default(),
+            grid: GridConfig::default(),
+            output: OutputConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+fn default_writer_id() -> String {
+    "local".to_owned()
+}
+
+/// Where click records come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Newline-delimited records read from standard input.
+    #[default]
+    Stdin,
+    /// Newline-delimited records read from local files (a replay or backfill of the raw archive).
+    Files { paths: Vec<String> },
+}
+
+/// Event-time tumbling windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Window length (the demo used one minute).
+    #[serde(default = "default_window_size")]
+    pub size: Duration,
+    /// How long a window stays open after the watermark passed its end. Clicks later than that
+    /// are still counted, as correction rows for their own window.
+    #[serde(default = "default_allowed_lateness")]
+    pub allowed_lateness: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size: default_window_size(),
+            allowed_lateness: default_allowed_lateness(),
+        }
+    }
+}
+
+fn default_window_size() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_allowed_lateness() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The grid every viewport is divided into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GridConfig {
+    #[serde(default = "default_grid_side")]
+    pub columns: u16,
+    #[serde(default = "default_grid_side")]
+    pub rows: u16,
+}
+
+impl Default for GridConfig {
+    fn default() -> Self {
+        GridConfig {
+            columns: default_grid_side(),
+            rows: default_grid_side(),
+        }
+    }
+}
+
+fn default_grid_side() -> u16 {
+    20
+}
+
+/// The largest grid side: beyond it, a heatmap cell is smaller than a CSS pixel on most screens.
+pub const MAX_GRID_SIDE: u16 = 1000;
+
+/// Where curated Parquet files (and rejected records) are written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Root of the curated data: `s3://bucket/curated/` or a local directory. The table's files go
+    /// to `<root>/<table>/dt=YYYY-MM-DD/hour=HH/`.
+    #[serde(default = "default_output_root")]
+    pub root: String,
+    /// Table directory name under the root (the Glue table of the demo).
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Where rejected records go, as NDJSON with their reason. Defaults to `<root>/dead_letter/`;
+    /// the empty string turns the dead-letter output off (rejections are still counted).
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            root: default_output_root(),
+            table: default_table(),
+            dead_letter: None,
+        }
+    }
+}
+
+fn default_output_root() -> String {
+    "heatmap-out/curated".to_owned()
+}
+
+fn default_table() -> String {
+    "curated_heatmap".to_owned()
+}
+
+/// Bounds on untrusted input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest accepted `page_id`, in bytes.
+    #[serde(default = "default_max_page_id_bytes")]
+    pub max_page_id_bytes: u32,
+    /// Largest accepted single click event, in bytes of JSON.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: u32,
+    /// Largest accepted record (one Kinesis record, or one line of a file). A Kinesis record is
+    /// at most 1 MiB; files replayed from the Firehose archive may hold many records on one line.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_page_id_bytes: default_max_page_id_bytes(),
+            max_event_bytes: default_max_event_bytes(),
+            max_record_bytes: default_max_record_bytes(),
+        }
+    }
+}
+
+fn default_max_page_id_bytes() -> u32 {
+    256
+}
+
+fn default_max_event_bytes() -> u32 {
+    64 * 1024
+}
+
+fn default_max_record_bytes() -> u32 {
+    128 * 1024 * 1024
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid aggregator configuration: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid aggregator configuration: {field} {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl AggregatorConfig {
+    /// Parses and validates a configuration document.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let config: AggregatorConfig = serde_json::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                field,
+                problem: problem.into(),
+            }
+        }
+        if self.writer_id.is_empty()
+            || !self
+                .writer_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(invalid(
+                "writerId",
+                format!(
+                    "must be non-empty and use only letters, digits, '-', '_' and '.', got {:?}",
+                    self.writer_id
+                ),
+            ));
+        }
+        let window_ms = self.window.size.as_millis();
+        if window_ms < 1000 || 86_400_000 % window_ms != 0 {
+            return Err(invalid(
+                "window.size",
+                format!(
+                    "must be at least 1s and divide a day evenly (1m, 5m, 1h...), got {}",
+                    self.window.size
+                ),
+            ));
+        }
+        if self.window.allowed_lateness.as_millis() > 7 * 86_400_000 {
+            return Err(invalid("window.allowedLateness", "must be at most 7d"));
+        }
+        for (field, side) in [
+            ("grid.columns", self.grid.columns),
+            ("grid.rows", self.grid.rows),
+        ] {
+            if side == 0 || side > MAX_GRID_SIDE {
+                return Err(invalid(
+                    field,
+                    format!("must be between 1 and {MAX_GRID_SIDE}, got {side}"),
+                ));
+            }
+        }
+        if self.output.root.trim().is_empty() {
+            return Err(invalid("output.root", "must not be empty"));
+        }
+        if self.output.table.is_empty()
+            || !self
+                .output
+                .table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "output.table",
+                format!(
+                    "must be a plain directory name (letters, digits, '_', '-'), got {:?}",
+                    self.output.table
+                ),
+            ));
+        }
+        if self.limits.max_page_id_bytes == 0 {
+            return Err(invalid("limits.maxPageIdBytes", "must be positive"));
+        }
+        if self.limits.max_event_bytes < 64 {
+            return Err(invalid("limits.maxEventBytes", "must be at least 64"));
+        }
+        if self.limits.max_record_bytes < self.limits.max_event_bytes {
+            return Err(invalid(
+                "limits.maxRecordBytes",
+                "must be at least limits.maxEventBytes",
+            ));
+        }
+        if let SourceConfig::Files { paths } = &self.source
+            && paths.is_empty()
+        {
+            return Err(invalid("source.paths", "must name at least one file"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_gives_the_demo_defaults() {
+        let config = AggregatorConfig::from_json("{}").unwrap();
+        assert_eq!(config.window.size, Duration::from_secs(60));
+        assert_eq!(config.window.allowed_lateness, Duration::from_secs(30));
+        assert_eq!((config.grid.columns, config.grid.rows), (20, 20));
+        assert_eq!(config.output.table, "curated_heatmap");
+        assert_eq!(config.source, SourceConfig::Stdin);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let config = AggregatorConfig {
+            writer_id: "aggregator-0".into(),
+            source: SourceConfig::Files {
+                paths: vec!["a.ndjson".into()],
+            },
+            window: WindowConfig {
+                size: Duration::from_secs(300),
+                allowed_lateness: Duration::from_secs(10),
+            },
+            grid: GridConfig {
+                columns: 32,
+                rows: 18,
+            },
+            output: OutputConfig {
+                root: "s3://bucket/curated/".into(),
+                table: "curated_heatmap".into(),
+                dead_letter: Some("s3://bucket/dead/".into()),
+            },
+            limits: LimitsConfig::default(),
+        };
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(text.contains(r#""size":"5m""#), "{text}");
+        assert_eq!(AggregatorConfig::from_json(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn rejects_what_would_break_the_output() {
+        for (doc, field) in [
+            (r#"{"window":{"size":"7s"}}"#, "window.size"),
+            (r#"{"window":{"size":"500ms"}}"#, "window.size"),
+            (r#"{"grid":{"columns":0}}"#, "grid.columns"),
+            (r#"{"grid":{"rows":1001}}"#, "grid.rows"),
+            (r#"{"writerId":"a/b"}"#, "writerId"),
+            (r#"{"output":{"table":"../x"}}"#, "output.table"),
+            (r#"{"source":{"type":"files","paths":[]}}"#, "source.paths"),
+        ] {
+            match AggregatorConfig::from_json(doc) {
+                Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{doc}"),
+                other => panic!("{doc}: expected an error on {field}, got {other:?}"),
+            }
+        }
+        let unknown = AggregatorConfig::from_json(r#"{"windw":{}}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown field"), "{unknown}");
+    }
+}
