@@ -121,10 +121,7 @@ impl Aggregator {
     /// Windows the watermark closed, with the corrections gathered so far when any closed.
     pub fn ready(&mut self) -> Flush {
         let mut windows = self.windows.close_ready();
-        if !windows.is_empty() {
-            // Corrections ride along with regular flushes rather than making tiny files of their own.
-            windows.extend(self.windows.take_corrections());
-        }
+        windows.extend(self.windows.take_corrections_due(CORRECTION_INTERVAL_MS));
         Flush {
             windows,
             dead_letters: self.take_dead_letters_if(|batch| {
@@ -167,6 +164,10 @@ impl Aggregator {
         }
     }
 }
+
+/// Late clicks are gathered for this long (in event time) before their correction rows are
+/// written, so that late traffic makes a few files, not one per window.
+pub const CORRECTION_INTERVAL_MS: i64 = 5 * 60_000;
 
 /// Dead letters are written with the next window flush, or earlier once this many bytes wait.
 pub const DEAD_LETTER_FLUSH_BYTES: usize = 8 * 1024 * 1024;

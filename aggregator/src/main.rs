@@ -340,7 +340,7 @@ async fn demo(args: DemoArgs) -> CliResult {
         "\nSUM(clicks) per page over the last hour ({} curated rows):",
         rows.len()
     );
-    for (page, _) in &heatmaps.cells {
+    for page in heatmaps.cells.keys() {
         let counts = heatmaps.grid_counts(page, config.grid.columns, config.grid.rows);
         let image = render_heatmap(
             &GridCounts {
@@ -393,7 +393,7 @@ async fn query(args: QueryArgs) -> CliResult {
     };
     let rows = read_rows(&location.store, &table, &range).await?;
     let heatmaps = Heatmaps::from_rows(&rows);
-    for (page, _) in &heatmaps.cells {
+    for page in heatmaps.cells.keys() {
         if args.page.as_ref().is_some_and(|wanted| wanted != page) {
             continue;
         }

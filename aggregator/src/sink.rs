@@ -6,6 +6,7 @@
 //! same input rewrites the same files instead of adding copies. Every write goes through
 //! `object_store`: a local directory today, S3 with the same code.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{Int32Array, Int64Array, RecordBatch, StringArray};
@@ -63,16 +64,20 @@ pub fn partition_of(window_start_ms: i64) -> String {
     )
 }
 
-/// Encodes one window's rows as a Parquet file.
-pub fn encode_parquet(output: &WindowOutput) -> Result<Bytes, SinkError> {
-    let window_start = output.window_start;
-    let rows = output.cells.len();
-    let page_ids = StringArray::from_iter_values(output.cells.iter().map(|c| &*c.page_id));
-    let grid_x = Int32Array::from_iter_values(output.cells.iter().map(|c| i32::from(c.grid_x)));
-    let grid_y = Int32Array::from_iter_values(output.cells.iter().map(|c| i32::from(c.grid_y)));
-    let starts = Int64Array::from_iter_values(std::iter::repeat_n(output.window_start, rows));
-    let ends = Int64Array::from_iter_values(std::iter::repeat_n(output.window_end, rows));
-    let clicks = Int64Array::from_iter_values(output.cells.iter().map(|c| c.clicks));
+/// Encodes the rows of one or more windows as one Parquet file.
+pub fn encode_parquet(outputs: &[&WindowOutput]) -> Result<Bytes, SinkError> {
+    let window_start = outputs.first().map_or(0, |o| o.window_start);
+    let cells = || {
+        outputs
+            .iter()
+            .flat_map(|o| o.cells.iter().map(move |c| (*o, c)))
+    };
+    let page_ids = StringArray::from_iter_values(cells().map(|(_, c)| &*c.page_id));
+    let grid_x = Int32Array::from_iter_values(cells().map(|(_, c)| i32::from(c.grid_x)));
+    let grid_y = Int32Array::from_iter_values(cells().map(|(_, c)| i32::from(c.grid_y)));
+    let starts = Int64Array::from_iter_values(cells().map(|(o, _)| o.window_start));
+    let ends = Int64Array::from_iter_values(cells().map(|(o, _)| o.window_end));
+    let clicks = Int64Array::from_iter_values(cells().map(|(_, c)| c.clicks));
     let batch = RecordBatch::try_new(
         curated_schema(),
         vec![
@@ -103,13 +108,6 @@ pub fn encode_parquet(output: &WindowOutput) -> Result<Bytes, SinkError> {
     writer.write(&batch).map_err(encode)?;
     let bytes = writer.into_inner().map_err(encode)?;
     Ok(Bytes::from(bytes))
-}
-
-/// A curated file about to be written.
-#[derive(Clone, Debug)]
-pub struct PlannedFile {
-    pub path: Path,
-    pub output: WindowOutput,
 }
 
 /// What one flush wrote.
@@ -176,21 +174,26 @@ impl CuratedSink {
         &self.table
     }
 
-    /// The file a window output goes to.
-    pub fn path_for(&self, output: &WindowOutput, flush_sequence: u64) -> Path {
-        let name = match output.kind {
-            WindowKind::Final => format!("{}-{}.parquet", self.writer_id, output.window_start),
-            WindowKind::Correction => format!(
-                "{}-{}-late-{flush_sequence:08}.parquet",
-                self.writer_id, output.window_start
-            ),
-        };
-        let partition = partition_of(output.window_start);
-        Path::from(format!("{}/{partition}/{name}", self.table))
+    /// The file of a window's final counts: one per window and writer.
+    pub fn final_path(&self, window_start: i64) -> Path {
+        let partition = partition_of(window_start);
+        Path::from(format!(
+            "{}/{partition}/{}-{window_start}.parquet",
+            self.table, self.writer_id
+        ))
     }
 
-    /// Writes one flush: the windows (each its own file) and the dead letters gathered since the
-    /// previous flush. Nothing is skipped on error; the caller retries the same flush.
+    /// The file of the corrections one flush writes into one partition.
+    pub fn correction_path(&self, partition: &str, flush_sequence: u64) -> Path {
+        Path::from(format!(
+            "{}/{partition}/{}-late-{flush_sequence:08}.parquet",
+            self.table, self.writer_id
+        ))
+    }
+
+    /// Writes one flush: each final window to its own file, the corrections to one file per
+    /// partition, and the dead letters gathered since the previous flush. Nothing is skipped on
+    /// error; the caller retries the same flush, which rewrites the same files.
     pub async fn write(
         &mut self,
         windows: &[WindowOutput],
@@ -201,18 +204,29 @@ impl CuratedSink {
             return Ok(report);
         }
         let sequence = self.flush_sequence;
+        let mut corrections: BTreeMap<String, Vec<&WindowOutput>> = BTreeMap::new();
         for output in windows.iter().filter(|o| !o.cells.is_empty()) {
-            let path = self.path_for(output, sequence);
-            let bytes = encode_parquet(output)?;
-            report.bytes += bytes.len() as u64;
             report.rows += output.cells.len() as u64;
-            report.files += 1;
             match output.kind {
-                WindowKind::Final => report.final_windows += 1,
-                WindowKind::Correction => report.correction_windows += 1,
+                WindowKind::Final => {
+                    report.final_windows += 1;
+                    let path = self.final_path(output.window_start);
+                    report.bytes += self.put(&path, encode_parquet(&[output])?).await?;
+                    report.files += 1;
+                }
+                WindowKind::Correction => {
+                    report.correction_windows += 1;
+                    corrections
+                        .entry(partition_of(output.window_start))
+                        .or_default()
+                        .push(output);
+                }
             }
-            put(&self.store, &path, bytes).await?;
-            tracing::debug!(%path, kind = ?output.kind, rows = output.cells.len(), "wrote window");
+        }
+        for (partition, outputs) in &corrections {
+            let path = self.correction_path(partition, sequence);
+            report.bytes += self.put(&path, encode_parquet(outputs)?).await?;
+            report.files += 1;
         }
         if let Some(target) = &self.dead_letters
             && !dead_letters.is_empty()
@@ -229,6 +243,13 @@ impl CuratedSink {
         report.dead_letter_records = dead_letters.records;
         self.flush_sequence += 1;
         Ok(report)
+    }
+
+    async fn put(&self, path: &Path, bytes: Bytes) -> Result<u64, SinkError> {
+        let length = bytes.len() as u64;
+        put(&self.store, path, bytes).await?;
+        tracing::debug!(%path, bytes = length, "wrote curated file");
+        Ok(length)
     }
 }
 
@@ -325,10 +346,24 @@ mod tests {
     fn file_names_are_deterministic() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let sink = CuratedSink::new(store, Path::from("curated_heatmap"), None, "w-0");
-        let mut output = WindowOutput {
-            window_start: 1_766_919_060_000,
-            window_end: 1_766_919_120_000,
-            kind: WindowKind::Final,
+        assert_eq!(
+            sink.final_path(1_766_919_060_000).as_ref(),
+            "curated_heatmap/dt=2025-12-28/hour=10/w-0-1766919060000.parquet"
+        );
+        assert_eq!(
+            sink.correction_path("dt=2025-12-28/hour=10", 7).as_ref(),
+            "curated_heatmap/dt=2025-12-28/hour=10/w-0-late-00000007.parquet"
+        );
+    }
+
+    #[tokio::test]
+    async fn corrections_of_one_flush_share_a_file_per_partition() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let mut sink = CuratedSink::new(store.clone(), Path::from("t"), None, "w");
+        let window = |start: i64, kind| WindowOutput {
+            window_start: start,
+            window_end: start + 60_000,
+            kind,
             cells: vec![CellCount {
                 page_id: "p".into(),
                 grid_x: 1,
@@ -336,14 +371,37 @@ mod tests {
                 clicks: 3,
             }],
         };
+        let hour = 1_766_916_000_000;
+        let report = sink
+            .write(
+                &[
+                    window(hour, WindowKind::Final),
+                    window(hour, WindowKind::Correction),
+                    window(hour + 60_000, WindowKind::Correction),
+                    window(hour + 3_600_000, WindowKind::Correction),
+                ],
+                &DeadLetterBatch::default(),
+            )
+            .await
+            .unwrap();
         assert_eq!(
-            sink.path_for(&output, 7).as_ref(),
-            "curated_heatmap/dt=2025-12-28/hour=10/w-0-1766919060000.parquet"
+            (
+                report.files,
+                report.final_windows,
+                report.correction_windows,
+                report.rows
+            ),
+            (3, 1, 3, 4)
         );
-        output.kind = WindowKind::Correction;
+        let rows = crate::query::read_file(
+            &store,
+            &Path::from("t/dt=2025-12-28/hour=10/w-late-00000000.parquet"),
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            sink.path_for(&output, 7).as_ref(),
-            "curated_heatmap/dt=2025-12-28/hour=10/w-0-1766919060000-late-00000007.parquet"
+            rows.iter().map(|r| r.window_start).collect::<Vec<_>>(),
+            vec![hour, hour + 60_000]
         );
     }
 }

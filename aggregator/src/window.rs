@@ -124,6 +124,8 @@ pub struct Windows {
     closed_before: i64,
     pages: PageTable,
     late_clicks: u64,
+    /// The watermark when the oldest waiting correction arrived.
+    corrections_since: Option<i64>,
 }
 
 impl Windows {
@@ -138,6 +140,7 @@ impl Windows {
             closed_before: i64::MIN,
             pages: PageTable::default(),
             late_clicks: 0,
+            corrections_since: None,
         }
     }
 
@@ -171,6 +174,9 @@ impl Windows {
         let key = CellKey::new(self.pages.intern(page_id), grid_x, grid_y);
         let windows = if start < self.closed_before {
             self.late_clicks += 1;
+            if self.corrections_since.is_none() {
+                self.corrections_since = self.watermark();
+            }
             &mut self.corrections
         } else {
             &mut self.open
@@ -230,8 +236,20 @@ impl Windows {
             .collect()
     }
 
+    /// Hands out the corrections once the watermark moved `wait_ms` past the oldest of them, so
+    /// that a trickle of late clicks becomes a few files rather than one per window close.
+    pub fn take_corrections_due(&mut self, wait_ms: i64) -> Vec<WindowOutput> {
+        match (self.corrections_since, self.watermark()) {
+            (Some(since), Some(watermark)) if watermark >= since.saturating_add(wait_ms) => {
+                self.take_corrections()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Hands out the corrections gathered so far, oldest window first.
     pub fn take_corrections(&mut self) -> Vec<WindowOutput> {
+        self.corrections_since = None;
         let corrections = std::mem::take(&mut self.corrections);
         corrections
             .into_iter()
@@ -331,6 +349,23 @@ mod tests {
             ]
         );
         assert!(!windows.has_corrections());
+    }
+
+    #[test]
+    fn corrections_wait_for_the_watermark_to_move_on() {
+        let mut windows = Windows::new(MIN, 0);
+        windows.add(0, "p", 0, 0, 2 * MIN);
+        windows.close_ready();
+        windows.add(0, "p", 0, 0, 5);
+        assert!(windows.take_corrections_due(5 * MIN).is_empty());
+        windows.add(0, "p", 0, 0, 7 * MIN - 1);
+        assert!(windows.take_corrections_due(5 * MIN).is_empty());
+        windows.add(0, "p", 0, 0, 7 * MIN);
+        assert_eq!(
+            totals(&windows.take_corrections_due(5 * MIN)),
+            vec![(0, WindowKind::Correction, 1)]
+        );
+        assert!(windows.take_corrections_due(0).is_empty());
     }
 
     #[test]

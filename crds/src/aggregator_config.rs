@@ -227,7 +227,7 @@ impl AggregatorConfig {
             ));
         }
         let window_ms = self.window.size.as_millis();
-        if window_ms < 1000 || 86_400_000 % window_ms != 0 {
+        if window_ms < 1000 || !86_400_000u64.is_multiple_of(window_ms) {
             return Err(invalid(
                 "window.size",
                 format!(

@@ -110,7 +110,7 @@ impl fmt::Display for Duration {
         let mut rest = self.millis;
         for (name, scale) in UNITS {
             // Whole seconds read better as "90s" than "1m30s"; only use a bigger unit when exact.
-            if rest >= scale && (rest % scale == 0 || scale == 1) {
+            if rest >= scale && (rest.is_multiple_of(scale) || scale == 1) {
                 let count = rest / scale;
                 rest -= count * scale;
                 write!(f, "{count}{name}")?;
