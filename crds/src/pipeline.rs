@@ -1,0 +1,683 @@
+//! The `ClickHeatmapPipeline` custom resource (`clickheatmap.io/v1alpha1`).
+//!
+//! One pipeline owns the whole chain: the Kinesis stream, the Firehose raw archive, the S3
+//! buckets, the Glue catalog, the Athena workgroup and the aggregator (a Deployment, or a Managed
+//! Service for Apache Flink application).
+//!
+//! Every optional field has the original demo's value as its serde default *and* as its schema
+//! default, so the API server fills in exactly what the operator would assume: a manifest kept in
+//! Git and synced by Argo CD shows no drift. Validation that the API server can do by itself
+//! (enums, ranges, lengths, patterns, and a few CEL `x-kubernetes-validations` rules) lives in the
+//! schema, so `kubectl apply` of a bad manifest fails with a message that names the field.
+//!
+//! [`crd_yaml`] renders the CustomResourceDefinition; the `crdgen` binary prints it and the
+//! committed copy in the Helm chart is checked against it by a test.
+
+use std::borrow::Cow;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::core::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// The condition that sums up the whole pipeline (shown in the `Ready` printer column).
+pub const READY_CONDITION: &str = "Ready";
+
+/// An AWS region name such as `ap-northeast-2` or `us-gov-west-1`.
+const REGION_PATTERN: &str = "^[a-z]{2}(-[a-z]+)+-[0-9]+$";
+/// A Kinesis stream, Firehose delivery stream or Flink application name.
+const AWS_NAME_PATTERN: &str = "^[a-zA-Z0-9_.-]+$";
+/// A DNS-compatible S3 bucket name (lower case, digits, dots and hyphens).
+const BUCKET_PATTERN: &str = "^[a-z0-9][a-z0-9.-]*[a-z0-9]$";
+/// An IAM role ARN, in any partition (`aws`, `aws-cn`, `aws-us-gov`), with an optional path.
+const IAM_ROLE_ARN_PATTERN: &str = "^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$";
+/// A Glue database or table name that Athena can query without quoting tricks.
+const GLUE_NAME_PATTERN: &str = "^[a-z0-9_]+$";
+/// An Athena workgroup name.
+const WORKGROUP_PATTERN: &str = "^[a-zA-Z0-9._-]+$";
+/// A Managed Flink runtime environment such as `FLINK-1_18`.
+const FLINK_RUNTIME_PATTERN: &str = "^FLINK-[0-9]+_[0-9]+$";
+/// A Glue crawler schedule.
+const CRON_PATTERN: &str = r"^cron\(.+\)$";
+/// What [`Duration`] parses: `60s`, `5m`, `500ms`, `1m30s`.
+const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h|d))+$";
+
+/// Athena's smallest per-query scan limit (10 MiB).
+const MIN_BYTES_SCANNED_CUTOFF: i64 = 10 * 1024 * 1024;
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Duration")
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+        })
+    }
+}
+
+/// A click-heatmap pipeline on AWS: clicks go into a Kinesis stream, Firehose archives them raw to
+/// S3, an aggregator counts them per grid cell and time window into Parquet in the curated bucket,
+/// and Glue and Athena make the result queryable.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+// Several printer columns share `type_ = "string"`; clippy takes them for one repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "clickheatmap.io",
+    version = "v1alpha1",
+    kind = "ClickHeatmapPipeline",
+    namespaced,
+    shortname = "chp",
+    status = "ClickHeatmapPipelineStatus",
+    derive = "PartialEq",
+    doc = "A click-heatmap pipeline on AWS: Kinesis stream, Firehose raw archive, S3 buckets, Glue catalog, Athena workgroup and an aggregator.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#,
+        description = "Whether every part of the pipeline exists and matches the spec"
+    ),
+    printcolumn(
+        name = "Stream",
+        type_ = "string",
+        json_path = ".spec.stream.name",
+        description = "Kinesis data stream the clicks go to"
+    ),
+    printcolumn(
+        name = "Engine",
+        type_ = "string",
+        json_path = ".spec.aggregation.engine",
+        description = "What runs the aggregation"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHeatmapPipelineSpec {
+    /// AWS region every resource of the pipeline lives in, e.g. `ap-northeast-2`. Immutable.
+    #[schemars(length(min = 1, max = 32), pattern(REGION_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "region is immutable: the pipeline's AWS resources live in the old region; create a new pipeline instead"
+    }]))]
+    pub region: String,
+
+    /// What happens to the AWS resources when this pipeline is deleted: `Retain` leaves them (and
+    /// the data) in place, `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Take over AWS resources of the same names that exist but carry no owner tag. Off by
+    /// default: an untagged resource is then reported in a condition and left alone. A resource
+    /// tagged by another pipeline is never touched.
+    #[serde(default)]
+    pub adopt_existing: bool,
+
+    /// The Kinesis data stream the click events are written to.
+    pub stream: StreamSpec,
+
+    /// The S3 buckets of the pipeline.
+    pub buckets: BucketsSpec,
+
+    /// The Firehose delivery stream that copies every record, untouched, to the raw bucket.
+    pub raw_archive: RawArchiveSpec,
+
+    /// How clicks are turned into heatmap cells.
+    #[serde(default)]
+    pub aggregation: AggregationSpec,
+
+    /// The Glue Data Catalog database and table over the curated data.
+    #[serde(default)]
+    pub catalog: CatalogSpec,
+
+    /// The Athena workgroup the heatmap is queried through.
+    #[serde(default)]
+    pub query: QuerySpec,
+}
+
+/// What happens to the AWS resources when the pipeline is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+/// The Kinesis data stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.mode == 'Provisioned' || self.shards == 1",
+        "message": "stream.shards applies only to mode Provisioned: an OnDemand stream scales by itself, leave shards out"
+    },
+    {
+        "rule": "self.encryption == 'Kms' || !has(self.kmsKeyId)",
+        "message": "stream.kmsKeyId applies only to encryption Kms"
+    }
+]))]
+pub struct StreamSpec {
+    /// Stream name. Immutable: a new name would be a new, empty stream.
+    #[schemars(length(min = 1, max = 128), pattern(AWS_NAME_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "stream.name is immutable: a new name would be a new, empty stream; create a new pipeline instead"
+    }]))]
+    pub name: String,
+
+    /// Capacity mode.
+    #[serde(default)]
+    pub mode: StreamMode,
+
+    /// Number of shards (1 MB/s or 1000 records/s of writes each). Only for mode `Provisioned`.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 500))]
+    pub shards: i32,
+
+    /// How long records stay readable in the stream, in hours (24 to 8760).
+    #[serde(default = "default_retention_hours")]
+    #[schemars(range(min = 24, max = 8760))]
+    pub retention_hours: i32,
+
+    /// Server-side encryption of the stream.
+    #[serde(default)]
+    pub encryption: StreamEncryption,
+
+    /// KMS key (id, ARN or alias) for encryption `Kms`. Defaults to the AWS-managed key
+    /// `alias/aws/kinesis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+}
+
+fn default_shards() -> i32 {
+    1
+}
+
+fn default_retention_hours() -> i32 {
+    24
+}
+
+/// Kinesis capacity mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StreamMode {
+    #[default]
+    Provisioned,
+    OnDemand,
+}
+
+/// Kinesis server-side encryption.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StreamEncryption {
+    #[default]
+    None,
+    Kms,
+}
+
+/// S3 bucket names. Immutable: the operator would lose track of the data in the old buckets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self == oldSelf",
+    "message": "buckets are immutable: the data stays in the old buckets; create a new pipeline instead"
+}]))]
+pub struct BucketsSpec {
+    /// Bucket of the raw archive (Firehose writes every record here).
+    #[schemars(length(min = 3, max = 63), pattern(BUCKET_PATTERN))]
+    pub raw: String,
+
+    /// Bucket of the curated Parquet files the aggregator writes.
+    #[schemars(length(min = 3, max = 63), pattern(BUCKET_PATTERN))]
+    pub curated: String,
+
+    /// Bucket Athena writes query results to.
+    #[schemars(length(min = 3, max = 63), pattern(BUCKET_PATTERN))]
+    pub query_results: String,
+}
+
+/// The Firehose raw archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.enabled || has(self.roleArn)",
+    "message": "rawArchive.roleArn is required when rawArchive.enabled is true: Firehose needs an IAM role that can read the stream and write to the raw bucket"
+}]))]
+pub struct RawArchiveSpec {
+    /// Whether the raw archive exists at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Key prefix in the raw bucket.
+    #[serde(default = "default_raw_prefix")]
+    #[schemars(length(max = 1024))]
+    pub prefix: String,
+
+    /// Firehose writes a file when this much data is buffered (MiB, 1 to 128)...
+    #[serde(rename = "bufferSizeMiB", default = "default_buffer_size_mib")]
+    #[schemars(range(min = 1, max = 128))]
+    pub buffer_size_mib: i32,
+
+    /// ...or when this much time has passed since the first buffered record (seconds, 0 to 900).
+    #[serde(default = "default_buffer_interval_seconds")]
+    #[schemars(range(min = 0, max = 900))]
+    pub buffer_interval_seconds: i32,
+
+    /// Compression of the archived files.
+    #[serde(default)]
+    pub compression: Compression,
+
+    /// IAM role Firehose assumes to read the stream and write to the raw bucket. Required when
+    /// `enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
+    pub role_arn: Option<String>,
+
+    /// Name of the delivery stream. Defaults to `<stream name>-raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(AWS_NAME_PATTERN))]
+    pub delivery_stream_name: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_raw_prefix() -> String {
+    "raw/".to_owned()
+}
+
+fn default_buffer_size_mib() -> i32 {
+    5
+}
+
+fn default_buffer_interval_seconds() -> i32 {
+    300
+}
+
+/// Compression of the files Firehose writes (Firehose's own names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Compression {
+    #[default]
+    #[serde(rename = "UNCOMPRESSED")]
+    Uncompressed,
+    #[serde(rename = "GZIP")]
+    Gzip,
+    #[serde(rename = "Snappy")]
+    Snappy,
+    #[serde(rename = "ZIP")]
+    Zip,
+    #[serde(rename = "HADOOP_SNAPPY")]
+    HadoopSnappy,
+}
+
+/// How clicks are aggregated into heatmap cells.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.engine != 'ManagedFlink' || has(self.flink)",
+    "message": "aggregation.flink (codeS3Bucket, codeS3Key, roleArn) is required when aggregation.engine is ManagedFlink"
+}]))]
+pub struct AggregationSpec {
+    /// What runs the aggregation: the Rust aggregator as a `Deployment`, or a Managed Service for
+    /// Apache Flink application (`ManagedFlink`).
+    #[serde(default)]
+    pub engine: AggregationEngine,
+
+    /// Length of the event-time tumbling windows, e.g. `60s`, `5m`. Must divide a day evenly.
+    #[serde(default = "default_window")]
+    pub window: Duration,
+
+    /// How long a window stays open after the watermark passed its end. Later clicks still count,
+    /// as correction rows for their window.
+    #[serde(default = "default_allowed_lateness")]
+    pub allowed_lateness: Duration,
+
+    /// The grid every viewport is divided into.
+    #[serde(default)]
+    pub grid: GridSpec,
+
+    /// Aggregator replicas (engine `Deployment`). They split the shards; more replicas than
+    /// shards stay idle. 0 pauses the aggregation.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Aggregator container image (engine `Deployment`). Defaults to the image that matches the
+    /// operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// IAM role for the aggregator's service account (IRSA annotation), engine `Deployment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
+    pub service_account_role_arn: Option<String>,
+
+    /// Compute resources of the aggregator container (engine `Deployment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The Managed Flink application. Required when engine is `ManagedFlink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flink: Option<FlinkSpec>,
+}
+
+impl Default for AggregationSpec {
+    fn default() -> Self {
+        AggregationSpec {
+            engine: AggregationEngine::default(),
+            window: default_window(),
+            allowed_lateness: default_allowed_lateness(),
+            grid: GridSpec::default(),
+            replicas: default_replicas(),
+            image: None,
+            service_account_role_arn: None,
+            resources: None,
+            flink: None,
+        }
+    }
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_allowed_lateness() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// What runs the aggregation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AggregationEngine {
+    #[default]
+    Deployment,
+    ManagedFlink,
+}
+
+/// The heatmap grid: `grid_x = clamp(floor(columns * x / viewport_width), 0, columns - 1)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GridSpec {
+    /// Cells across the viewport.
+    #[serde(default = "default_grid_side")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub columns: i32,
+
+    /// Cells down the viewport.
+    #[serde(default = "default_grid_side")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub rows: i32,
+}
+
+impl Default for GridSpec {
+    fn default() -> Self {
+        GridSpec {
+            columns: default_grid_side(),
+            rows: default_grid_side(),
+        }
+    }
+}
+
+fn default_grid_side() -> i32 {
+    20
+}
+
+/// A Managed Service for Apache Flink application running the aggregation job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlinkSpec {
+    /// Application name. Defaults to `<pipeline name>-aggregator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(AWS_NAME_PATTERN))]
+    pub application_name: Option<String>,
+
+    /// Flink runtime environment.
+    #[serde(default = "default_flink_runtime")]
+    #[schemars(pattern(FLINK_RUNTIME_PATTERN))]
+    pub runtime: String,
+
+    /// Total parallelism of the job.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub parallelism: i32,
+
+    /// Parallel tasks per KPU (1 to 8).
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1, max = 8))]
+    pub parallelism_per_kpu: i32,
+
+    /// Bucket holding the application's code (JAR or ZIP).
+    #[schemars(length(min = 3, max = 63), pattern(BUCKET_PATTERN))]
+    pub code_s3_bucket: String,
+
+    /// Key of the application's code in that bucket.
+    #[schemars(length(min = 1, max = 1024))]
+    pub code_s3_key: String,
+
+    /// IAM role the application runs as.
+    #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
+    pub role_arn: String,
+}
+
+fn default_flink_runtime() -> String {
+    "FLINK-1_18".to_owned()
+}
+
+fn default_one() -> i32 {
+    1
+}
+
+/// The Glue Data Catalog over the curated data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.partitions != 'Crawler' || (has(self.crawler) && has(self.crawler.roleArn))",
+    "message": "catalog.crawler.roleArn is required when catalog.partitions is Crawler"
+}]))]
+pub struct CatalogSpec {
+    /// Glue database.
+    #[serde(default = "default_database")]
+    #[schemars(length(min = 1, max = 255), pattern(GLUE_NAME_PATTERN))]
+    pub database: String,
+
+    /// Glue table over the curated Parquet files.
+    #[serde(default = "default_table")]
+    #[schemars(length(min = 1, max = 255), pattern(GLUE_NAME_PATTERN))]
+    pub table: String,
+
+    /// How partitions become visible: `Projection` (Athena partition projection, no crawler,
+    /// new hours are queryable at once) or `Crawler` (a scheduled Glue crawler, as in the demo).
+    #[serde(default)]
+    pub partitions: PartitionDiscovery,
+
+    /// The Glue crawler, for partitions `Crawler`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crawler: Option<CrawlerSpec>,
+}
+
+impl Default for CatalogSpec {
+    fn default() -> Self {
+        CatalogSpec {
+            database: default_database(),
+            table: default_table(),
+            partitions: PartitionDiscovery::default(),
+            crawler: None,
+        }
+    }
+}
+
+fn default_database() -> String {
+    "heatmap_demo".to_owned()
+}
+
+fn default_table() -> String {
+    "curated_heatmap".to_owned()
+}
+
+/// How new partitions of the curated table become visible to Athena.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PartitionDiscovery {
+    #[default]
+    Projection,
+    Crawler,
+}
+
+/// A Glue crawler that adds the curated table's partitions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CrawlerSpec {
+    /// Crawler name. Defaults to `<pipeline name>-curated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub name: Option<String>,
+
+    /// When the crawler runs (Glue cron syntax).
+    #[serde(default = "default_crawler_schedule")]
+    #[schemars(pattern(CRON_PATTERN))]
+    pub schedule: String,
+
+    /// IAM role the crawler runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
+    pub role_arn: Option<String>,
+}
+
+fn default_crawler_schedule() -> String {
+    "cron(0/30 * * * ? *)".to_owned()
+}
+
+/// The Athena workgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySpec {
+    /// Workgroup name.
+    #[serde(default = "default_workgroup")]
+    #[schemars(length(min = 1, max = 128), pattern(WORKGROUP_PATTERN))]
+    pub workgroup: String,
+
+    /// Key prefix for query results in the query-results bucket.
+    #[serde(default = "default_results_prefix")]
+    #[schemars(length(max = 1024))]
+    pub results_prefix: String,
+
+    /// Cancel a query once it has scanned this many bytes (at least 10 MiB). Unlimited if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_BYTES_SCANNED_CUTOFF))]
+    pub bytes_scanned_cutoff_per_query: Option<i64>,
+}
+
+impl Default for QuerySpec {
+    fn default() -> Self {
+        QuerySpec {
+            workgroup: default_workgroup(),
+            results_prefix: default_results_prefix(),
+            bytes_scanned_cutoff_per_query: None,
+        }
+    }
+}
+
+fn default_workgroup() -> String {
+    "heatmap-demo-wg".to_owned()
+}
+
+fn default_results_prefix() -> String {
+    "athena-results/".to_owned()
+}
+
+/// What the operator observed and made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHeatmapPipelineStatus {
+    /// The `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, plus one condition per part of the pipeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["type"]
+    ))]
+    pub conditions: Vec<Condition>,
+
+    /// Names and ARNs of the resources the pipeline made.
+    #[serde(default, skip_serializing_if = "PipelineResources::is_empty")]
+    pub resources: PipelineResources,
+}
+
+/// Names and ARNs of the resources a pipeline made; a field is set once the resource exists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineResources {
+    /// Kinesis data stream ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_arn: Option<String>,
+    /// Firehose delivery stream ARN (raw archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_stream_arn: Option<String>,
+    /// Raw archive bucket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_bucket: Option<String>,
+    /// Curated data bucket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curated_bucket: Option<String>,
+    /// Athena query results bucket name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_results_bucket: Option<String>,
+    /// Glue database name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glue_database: Option<String>,
+    /// Glue table name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glue_table: Option<String>,
+    /// Glue crawler name (partitions `Crawler`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crawler_name: Option<String>,
+    /// Athena workgroup name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workgroup: Option<String>,
+    /// Aggregator Deployment name (engine `Deployment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator_deployment: Option<String>,
+    /// Managed Flink application ARN (engine `ManagedFlink`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flink_application_arn: Option<String>,
+}
+
+impl PipelineResources {
+    /// True when nothing has been made yet.
+    pub fn is_empty(&self) -> bool {
+        *self == PipelineResources::default()
+    }
+}
+
+/// The header of the generated CRD file.
+const CRD_HEADER: &str = "# Generated by `cargo run -p clickheatmap-crds --features resource --bin crdgen`.\n\
+# Do not edit by hand: change crds/src/pipeline.rs and regenerate.\n";
+
+/// The `clickheatmappipelines.clickheatmap.io` CustomResourceDefinition as YAML, exactly as
+/// committed in the Helm chart.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    let body = serde_norway::to_string(&ClickHeatmapPipeline::crd())?;
+    Ok(format!("{CRD_HEADER}{body}"))
+}
+
+#[cfg(test)]
+mod tests;

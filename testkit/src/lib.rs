@@ -1,0 +1,151 @@
+//! Real emulators for integration tests.
+//!
+//! [`MotoServer::start`] runs `moto_server` (the Python AWS emulator) on `127.0.0.1` with a free
+//! port and stops it by PID when dropped. moto is installed on first use into the workspace's
+//! `.venv` (`python3 -m venv` + `pip install 'moto[server]'`), under a lock so that parallel tests
+//! install it once; `.ci/run` installs it up front. Set `MOTO_SERVER` to use another binary.
+//!
+//! Nothing here is used outside tests, so failures panic with a message that says what to do.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The project's Python virtual environment, created (with moto) if missing.
+pub fn python_venv() -> PathBuf {
+    let venv = workspace_root().join(".venv");
+    let marker = venv.join(".moto-installed");
+    if marker.exists() {
+        return venv;
+    }
+    let lock = workspace_root().join(".venv.lock");
+    let started = Instant::now();
+    loop {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+            Ok(_) => break,
+            Err(_) if marker.exists() => return venv,
+            Err(_) => {
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(900));
+                if stale {
+                    let _ = std::fs::remove_file(&lock);
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(900),
+                    "waited 15 minutes for another test to install moto ({})",
+                    lock.display()
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    let result = install_moto(&venv);
+    let _ = std::fs::remove_file(&lock);
+    if let Err(problem) = result {
+        panic!("installing moto into {}: {problem}; run `bash .ci/run` or install it by hand", venv.display());
+    }
+    let _ = std::fs::write(&marker, b"");
+    venv
+}
+
+fn install_moto(venv: &Path) -> Result<(), String> {
+    let run = |command: &mut Command| -> Result<(), String> {
+        let status = command.status().map_err(|e| format!("{command:?}: {e}"))?;
+        if status.success() { Ok(()) } else { Err(format!("{command:?} exited with {status}")) }
+    };
+    if !venv.join("bin/python").exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "moto[server]>=5"]))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A moto server listening on 127.0.0.1, stopped when dropped.
+pub struct MotoServer {
+    child: Child,
+    port: u16,
+}
+
+impl MotoServer {
+    pub fn start() -> MotoServer {
+        let binary = std::env::var_os("MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| python_venv().join("bin/moto_server"));
+        let port = free_port();
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let mut server = MotoServer { child, port };
+        if !wait_for_port(port, Duration::from_secs(60)) {
+            let _ = server.child.kill();
+            panic!("moto_server did not listen on 127.0.0.1:{port} within 60 s");
+        }
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Environment for a child process (or an SDK loader) to talk to this server only.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_SESSION_TOKEN", "testing".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+            ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
