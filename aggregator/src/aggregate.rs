@@ -8,7 +8,7 @@ use clickheatmap_crds::AggregatorConfig;
 use crate::event::{ClickEvent, Limits, RecordVisitor, RejectReason, Rejection, parse_record};
 use crate::grid::Grid;
 use crate::sink::DeadLetterBatch;
-use crate::window::{WindowOutput, Windows};
+use crate::window::{WindowOutput, Windows, WindowsSnapshot};
 
 /// How far ahead of the aggregator's clock an event time may be. A single click stamped in the
 /// far future would otherwise drag the watermark along and turn every real click into a late one.
@@ -104,6 +104,22 @@ impl Aggregator {
         self.windows.watermark()
     }
 
+    /// Moves a partition's watermark without a click (see [`Windows::advance_clock`]).
+    pub fn advance_clock(&mut self, partition: usize, time_ms: i64) {
+        self.windows.advance_clock(partition, time_ms);
+    }
+
+    /// The window state, for a checkpoint.
+    pub fn snapshot(&self) -> WindowsSnapshot {
+        self.windows.snapshot()
+    }
+
+    /// Restores the window state of a checkpoint. Counters start over: they are metrics, not
+    /// state.
+    pub fn restore(&mut self, snapshot: &WindowsSnapshot) {
+        self.windows.restore(snapshot);
+    }
+
     /// Counts every click of one record from `partition` (a shard or an input file).
     pub fn process_record(&mut self, partition: usize, record: &[u8]) {
         self.counters.records += 1;
@@ -145,6 +161,12 @@ impl Aggregator {
             windows: self.windows.take_corrections(),
             dead_letters: self.take_dead_letters_if(|batch| !batch.is_empty()),
         }
+    }
+
+    /// Every rejected record gathered so far. A checkpoint that moves past records must carry
+    /// their dead letters along, since the buffer is not part of the window state.
+    pub fn take_dead_letters(&mut self) -> DeadLetterBatch {
+        self.take_dead_letters_if(|batch| !batch.is_empty())
     }
 
     /// Everything, open windows included: the input is complete.

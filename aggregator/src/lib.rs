@@ -3,17 +3,24 @@
 //! Modules follow the data: [`event`] parses click records, [`grid`] maps clicks onto the
 //! heatmap grid, [`window`] counts them in event-time tumbling windows, [`aggregate`] ties those
 //! together (and counts rejections), [`sink`] writes windows as curated Parquet, and
-//! [`pipeline`] drives it all from files or stdin. [`query`] reads the curated data back the way
+//! [`pipeline`] drives it all from files or stdin. [`consumer`] is the production driver: every
+//! shard of a Kinesis stream ([`kinesis`]) with its own windows and [`checkpoint`], observable
+//! through [`metrics`] and [`server`]. [`query`] reads the curated data back the way
 //! the demo's Athena query does, [`render`] draws heatmaps, and [`synth`] makes realistic
 //! synthetic clicks for demos, tests and benchmarks.
 
 pub mod aggregate;
+pub mod checkpoint;
+pub mod consumer;
 pub mod event;
 pub mod grid;
+pub mod kinesis;
 pub mod location;
+pub mod metrics;
 pub mod pipeline;
 pub mod query;
 pub mod render;
+pub mod server;
 pub mod sink;
 pub mod synth;
 pub mod time;

@@ -3,17 +3,17 @@
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocationError {
+    #[error("{location}: an S3 location needs a bucket, like s3://bucket/prefix/")]
+    NoBucket { location: String },
     #[error(
-        "{location}: S3 locations need the S3 sink, which this build does not include yet; \
-         use a local directory"
+        "{location}: unsupported location scheme; use s3://bucket/prefix/ or a local directory"
     )]
-    S3NotBuilt { location: String },
-    #[error("{location}: unsupported location scheme; use a local directory")]
     UnsupportedScheme { location: String },
     #[error("creating the output directory {location}: {source}")]
     CreateDirectory {
@@ -38,11 +38,15 @@ pub struct Location {
 
 impl Location {
     /// Opens `s3://bucket/prefix/`, `file:///dir` or a plain directory path (created if missing).
+    ///
+    /// S3 uses the standard AWS environment: credentials (keys, IRSA web identity, container
+    /// credentials), `AWS_REGION`, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for an emulator.
     pub fn open(location: &str) -> Result<Location, LocationError> {
-        if location.starts_with("s3://") || location.starts_with("s3a://") {
-            return Err(LocationError::S3NotBuilt {
-                location: location.to_owned(),
-            });
+        if let Some(rest) = location
+            .strip_prefix("s3://")
+            .or_else(|| location.strip_prefix("s3a://"))
+        {
+            return Location::open_s3(location, rest);
         }
         let directory = match location.split_once("://") {
             Some(("file", path)) => path,
@@ -65,6 +69,32 @@ impl Location {
         Ok(Location {
             store: Arc::new(store),
             prefix: Path::default(),
+        })
+    }
+
+    fn open_s3(location: &str, rest: &str) -> Result<Location, LocationError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(LocationError::NoBucket {
+                location: location.to_owned(),
+            });
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // A plain-HTTP endpoint is an emulator or an on-premises S3; allow what was asked for.
+        let plain_http = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok())
+            .is_some_and(|endpoint| endpoint.starts_with("http://"));
+        if plain_http {
+            builder = builder.with_allow_http(true);
+        }
+        let store = builder.build().map_err(|source| LocationError::Open {
+            location: location.to_owned(),
+            source,
+        })?;
+        Ok(Location {
+            store: Arc::new(store),
+            prefix: Path::from(prefix.trim_matches('/')),
         })
     }
 
@@ -94,8 +124,12 @@ mod tests {
 
     #[test]
     fn unsupported_locations_say_why() {
-        let err = Location::open("s3://bucket/curated/").unwrap_err();
-        assert!(err.to_string().contains("S3"), "{err}");
+        let location = Location::open("s3://bucket/curated/").unwrap();
+        assert_eq!(location.child("t").as_ref(), "curated/t");
+        assert!(matches!(
+            Location::open("s3:///x"),
+            Err(LocationError::NoBucket { .. })
+        ));
         assert!(matches!(
             Location::open("gs://bucket/x"),
             Err(LocationError::UnsupportedScheme { .. })

@@ -7,12 +7,16 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clickheatmap_aggregator::metrics::Metrics;
 use clickheatmap_aggregator::pipeline::{Pipeline, RunReport};
 use clickheatmap_aggregator::query::{Heatmaps, TimeRange, read_rows};
 use clickheatmap_aggregator::render::{GridCounts, RenderOptions, encode_png, render_heatmap};
 use clickheatmap_aggregator::synth::{Generator, SynthOptions};
-use clickheatmap_aggregator::{location::Location, time};
+use clickheatmap_aggregator::{consumer, location::Location, server, time};
 use clickheatmap_crds::{AggregatorConfig, Duration, SourceConfig};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::sync::watch;
 
 mod bench;
 
@@ -34,7 +38,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Aggregate NDJSON click records (files, or stdin) into curated Parquet.
+    /// Aggregate click records into curated Parquet: from files or stdin, or — with a Kinesis
+    /// source in the configuration — from every shard of a stream until SIGTERM.
     Run(RunArgs),
     /// Write synthetic click records in the demo's format as NDJSON.
     Generate(GenerateArgs),
@@ -148,7 +153,7 @@ struct QueryArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -219,12 +224,58 @@ async fn run(args: RunArgs) -> CliResult {
         match &config.source {
             SourceConfig::Files { paths } => paths.clone(),
             SourceConfig::Stdin => vec!["-".to_owned()],
+            SourceConfig::Kinesis(_) => {
+                config.validate()?;
+                return consume(config).await;
+            }
         }
     };
     config.validate()?;
     let report = aggregate_inputs(&config, &inputs).await?;
     print_report(&report);
     Ok(())
+}
+
+/// Consumes the configured Kinesis stream until SIGTERM or SIGINT, serving metrics and health.
+async fn consume(config: AggregatorConfig) -> CliResult {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_sender, stop) = watch::channel(false);
+    let address: std::net::SocketAddr = config.metrics_address.parse()?;
+    let server = tokio::spawn(server::serve(
+        address,
+        metrics.clone(),
+        ready.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(async move {
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_sender.send(true);
+    });
+    consumer::consume(&config, metrics, ready, stop).await?;
+    match server.await {
+        Ok(result) => result?,
+        Err(err) => tracing::error!(error = %err, "the metrics server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the consumer");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Aggregates the inputs one after another as one stream: replayed archive files are read in

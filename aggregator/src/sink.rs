@@ -110,6 +110,15 @@ pub fn encode_parquet(outputs: &[&WindowOutput]) -> Result<Bytes, SinkError> {
     Ok(Bytes::from(bytes))
 }
 
+/// The files of one flush, recorded before they are written so that an interrupted flush can be
+/// undone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushPlan {
+    pub curated: Vec<String>,
+    pub dead_letter: Option<String>,
+}
+
 /// What one flush wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteReport {
@@ -191,6 +200,72 @@ impl CuratedSink {
         ))
     }
 
+    /// The flush number the next write will use.
+    pub fn flush_sequence(&self) -> u64 {
+        self.flush_sequence
+    }
+
+    /// Continues numbering from a checkpoint.
+    pub fn set_flush_sequence(&mut self, flush_sequence: u64) {
+        self.flush_sequence = flush_sequence;
+    }
+
+    /// The files [`CuratedSink::write`] will write for this flush.
+    pub fn plan(&self, windows: &[WindowOutput], dead_letters: &DeadLetterBatch) -> FlushPlan {
+        let mut curated = Vec::new();
+        let mut partitions = std::collections::BTreeSet::new();
+        for output in windows.iter().filter(|o| !o.cells.is_empty()) {
+            match output.kind {
+                WindowKind::Final => curated.push(self.final_path(output.window_start).to_string()),
+                WindowKind::Correction => {
+                    partitions.insert(partition_of(output.window_start));
+                }
+            }
+        }
+        for partition in &partitions {
+            curated.push(
+                self.correction_path(partition, self.flush_sequence)
+                    .to_string(),
+            );
+        }
+        FlushPlan {
+            curated,
+            dead_letter: self.dead_letter_path(dead_letters).map(|p| p.to_string()),
+        }
+    }
+
+    fn dead_letter_path(&self, dead_letters: &DeadLetterBatch) -> Option<Path> {
+        let target = self.dead_letters.as_ref()?;
+        (!dead_letters.is_empty()).then(|| {
+            Path::from(format!(
+                "{}/{}-{:08}.ndjson",
+                target.prefix, self.writer_id, self.flush_sequence
+            ))
+        })
+    }
+
+    /// Removes the files of a flush that was never committed. Files that are not there are fine.
+    pub async fn remove(&self, plan: &FlushPlan) -> Result<(), SinkError> {
+        let curated = plan.curated.iter().map(|path| (&self.store, path));
+        let dead_letter = plan.dead_letter.iter().filter_map(|path| {
+            self.dead_letters
+                .as_ref()
+                .map(|target| (&target.store, path))
+        });
+        for (store, path) in curated.chain(dead_letter) {
+            match store.delete(&Path::from(path.as_str())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => {
+                    return Err(SinkError::Write {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one flush: each final window to its own file, the corrections to one file per
     /// partition, and the dead letters gathered since the previous flush. Nothing is skipped on
     /// error; the caller retries the same flush, which rewrites the same files.
@@ -228,13 +303,9 @@ impl CuratedSink {
             report.bytes += self.put(&path, encode_parquet(outputs)?).await?;
             report.files += 1;
         }
-        if let Some(target) = &self.dead_letters
-            && !dead_letters.is_empty()
+        if let (Some(target), Some(path)) =
+            (&self.dead_letters, self.dead_letter_path(dead_letters))
         {
-            let path = Path::from(format!(
-                "{}/{}-{sequence:08}.ndjson",
-                target.prefix, self.writer_id
-            ));
             let bytes = Bytes::from(dead_letters.ndjson.clone());
             report.bytes += bytes.len() as u64;
             report.files += 1;

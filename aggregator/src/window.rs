@@ -280,6 +280,92 @@ impl Windows {
     }
 }
 
+/// The counts of one window in a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowCounts {
+    pub start: i64,
+    /// `(page_id, grid_x, grid_y, clicks)`, sorted.
+    pub cells: Vec<(String, u16, u16, i64)>,
+}
+
+/// Everything a [`Windows`] holds, for a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsSnapshot {
+    pub clocks: Vec<Option<i64>>,
+    pub closed_before: i64,
+    pub corrections_since: Option<i64>,
+    pub late_clicks: u64,
+    pub open: Vec<WindowCounts>,
+    pub corrections: Vec<WindowCounts>,
+}
+
+impl Windows {
+    /// Moves a partition's clock forward without a click: the source knows that nothing older is
+    /// coming (a caught-up, quiet shard).
+    pub fn advance_clock(&mut self, partition: usize, time_ms: i64) {
+        if partition >= self.clocks.len() {
+            self.clocks.resize(partition + 1, None);
+        }
+        let clock = &mut self.clocks[partition];
+        if clock.is_none_or(|seen| time_ms > seen) {
+            *clock = Some(time_ms);
+        }
+    }
+
+    pub fn snapshot(&self) -> WindowsSnapshot {
+        let counts = |windows: &[(i64, Counts)]| -> Vec<WindowCounts> {
+            windows
+                .iter()
+                .map(|(start, counts)| WindowCounts {
+                    start: *start,
+                    cells: self
+                        .output(*start, WindowKind::Final, counts.clone())
+                        .cells
+                        .into_iter()
+                        .map(|c| (c.page_id.to_string(), c.grid_x, c.grid_y, c.clicks))
+                        .collect(),
+                })
+                .collect()
+        };
+        WindowsSnapshot {
+            clocks: self.clocks.clone(),
+            closed_before: self.closed_before,
+            corrections_since: self.corrections_since,
+            late_clicks: self.late_clicks,
+            open: counts(&self.open),
+            corrections: counts(&self.corrections),
+        }
+    }
+
+    /// Replaces the state with a snapshot's.
+    pub fn restore(&mut self, snapshot: &WindowsSnapshot) {
+        let mut rebuild = |windows: &[WindowCounts]| -> Vec<(i64, Counts)> {
+            let mut rebuilt: Vec<(i64, Counts)> = windows
+                .iter()
+                .map(|window| {
+                    let counts = window
+                        .cells
+                        .iter()
+                        .map(|(page, x, y, clicks)| {
+                            (CellKey::new(self.pages.intern(page), *x, *y), *clicks)
+                        })
+                        .collect();
+                    (window.start, counts)
+                })
+                .collect();
+            rebuilt.sort_by_key(|(start, _)| *start);
+            rebuilt
+        };
+        self.open = rebuild(&snapshot.open);
+        self.corrections = rebuild(&snapshot.corrections);
+        self.clocks = snapshot.clocks.clone();
+        self.closed_before = snapshot.closed_before;
+        self.corrections_since = snapshot.corrections_since;
+        self.late_clicks = snapshot.late_clicks;
+    }
+}
+
 #[inline]
 fn counts_for(windows: &mut Vec<(i64, Counts)>, start: i64) -> &mut Counts {
     // Most clicks belong to the newest window.
@@ -377,6 +463,40 @@ mod tests {
         assert!(windows.close_ready().is_empty());
         windows.add(1, "p", 0, 0, 11 * MIN);
         assert_eq!(windows.watermark(), Some(10 * MIN));
+        assert_eq!(
+            totals(&windows.close_ready()),
+            vec![(0, WindowKind::Final, 1)]
+        );
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_where_the_original_would() {
+        let mut original = Windows::new(MIN, 0);
+        original.add(0, "p", 1, 1, 5);
+        original.add(0, "q", 2, 3, MIN + 5);
+        original.add(0, "p", 1, 1, 2 * MIN + 1);
+        original.close_ready();
+        original.add(0, "p", 4, 4, 7);
+        let snapshot = original.snapshot();
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let mut restored = Windows::new(MIN, 0);
+        restored.restore(&serde_json::from_str(&text).unwrap());
+        assert_eq!(restored.snapshot(), snapshot);
+        for windows in [&mut original, &mut restored] {
+            windows.add(0, "p", 1, 1, 3 * MIN);
+        }
+        assert_eq!(original.close_ready(), restored.close_ready());
+        assert_eq!(original.take_corrections(), restored.take_corrections());
+        assert_eq!(original.close_all(), restored.close_all());
+    }
+
+    #[test]
+    fn an_advanced_clock_closes_windows_without_clicks() {
+        let mut windows = Windows::new(MIN, 0);
+        windows.add(0, "p", 0, 0, 5);
+        windows.advance_clock(0, 1);
+        assert!(windows.close_ready().is_empty(), "clocks never move back");
+        windows.advance_clock(0, MIN);
         assert_eq!(
             totals(&windows.close_ready()),
             vec![(0, WindowKind::Final, 1)]

@@ -26,6 +26,16 @@ pub struct AggregatorConfig {
     pub output: OutputConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where per-shard checkpoints go when consuming a stream.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints while consuming a stream.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: String,
+}
+
+fn default_metrics_address() -> String {
+    "127.0.0.1:9090".to_owned()
 }
 
 impl Default for AggregatorConfig {
@@ -37,6 +47,8 @@ impl Default for AggregatorConfig {
             grid: GridConfig::default(),
             output: OutputConfig::default(),
             limits: LimitsConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            metrics_address: default_metrics_address(),
         }
     }
 }
@@ -54,6 +66,92 @@ pub enum SourceConfig {
     Stdin,
     /// Newline-delimited records read from local files (a replay or backfill of the raw archive).
     Files { paths: Vec<String> },
+    /// A Kinesis data stream: every shard, polled with GetRecords (shared throughput).
+    #[serde(rename_all = "camelCase")]
+    Kinesis(KinesisSourceConfig),
+}
+
+/// How to read a Kinesis data stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KinesisSourceConfig {
+    pub stream_name: String,
+    /// AWS region; the SDK's default chain (AWS_REGION...) when absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Where a shard without a checkpoint starts.
+    #[serde(default)]
+    pub start_position: StartPosition,
+    /// Records per GetRecords call (1 to 10000).
+    #[serde(default = "default_max_records_per_call")]
+    pub max_records_per_call: u32,
+    /// Pause between polls of a shard that returned nothing (Kinesis allows 5 calls/s per shard).
+    #[serde(default = "default_idle_poll_interval")]
+    pub idle_poll_interval: Duration,
+    /// How often the shard list is refreshed, to pick up resharding.
+    #[serde(default = "default_shard_discovery_interval")]
+    pub shard_discovery_interval: Duration,
+    /// When a shard is caught up and quiet, its watermark moves to the clock minus this, so that
+    /// windows close without waiting for the next click.
+    #[serde(default = "default_idle_watermark_delay")]
+    pub idle_watermark_delay: Duration,
+}
+
+/// The starting point of a shard that has no checkpoint yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+pub enum StartPosition {
+    /// The oldest record still retained.
+    #[default]
+    TrimHorizon,
+    /// Only records written after the consumer started.
+    Latest,
+    /// Records from this time on (epoch milliseconds).
+    #[serde(rename_all = "camelCase")]
+    AtTimestamp { timestamp_ms: i64 },
+}
+
+fn default_max_records_per_call() -> u32 {
+    10_000
+}
+
+fn default_idle_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_shard_discovery_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_idle_watermark_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Per-shard checkpoints: the last sequence number whose effect is durable, and the window state
+/// up to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// `s3://bucket/checkpoints/` or a local directory. Defaults to `<output.root>/../checkpoints`
+    /// for local roots and `s3://<curated bucket>/checkpoints/` for S3 roots.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Longest time between two checkpoints of a shard that is making progress.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            location: None,
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Event-time tumbling windows.
@@ -280,10 +378,44 @@ impl AggregatorConfig {
                 "must be at least limits.maxEventBytes",
             ));
         }
-        if let SourceConfig::Files { paths } = &self.source
-            && paths.is_empty()
+        match &self.source {
+            SourceConfig::Files { paths } if paths.is_empty() => {
+                return Err(invalid("source.paths", "must name at least one file"));
+            }
+            SourceConfig::Kinesis(kinesis) => {
+                if kinesis.stream_name.is_empty() {
+                    return Err(invalid("source.streamName", "must not be empty"));
+                }
+                if !(1..=10_000).contains(&kinesis.max_records_per_call) {
+                    return Err(invalid(
+                        "source.maxRecordsPerCall",
+                        format!("must be 1 to 10000, got {}", kinesis.max_records_per_call),
+                    ));
+                }
+                if kinesis.idle_poll_interval.as_millis() < 200 {
+                    return Err(invalid(
+                        "source.idlePollInterval",
+                        "must be at least 200ms (Kinesis allows 5 GetRecords calls per second per shard)",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.checkpoint.interval.as_millis() < 1000 {
+            return Err(invalid("checkpoint.interval", "must be at least 1s"));
+        }
+        if self
+            .metrics_address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
         {
-            return Err(invalid("source.paths", "must name at least one file"));
+            return Err(invalid(
+                "metricsAddress",
+                format!(
+                    "must be host:port like 0.0.0.0:9090, got {:?}",
+                    self.metrics_address
+                ),
+            ));
         }
         Ok(())
     }
@@ -324,10 +456,30 @@ mod tests {
                 dead_letter: Some("s3://bucket/dead/".into()),
             },
             limits: LimitsConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+            metrics_address: "0.0.0.0:9090".into(),
         };
         let text = serde_json::to_string(&config).unwrap();
         assert!(text.contains(r#""size":"5m""#), "{text}");
         assert_eq!(AggregatorConfig::from_json(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn kinesis_source_defaults() {
+        let config = AggregatorConfig::from_json(
+            r#"{"source":{"type":"kinesis","streamName":"heatmap-demo-kds","startPosition":{"type":"AT_TIMESTAMP","timestampMs":5}}}"#,
+        )
+        .unwrap();
+        let SourceConfig::Kinesis(kinesis) = config.source else {
+            panic!("expected a Kinesis source");
+        };
+        assert_eq!(
+            kinesis.start_position,
+            StartPosition::AtTimestamp { timestamp_ms: 5 }
+        );
+        assert_eq!(kinesis.max_records_per_call, 10_000);
+        assert_eq!(kinesis.idle_poll_interval, Duration::from_secs(1));
+        assert_eq!(config.checkpoint.interval, Duration::from_secs(10));
     }
 
     #[test]
@@ -340,6 +492,15 @@ mod tests {
             (r#"{"writerId":"a/b"}"#, "writerId"),
             (r#"{"output":{"table":"../x"}}"#, "output.table"),
             (r#"{"source":{"type":"files","paths":[]}}"#, "source.paths"),
+            (
+                r#"{"source":{"type":"kinesis","streamName":""}}"#,
+                "source.streamName",
+            ),
+            (
+                r#"{"source":{"type":"kinesis","streamName":"s","idlePollInterval":"10ms"}}"#,
+                "source.idlePollInterval",
+            ),
+            (r#"{"metricsAddress":"nowhere"}"#, "metricsAddress"),
         ] {
             match AggregatorConfig::from_json(doc) {
                 Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{doc}"),

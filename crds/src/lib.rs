@@ -23,8 +23,8 @@ pub mod duration;
 pub mod pipeline;
 
 pub use aggregator_config::{
-    AggregatorConfig, ConfigError, GridConfig, LimitsConfig, OutputConfig, SourceConfig,
-    WindowConfig,
+    AggregatorConfig, CheckpointConfig, ConfigError, GridConfig, KinesisSourceConfig, LimitsConfig,
+    OutputConfig, SourceConfig, StartPosition, WindowConfig,
 };
 pub use duration::{Duration, DurationParseError};
 #[cfg(feature = "resource")]

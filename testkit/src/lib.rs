@@ -7,6 +7,7 @@
 //!
 //! Nothing here is used outside tests, so failures panic with a message that says what to do.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,7 +31,11 @@ pub fn python_venv() -> PathBuf {
     let lock = workspace_root().join(".venv.lock");
     let started = Instant::now();
     loop {
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
             Ok(_) => break,
             Err(_) if marker.exists() => return venv,
             Err(_) => {
@@ -54,7 +59,10 @@ pub fn python_venv() -> PathBuf {
     let result = install_moto(&venv);
     let _ = std::fs::remove_file(&lock);
     if let Err(problem) = result {
-        panic!("installing moto into {}: {problem}; run `bash .ci/run` or install it by hand", venv.display());
+        panic!(
+            "installing moto into {}: {problem}; run `bash .ci/run` or install it by hand",
+            venv.display()
+        );
     }
     let _ = std::fs::write(&marker, b"");
     venv
@@ -63,13 +71,21 @@ pub fn python_venv() -> PathBuf {
 fn install_moto(venv: &Path) -> Result<(), String> {
     let run = |command: &mut Command| -> Result<(), String> {
         let status = command.status().map_err(|e| format!("{command:?}: {e}"))?;
-        if status.success() { Ok(()) } else { Err(format!("{command:?} exited with {status}")) }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{command:?} exited with {status}"))
+        }
     };
     if !venv.join("bin/python").exists() {
         run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
     }
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "moto[server]>=5"]))
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "moto[server]>=5",
+    ]))
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -140,6 +156,27 @@ impl MotoServer {
             ("AWS_ALLOW_HTTP", "true".to_owned()),
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
         ]
+    }
+}
+
+impl MotoServer {
+    /// Creates an S3 bucket (moto accepts unsigned requests; no SDK needed for this).
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connecting to moto: {e}"));
+        let request = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        stream
+            .write_all(request.as_bytes())
+            .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e}"));
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+            "creating bucket {bucket}: {response}"
+        );
     }
 }
 

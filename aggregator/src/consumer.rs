@@ -1,0 +1,775 @@
+//! The production consumer: every shard of a Kinesis stream, each with its own windows, sink
+//! files and checkpoint.
+//!
+//! A shard is the unit of state: its windows, its watermark, its output files
+//! (`<writer>-<shard>-...`) and its checkpoint move together, so a shard can be read by any
+//! replica after a crash or a rebalance without losing or repeating a click. The driver is a loop
+//! over shard tasks and a discovery tick; a parent shard is read to its end before its children
+//! start (resharding keeps event order per key).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clickheatmap_crds::{AggregatorConfig, KinesisSourceConfig};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::aggregate::{Aggregator, Counters, Flush};
+use crate::checkpoint::{
+    CHECKPOINT_VERSION, CheckpointError, CheckpointStore, FlushIntent, ShardCheckpoint,
+};
+use crate::kinesis::{KinesisError, KinesisSource, ReadFrom, ShardInfo, ShardRecord};
+use crate::location::{Location, LocationError};
+use crate::metrics::{Metrics, ShardGauges};
+use crate::sink::{CuratedSink, DeadLetterTarget, FlushPlan, SinkError};
+use crate::time::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Location(#[from] LocationError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Kinesis(#[from] KinesisError),
+    #[error("the configuration's source is not a Kinesis stream")]
+    NotKinesis,
+}
+
+/// Where output, dead letters and checkpoints go, opened once and shared by every shard.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub output: Location,
+    pub dead_letters: Option<Location>,
+    pub checkpoints: CheckpointStore,
+}
+
+impl Targets {
+    pub fn open(config: &AggregatorConfig, stream: &str) -> Result<Targets, ConsumerError> {
+        let output = Location::open(&config.output.root)?;
+        let dead_letters = match config.output.dead_letter.as_deref() {
+            Some("") => None,
+            Some(location) => Some(Location::open(location)?),
+            None => Some(Location {
+                store: output.store.clone(),
+                prefix: output.child("dead_letter"),
+            }),
+        };
+        let checkpoints = match &config.checkpoint.location {
+            Some(location) => Location::open(location)?,
+            // Beside the table, never inside it: a Glue crawler must not see checkpoints.
+            None => Location {
+                store: output.store.clone(),
+                prefix: output.child("_checkpoints"),
+            },
+        };
+        Ok(Targets {
+            output,
+            dead_letters,
+            checkpoints: CheckpointStore::new(checkpoints, stream),
+        })
+    }
+}
+
+/// One shard's aggregation state, sink and checkpoint.
+pub struct ShardWorker {
+    stream: String,
+    shard_id: String,
+    aggregator: Aggregator,
+    sink: CuratedSink,
+    checkpoints: CheckpointStore,
+    epoch: u64,
+    /// The last sequence number applied to the windows.
+    position: Option<String>,
+    committed_position: Option<String>,
+    finished: bool,
+    last_commit: Instant,
+    checkpoint_interval: Duration,
+    /// A flush whose files are not all written yet; retried as it is.
+    pending: Option<(Flush, FlushPlan)>,
+    published: Counters,
+    metrics: Arc<Metrics>,
+}
+
+impl ShardWorker {
+    /// Restores the shard from its checkpoint, undoing a flush that did not commit.
+    pub async fn recover(
+        config: &AggregatorConfig,
+        targets: &Targets,
+        stream: &str,
+        shard_id: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<ShardWorker, ConsumerError> {
+        let dead_letters = targets
+            .dead_letters
+            .as_ref()
+            .map(|location| DeadLetterTarget {
+                store: location.store.clone(),
+                prefix: location.prefix.clone(),
+            });
+        let mut sink = CuratedSink::new(
+            targets.output.store.clone(),
+            targets.output.child(&config.output.table),
+            dead_letters.clone(),
+            format!("{}-{shard_id}", config.writer_id),
+        );
+        let mut aggregator = Aggregator::new(config, dead_letters.is_some());
+        let checkpoint = targets.checkpoints.load(shard_id).await?;
+        let (epoch, position, finished) = match &checkpoint {
+            Some(checkpoint) => {
+                aggregator.restore(&checkpoint.windows);
+                sink.set_flush_sequence(checkpoint.flush_sequence);
+                (
+                    checkpoint.epoch,
+                    checkpoint.sequence_number.clone(),
+                    checkpoint.shard_finished,
+                )
+            }
+            None => (0, None, false),
+        };
+        if let Some(intent) = targets.checkpoints.load_intent(shard_id).await?
+            && intent.epoch > epoch
+        {
+            tracing::warn!(
+                shard = shard_id,
+                epoch = intent.epoch,
+                files = intent.plan.curated.len(),
+                "undoing a flush that was interrupted before its checkpoint"
+            );
+            sink.remove(&intent.plan).await?;
+        }
+        tracing::info!(shard = shard_id, epoch, position = ?position, finished, "shard recovered");
+        let published = aggregator.counters();
+        Ok(ShardWorker {
+            stream: stream.to_owned(),
+            shard_id: shard_id.to_owned(),
+            aggregator,
+            sink,
+            checkpoints: targets.checkpoints.clone(),
+            epoch,
+            committed_position: position.clone(),
+            position,
+            finished,
+            last_commit: Instant::now(),
+            checkpoint_interval: config.checkpoint.interval.as_std(),
+            pending: None,
+            published,
+            metrics,
+        })
+    }
+
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn position(&self) -> Option<&str> {
+        self.position.as_deref()
+    }
+
+    /// Counts the clicks of a batch of records (they follow the current position).
+    pub fn apply(&mut self, records: &[ShardRecord]) {
+        self.aggregator.set_clock(now_ms());
+        for record in records {
+            self.aggregator.process_record(0, &record.data);
+            self.position = Some(record.sequence_number.clone());
+        }
+        let counters = self.aggregator.counters();
+        self.metrics.add_counters(&counters, &self.published);
+        self.published = counters;
+    }
+
+    /// The shard is caught up and quiet: nothing older than `time_ms` is expected any more.
+    pub fn advance_watermark(&mut self, time_ms: i64) {
+        self.aggregator.advance_clock(0, time_ms);
+    }
+
+    pub fn gauges(&self, millis_behind_latest: i64) -> ShardGauges {
+        ShardGauges {
+            millis_behind_latest,
+            watermark_lag_ms: self
+                .aggregator
+                .watermark()
+                .map_or(0, |watermark| now_ms().saturating_sub(watermark)),
+            open_windows: self.aggregator.open_windows() as u64,
+        }
+    }
+
+    /// Writes what is final and commits; checkpoints anyway when the interval has passed.
+    pub async fn flush(&mut self) -> Result<(), ConsumerError> {
+        if self.pending.is_none() {
+            let due = self.position != self.committed_position
+                && self.last_commit.elapsed() >= self.checkpoint_interval;
+            let mut flush = self.aggregator.ready();
+            if (!flush.windows.is_empty() || due) && flush.dead_letters.is_empty() {
+                flush.dead_letters = self.aggregator.take_dead_letters();
+            }
+            if flush.is_empty() {
+                return if due { self.commit().await } else { Ok(()) };
+            }
+            let plan = self.sink.plan(&flush.windows, &flush.dead_letters);
+            self.pending = Some((flush, plan));
+        }
+        self.write_pending().await
+    }
+
+    /// The shard was closed by resharding and read to its end: everything in it is final.
+    pub async fn finish_shard(&mut self) -> Result<(), ConsumerError> {
+        if self.pending.is_none() {
+            let flush = self.aggregator.finish();
+            let plan = self.sink.plan(&flush.windows, &flush.dead_letters);
+            self.pending = Some((flush, plan));
+        }
+        self.finished = true;
+        self.write_pending().await
+    }
+
+    /// Commits the current position and windows without writing windows (shutdown, rebalance).
+    pub async fn checkpoint_now(&mut self) -> Result<(), ConsumerError> {
+        if self.pending.is_none() {
+            let dead_letters = self.aggregator.take_dead_letters();
+            if !dead_letters.is_empty() {
+                let flush = Flush {
+                    windows: Vec::new(),
+                    dead_letters,
+                };
+                let plan = self.sink.plan(&flush.windows, &flush.dead_letters);
+                self.pending = Some((flush, plan));
+            }
+        }
+        if self.pending.is_some() {
+            self.write_pending().await
+        } else if self.position != self.committed_position {
+            self.commit().await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn write_pending(&mut self) -> Result<(), ConsumerError> {
+        let Some((flush, plan)) = &self.pending else {
+            return Ok(());
+        };
+        self.checkpoints
+            .save_intent(
+                &self.shard_id,
+                &FlushIntent {
+                    epoch: self.epoch + 1,
+                    plan: plan.clone(),
+                },
+            )
+            .await?;
+        let report = self.sink.write(&flush.windows, &flush.dead_letters).await?;
+        self.metrics.add_written(&report);
+        self.pending = None;
+        self.commit().await
+    }
+
+    async fn commit(&mut self) -> Result<(), ConsumerError> {
+        let checkpoint = ShardCheckpoint {
+            version: CHECKPOINT_VERSION,
+            stream: self.stream.clone(),
+            shard_id: self.shard_id.clone(),
+            epoch: self.epoch + 1,
+            sequence_number: self.position.clone(),
+            shard_finished: self.finished,
+            flush_sequence: self.sink.flush_sequence(),
+            windows: self.aggregator.snapshot(),
+        };
+        self.checkpoints.save(&checkpoint).await?;
+        self.epoch += 1;
+        self.committed_position = self.position.clone();
+        self.last_commit = Instant::now();
+        self.metrics.checkpoint_written();
+        Ok(())
+    }
+}
+
+/// Exponential backoff with jitter, capped.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            next: min,
+            min,
+            max,
+            seed: now_ms() as u64 | 1,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The next delay: between half and all of the current step, which then doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = step / 2;
+        half + Duration::from_millis(self.seed % (half.as_millis() as u64 + 1))
+    }
+}
+
+/// Why a shard task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ShardOutcome {
+    /// Read to its end (closed by resharding) and fully written.
+    Finished,
+    /// Asked to stop; its state is checkpointed.
+    Stopped,
+}
+
+/// Reads one shard until it ends or `stop` turns true.
+pub async fn run_shard(
+    mut worker: ShardWorker,
+    source: KinesisSource,
+    settings: KinesisSourceConfig,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> (String, Result<ShardOutcome, ConsumerError>) {
+    let shard_id = worker.shard_id().to_owned();
+    let outcome = read_shard(&mut worker, &source, &settings, &mut stop, &metrics).await;
+    metrics.remove_shard(&shard_id);
+    (shard_id, outcome)
+}
+
+/// Kinesis allows five GetRecords calls per second per shard, shared by all its consumers.
+const MIN_POLL_SPACING: Duration = Duration::from_millis(200);
+
+async fn read_shard(
+    worker: &mut ShardWorker,
+    source: &KinesisSource,
+    settings: &KinesisSourceConfig,
+    stop: &mut watch::Receiver<bool>,
+    metrics: &Metrics,
+) -> Result<ShardOutcome, ConsumerError> {
+    if worker.is_finished() {
+        return Ok(ShardOutcome::Finished);
+    }
+    let start = |worker: &ShardWorker| match worker.position() {
+        Some(sequence) => ReadFrom::AfterSequenceNumber(sequence.to_owned()),
+        None => ReadFrom::Start(settings.start_position.clone()),
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut iterator: Option<String> = None;
+    loop {
+        if *stop.borrow() {
+            worker.checkpoint_now().await?;
+            return Ok(ShardOutcome::Stopped);
+        }
+        let mut pause = MIN_POLL_SPACING;
+        let polled = match &iterator {
+            Some(current) => source
+                .get_records(current, settings.max_records_per_call)
+                .await
+                .map(Some),
+            None => source
+                .iterator(worker.shard_id(), &start(worker))
+                .await
+                .map(|fresh| {
+                    iterator = Some(fresh);
+                    None
+                }),
+        };
+        match polled {
+            Ok(None) => continue,
+            Ok(Some(batch)) => {
+                metrics.get_records_called();
+                backoff.reset();
+                let quiet = batch.records.is_empty();
+                worker.apply(&batch.records);
+                let behind = batch.millis_behind_latest.unwrap_or(0);
+                if quiet && behind == 0 {
+                    let delay = i64::try_from(settings.idle_watermark_delay.as_millis())
+                        .unwrap_or(i64::MAX);
+                    worker.advance_watermark(now_ms().saturating_sub(delay));
+                }
+                metrics.set_shard(worker.shard_id(), worker.gauges(behind));
+                match batch.next_iterator {
+                    Some(next) => iterator = Some(next),
+                    None => {
+                        flush_with_retry(worker, stop, metrics, true).await?;
+                        tracing::info!(shard = worker.shard_id(), "shard closed and fully read");
+                        return Ok(ShardOutcome::Finished);
+                    }
+                }
+                flush_with_retry(worker, stop, metrics, false).await?;
+                if quiet {
+                    pause = settings.idle_poll_interval.as_std().max(MIN_POLL_SPACING);
+                }
+            }
+            Err(KinesisError::ExpiredIterator) => {
+                tracing::info!(shard = worker.shard_id(), "iterator expired; renewing");
+                iterator = None;
+                continue;
+            }
+            Err(KinesisError::Throttled(message)) => {
+                metrics.throttled();
+                pause = backoff.next_delay();
+                tracing::debug!(shard = worker.shard_id(), ?pause, %message, "throttled");
+            }
+            Err(err) => {
+                metrics.source_error();
+                pause = backoff.next_delay();
+                tracing::warn!(shard = worker.shard_id(), ?pause, error = %err, "reading the shard failed; retrying");
+                iterator = None;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Flushes, retrying storage failures with backoff; a stop request ends the retries (the
+/// checkpoint then still holds the last committed state, so nothing is lost).
+async fn flush_with_retry(
+    worker: &mut ShardWorker,
+    stop: &mut watch::Receiver<bool>,
+    metrics: &Metrics,
+    finish: bool,
+) -> Result<(), ConsumerError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        let result = if finish {
+            worker.finish_shard().await
+        } else {
+            worker.flush().await
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(err) if *stop.borrow() => return Err(err),
+            Err(err) => {
+                metrics.sink_error();
+                let pause = backoff.next_delay();
+                tracing::warn!(shard = worker.shard_id(), ?pause, error = %err, "writing failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Which shards can start now: not running, not finished, and with every parent finished (or
+/// gone from the stream, aged out by retention).
+pub fn startable_shards<'s>(
+    shards: &'s [ShardInfo],
+    running: &BTreeSet<String>,
+    finished: &BTreeSet<String>,
+) -> Vec<&'s ShardInfo> {
+    let known: BTreeSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    shards
+        .iter()
+        .filter(|shard| !running.contains(&shard.shard_id) && !finished.contains(&shard.shard_id))
+        .filter(|shard| {
+            shard
+                .parents()
+                .all(|parent| finished.contains(parent) || !known.contains(parent))
+        })
+        .collect()
+}
+
+/// Consumes a Kinesis stream until `stop` turns true; then every shard checkpoints and returns.
+pub async fn consume(
+    config: &AggregatorConfig,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ConsumerError> {
+    let clickheatmap_crds::SourceConfig::Kinesis(settings) = &config.source else {
+        return Err(ConsumerError::NotKinesis);
+    };
+    let source = KinesisSource::connect(settings).await;
+    consume_from(config, settings, source, metrics, ready, stop).await
+}
+
+pub async fn consume_from(
+    config: &AggregatorConfig,
+    settings: &KinesisSourceConfig,
+    source: KinesisSource,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ConsumerError> {
+    let targets = Targets::open(config, source.stream())?;
+    let mut tasks: JoinSet<(String, Result<ShardOutcome, ConsumerError>)> = JoinSet::new();
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut discovery = tokio::time::interval(settings.shard_discovery_interval.as_std());
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = discovery.tick() => {}
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                match joined {
+                    Ok((shard_id, outcome)) => {
+                        running.remove(&shard_id);
+                        match outcome {
+                            Ok(ShardOutcome::Finished) => { finished.insert(shard_id); }
+                            Ok(ShardOutcome::Stopped) => {}
+                            Err(err) => {
+                                tracing::error!(shard = %shard_id, error = %err, "shard task failed; restarting it from its checkpoint");
+                                retry_at.insert(shard_id, Instant::now() + backoff.next_delay());
+                            }
+                        }
+                    }
+                    Err(err) => tracing::error!(error = %err, "a shard task panicked"),
+                }
+                if *stop.borrow() && tasks.is_empty() {
+                    return Ok(());
+                }
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    tracing::info!(shards = running.len(), "stopping: checkpointing every shard");
+                    while let Some(joined) = tasks.join_next().await {
+                        if let Ok((shard_id, Err(err))) = joined {
+                            tracing::error!(shard = %shard_id, error = %err, "checkpoint at shutdown failed; the last committed one stands");
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if *stop.borrow() {
+            continue;
+        }
+        let shards = match source.list_shards().await {
+            Ok(shards) => {
+                ready.store(true, Ordering::Relaxed);
+                shards
+            }
+            Err(err) => {
+                metrics.source_error();
+                tracing::warn!(error = %err, "listing shards failed; retrying at the next tick");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        for shard in startable_shards(&shards, &running, &finished) {
+            if retry_at.get(&shard.shard_id).is_some_and(|at| *at > now) {
+                continue;
+            }
+            retry_at.remove(&shard.shard_id);
+            let worker = match ShardWorker::recover(
+                config,
+                &targets,
+                source.stream(),
+                &shard.shard_id,
+                metrics.clone(),
+            )
+            .await
+            {
+                Ok(worker) => worker,
+                Err(err) => {
+                    tracing::error!(shard = %shard.shard_id, error = %err, "recovering the shard failed; retrying later");
+                    retry_at.insert(shard.shard_id.clone(), now + backoff.next_delay());
+                    continue;
+                }
+            };
+            running.insert(shard.shard_id.clone());
+            tasks.spawn(run_shard(
+                worker,
+                source.clone(),
+                settings.clone(),
+                stop.clone(),
+                metrics.clone(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parent: Option<&str>, adjacent: Option<&str>) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.into(),
+            parent_shard_id: parent.map(Into::into),
+            adjacent_parent_shard_id: adjacent.map(Into::into),
+            closed: false,
+        }
+    }
+
+    fn ids(shards: Vec<&ShardInfo>) -> Vec<&str> {
+        shards.iter().map(|s| s.shard_id.as_str()).collect()
+    }
+
+    #[test]
+    fn parents_are_read_before_children() {
+        let shards = vec![
+            shard("a", None, None),
+            shard("b", None, None),
+            shard("c", Some("a"), None),
+            shard("d", Some("a"), Some("b")),
+        ];
+        let none = BTreeSet::new();
+        assert_eq!(ids(startable_shards(&shards, &none, &none)), vec!["a", "b"]);
+        let running = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert!(startable_shards(&shards, &running, &none).is_empty());
+        let finished = BTreeSet::from(["a".to_owned()]);
+        let running = BTreeSet::from(["b".to_owned()]);
+        assert_eq!(
+            ids(startable_shards(&shards, &running, &finished)),
+            vec!["c"]
+        );
+        let finished = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert_eq!(
+            ids(startable_shards(&shards, &none, &finished)),
+            vec!["c", "d"]
+        );
+    }
+
+    #[test]
+    fn parents_aged_out_of_the_stream_do_not_block() {
+        let shards = vec![shard("c", Some("gone"), None)];
+        let none = BTreeSet::new();
+        assert_eq!(ids(startable_shards(&shards, &none, &none)), vec!["c"]);
+    }
+
+    fn record(sequence: u64, page: &str, t: i64) -> ShardRecord {
+        ShardRecord {
+            sequence_number: format!("{sequence:020}"),
+            data: bytes::Bytes::from(format!(
+                r#"{{"event_type":"click","event_time_ms":{t},"page_id":"{page}","x":1,"y":1,"viewport_width":10,"viewport_height":10}}"#
+            )),
+        }
+    }
+
+    fn parquet_files(dir: &std::path::Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    found.push(path.file_name().unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// A crash after a flush's files were written but before its checkpoint: the restart deletes
+    /// those files, resumes from the committed position with the committed windows, and the
+    /// replayed records produce each click exactly once.
+    #[tokio::test]
+    async fn an_uncommitted_flush_is_undone_and_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AggregatorConfig::default();
+        config.output.root = dir.path().join("out").to_str().unwrap().to_owned();
+        config.checkpoint.location = Some(dir.path().join("ckpt").to_str().unwrap().to_owned());
+        config.window.allowed_lateness = clickheatmap_crds::Duration::ZERO;
+        let targets = Targets::open(&config, "s").unwrap();
+        let metrics = Arc::new(Metrics::default());
+        const T: i64 = 1_766_919_000_000;
+
+        let mut worker = ShardWorker::recover(&config, &targets, "s", "shard-0", metrics.clone())
+            .await
+            .unwrap();
+        worker.aggregator.set_clock(T);
+        worker.apply(&[record(1, "a", T + 1), record(2, "a", T + 60_001)]);
+        worker.flush().await.unwrap();
+        assert_eq!(
+            parquet_files(dir.path()),
+            vec!["local-shard-0-1766919000000.parquet"]
+        );
+        let checkpoint_file = dir.path().join("ckpt/s/shard-0.json");
+        let committed = std::fs::read(&checkpoint_file).unwrap();
+
+        // The next flush writes its intent and its file, then the checkpoint write fails.
+        let batch = [record(3, "a", T + 60_002), record(4, "b", T + 120_001)];
+        worker.apply(&batch);
+        std::fs::remove_file(&checkpoint_file).unwrap();
+        std::fs::create_dir(&checkpoint_file).unwrap();
+        assert!(worker.flush().await.is_err());
+        assert_eq!(
+            parquet_files(dir.path()).len(),
+            2,
+            "the uncommitted file was written"
+        );
+        drop(worker);
+        std::fs::remove_dir(&checkpoint_file).unwrap();
+        std::fs::write(&checkpoint_file, committed).unwrap();
+
+        let mut worker = ShardWorker::recover(&config, &targets, "s", "shard-0", metrics)
+            .await
+            .unwrap();
+        assert_eq!(worker.position(), Some("00000000000000000002"));
+        assert_eq!(
+            parquet_files(dir.path()),
+            vec!["local-shard-0-1766919000000.parquet"],
+            "undone"
+        );
+        worker.aggregator.set_clock(T);
+        worker.apply(&batch);
+        worker.flush().await.unwrap();
+        worker.finish_shard().await.unwrap();
+
+        let location = Location::open(&config.output.root).unwrap();
+        let rows = crate::query::read_rows(
+            &location.store,
+            &location.child("curated_heatmap"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let total: BTreeMap<(String, i64), i64> =
+            rows.iter().fold(BTreeMap::new(), |mut acc, row| {
+                *acc.entry((row.page_id.clone(), row.window_start))
+                    .or_insert(0) += row.clicks;
+                acc
+            });
+        assert_eq!(
+            total,
+            BTreeMap::from([
+                (("a".to_owned(), T), 1),
+                (("a".to_owned(), T + 60_000), 2),
+                (("b".to_owned(), T + 120_000), 1),
+            ])
+        );
+        let restored = targets.checkpoints.load("shard-0").await.unwrap().unwrap();
+        assert!(restored.shard_finished);
+        assert_eq!(
+            restored.sequence_number.as_deref(),
+            Some("00000000000000000004")
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let delays: Vec<Duration> = (0..6).map(|_| backoff.next_delay()).collect();
+        for (delay, step) in delays.iter().zip([100u64, 200, 400, 800, 800, 800]) {
+            assert!(*delay >= Duration::from_millis(step / 2), "{delays:?}");
+            assert!(*delay <= Duration::from_millis(step), "{delays:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

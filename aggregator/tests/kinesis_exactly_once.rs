@@ -1,0 +1,298 @@
+//! The production path against a real emulator (moto server on 127.0.0.1): the aggregator
+//! process consumes every shard of a Kinesis stream into S3, is killed with SIGKILL at random
+//! moments several times and restarted, and in the end the curated table holds exactly the
+//! valid input — SUM(clicks) per (page, window, cell) — and the dead letters exactly the invalid
+//! records: no loss, no double count. A last SIGTERM must stop it cleanly.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use clickheatmap_aggregator::query::{TimeRange, read_rows};
+use clickheatmap_aggregator::synth::{Generator, Rng, SynthOptions, SynthRecord};
+use clickheatmap_aggregator::time::now_ms;
+use clickheatmap_testkit::{MotoServer, free_port};
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+const STREAM: &str = "heatmap-demo-kds";
+const BUCKET: &str = "heatmap-demo-curated";
+
+type Sums = BTreeMap<(String, i64, i32, i32), i64>;
+
+fn kinesis_client(moto: &MotoServer) -> aws_sdk_kinesis::Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .endpoint_url(moto.endpoint())
+        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .build();
+    aws_sdk_kinesis::Client::from_conf(config)
+}
+
+fn s3(moto: &MotoServer) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(moto.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .unwrap(),
+    )
+}
+
+/// The grid formula, written out here independently of the aggregator.
+fn cell(x: f64, y: f64, width: u32, height: u32) -> (i32, i32) {
+    let axis = |cells: f64, position: f64, extent: f64| {
+        (cells * position / extent).floor().clamp(0.0, cells - 1.0) as i32
+    };
+    (
+        axis(20.0, x, f64::from(width)),
+        axis(20.0, y, f64::from(height)),
+    )
+}
+
+/// Puts the synthetic records into the stream, several events per record; returns the expected
+/// sums and the number of invalid records.
+async fn fill_stream(client: &aws_sdk_kinesis::Client) -> (Sums, usize) {
+    let options = SynthOptions {
+        seed: 42,
+        // About an hour of one-minute windows per shard: many flushes for the kills to hit.
+        start_ms: now_ms() - 90 * 60_000,
+        clicks_per_second: 1.0,
+        invalid_share: 0.03,
+        late_share: 0.01,
+        ..SynthOptions::default()
+    };
+    let mut expected = Sums::new();
+    let mut invalid = 0;
+    let mut rng = Rng::new(7);
+    let mut generator = Generator::new(options);
+    let mut entries = Vec::new();
+    for record_index in 0..1200 {
+        let mut data = Vec::new();
+        for _ in 0..1 + rng.below(5) {
+            let Some(record) = generator.next() else {
+                break;
+            };
+            match &record {
+                SynthRecord::Click(click) => {
+                    let (x, y) = click.json_coordinates();
+                    let (gx, gy) = cell(x, y, click.viewport_width, click.viewport_height);
+                    let window = click.event_time_ms - click.event_time_ms.rem_euclid(60_000);
+                    *expected
+                        .entry((click.page_id.to_owned(), window, gx, gy))
+                        .or_insert(0) += 1;
+                }
+                SynthRecord::Invalid { .. } => invalid += 1,
+            }
+            record.write_json(&mut data);
+            data.push(b'\n');
+            // A malformed event spoils the rest of its line, so it always ends the record.
+            if matches!(record, SynthRecord::Invalid { reason, .. } if reason == clickheatmap_aggregator::event::RejectReason::MalformedJson)
+            {
+                break;
+            }
+        }
+        entries.push(
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(data))
+                .partition_key(format!("key-{record_index}"))
+                .build()
+                .unwrap(),
+        );
+    }
+    for chunk in entries.chunks(400) {
+        let output = client
+            .put_records()
+            .stream_name(STREAM)
+            .set_records(Some(chunk.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(output.failed_record_count(), Some(0));
+    }
+    (expected, invalid)
+}
+
+async fn curated_sums(store: &Arc<dyn ObjectStore>) -> Sums {
+    let rows = read_rows(
+        store,
+        &Path::from("curated/curated_heatmap"),
+        &TimeRange::default(),
+    )
+    .await
+    .unwrap();
+    let mut sums = Sums::new();
+    for row in rows {
+        *sums
+            .entry((row.page_id, row.window_start, row.grid_x, row.grid_y))
+            .or_insert(0) += row.clicks;
+    }
+    sums
+}
+
+async fn dead_letter_lines(store: &Arc<dyn ObjectStore>) -> usize {
+    let files: Vec<_> = store
+        .list(Some(&Path::from("curated/dead_letter")))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut lines = 0;
+    for file in files {
+        let bytes = store
+            .get(&file.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        lines += bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+    }
+    lines
+}
+
+fn start_aggregator(moto: &MotoServer, config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_clickheatmap-aggregator"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .envs(moto.aws_env())
+        .env(
+            "RUST_LOG",
+            std::env::var("AGGREGATOR_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_click_counted_once_across_sigkill_restarts() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let client = kinesis_client(&moto);
+    client
+        .create_stream()
+        .stream_name(STREAM)
+        .shard_count(2)
+        .send()
+        .await
+        .unwrap();
+    let (expected, invalid) = fill_stream(&client).await;
+    assert!(expected.values().sum::<i64>() > 2500 && invalid > 50);
+
+    let metrics_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("aggregator.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "writerId": "agg",
+            "source": {
+                "type": "kinesis",
+                "streamName": STREAM,
+                "maxRecordsPerCall": 25,
+                "idlePollInterval": "200ms",
+                "shardDiscoveryInterval": "1s",
+                "idleWatermarkDelay": "1s"
+            },
+            "output": { "root": format!("s3://{BUCKET}/curated/") },
+            "checkpoint": { "interval": "1s" },
+            "metricsAddress": format!("127.0.0.1:{metrics_port}")
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    // Kill it hard, at random moments, several times.
+    let mut rng = Rng::new(now_ms() as u64);
+    for _ in 0..5 {
+        let mut child = start_aggregator(&moto, &config);
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(2500) as u64)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    let mut child = start_aggregator(&moto, &config);
+    let store = s3(&moto);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut sums = Sums::new();
+    while Instant::now() < deadline {
+        sums = curated_sums(&store).await;
+        if sums == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if sums != expected {
+        let _ = child.kill();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(k, v)| sums.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = sums
+            .iter()
+            .filter(|(k, v)| expected.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        panic!(
+            "curated sums differ from the input: {} expected cells, {} found; expected vs found e.g. {missing:?} / {extra:?}",
+            expected.len(),
+            sums.len()
+        );
+    }
+    assert_eq!(
+        dead_letter_lines(&store).await,
+        invalid,
+        "each invalid record dead-lettered once"
+    );
+
+    // Observable while running.
+    let metrics = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("clickheatmap_checkpoints_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("clickheatmap_millis_behind_latest{shard=\"shardId-"),
+        "{metrics}"
+    );
+
+    // SIGTERM: checkpoint and leave cleanly.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exit status {exit:?}");
+    assert_eq!(curated_sums(&store).await, expected);
+    assert_eq!(dead_letter_lines(&store).await, invalid);
+}
