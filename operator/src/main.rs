@@ -1,1 +1,5 @@
-fn main() {}
+//! `clickheatmap-operator`: see [`clickheatmap_operator::cli`].
+
+fn main() -> std::process::ExitCode {
+    clickheatmap_operator::cli::main()
+}

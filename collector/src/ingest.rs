@@ -1,0 +1,355 @@
+//! From a request body to accepted events (compact NDJSON lines) and counted rejections.
+//!
+//! A body holds one event object, a JSON array of them, or several objects one after another
+//! (NDJSON). The body is split into values by `serde_json` (strict JSON: UTF-8, no raw control
+//! characters in strings, at most 128 levels of nesting, no `NaN`), and every event object is
+//! then judged by the aggregator's own parser, [`parse_record`], so that the collector accepts
+//! exactly what the aggregator counts — plus the guarantee that what goes on the stream is
+//! strict JSON, one event per line, whatever reads the raw archive later.
+//!
+//! Splitting first is also how an accepted event's original text is kept: the parser reports a
+//! rejected event's bytes but not an accepted one's. Each accepted object is forwarded with all
+//! of its fields, only with the whitespace between tokens removed.
+//!
+//! A value that is not valid JSON is counted once as `malformed_json`, and reading resumes on the
+//! next line, the way the aggregator reads NDJSON.
+
+use clickheatmap_aggregator::event::{
+    ClickEvent, Limits, RecordVisitor, RejectReason, Rejection, parse_record,
+};
+use serde_json::value::RawValue;
+
+const REASONS: usize = RejectReason::ALL.len();
+
+/// The outcome of one body: accepted events as NDJSON lines, and rejections by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Accepted events, each a compact JSON object followed by `\n`.
+    lines: Vec<u8>,
+    /// Where each line ends in `lines` (after its `\n`).
+    ends: Vec<usize>,
+    rejected: [u64; REASONS],
+}
+
+impl Batch {
+    /// Number of accepted events.
+    pub fn accepted(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Number of rejected events (or unreadable stretches).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+
+    /// Accepted plus rejected.
+    pub fn total(&self) -> u64 {
+        self.accepted() as u64 + self.rejected()
+    }
+
+    /// Rejections by reason, only reasons that occurred, in [`RejectReason::ALL`] order.
+    pub fn rejections(&self) -> impl Iterator<Item = (RejectReason, u64)> + '_ {
+        RejectReason::ALL
+            .iter()
+            .map(|reason| (*reason, self.rejected[reason.index()]))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// Bytes of the accepted events' NDJSON.
+    pub fn bytes(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// The accepted events, each a line ending in `\n`.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let line = &self.lines[start..end];
+            start = end;
+            line
+        })
+    }
+
+    fn reject(&mut self, reason: RejectReason) {
+        self.rejected[reason.index()] += 1;
+    }
+
+    fn accept(&mut self, json: &[u8]) {
+        let start = self.lines.len();
+        if compact_into(&mut self.lines, json).is_err() {
+            self.lines.truncate(start);
+            self.reject(RejectReason::MalformedJson);
+            return;
+        }
+        self.lines.push(b'\n');
+        self.ends.push(self.lines.len());
+    }
+}
+
+/// Splits `body` into events, judges each with the aggregator's parser, and returns the accepted
+/// ones as compact NDJSON along with the rejection counts.
+pub fn split_events(body: &[u8], limits: &Limits) -> Batch {
+    let mut batch = Batch::default();
+    // A byte order mark is harmless; the aggregator skips it too.
+    let mut rest = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    // Each object is judged alone, so the record limit is the body limit, enforced before.
+    let limits = Limits {
+        max_record_bytes: usize::MAX,
+        ..*limits
+    };
+    'body: loop {
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<&RawValue>();
+        loop {
+            match values.next() {
+                None => break 'body,
+                Some(Ok(value)) => top_level_value(value, &limits, &mut batch),
+                Some(Err(_)) => {
+                    // The broken value starts after the last good one (and its whitespace);
+                    // it counts once, and reading resumes on the line after the one it starts on.
+                    let good = values.byte_offset();
+                    let Some(start) = rest[good..]
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())
+                        .map(|offset| good + offset)
+                    else {
+                        break 'body;
+                    };
+                    batch.reject(RejectReason::MalformedJson);
+                    let resume =
+                        memchr_newline(&rest[start..]).map_or(rest.len(), |i| start + i + 1);
+                    rest = &rest[resume..];
+                    continue 'body;
+                }
+            }
+        }
+    }
+    batch
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|b| *b == b'\n')
+}
+
+fn top_level_value(value: &RawValue, limits: &Limits, batch: &mut Batch) {
+    let text = value.get().as_bytes();
+    match text.first() {
+        Some(b'{') => event(text, limits, batch),
+        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(value.get()) {
+            Ok(elements) => {
+                for element in elements {
+                    let text = element.get().as_bytes();
+                    if text.first() == Some(&b'{') {
+                        event(text, limits, batch);
+                    } else {
+                        // Arrays hold events; a nested array is not one.
+                        batch.reject(RejectReason::NotAnObject);
+                    }
+                }
+            }
+            // Cannot happen for text serde_json has just read as one value; count it anyway.
+            Err(_) => batch.reject(RejectReason::MalformedJson),
+        },
+        _ => batch.reject(RejectReason::NotAnObject),
+    }
+}
+
+/// Judges one event object with the aggregator's parser.
+fn event(text: &[u8], limits: &Limits, batch: &mut Batch) {
+    let mut outcome = Outcome::default();
+    parse_record(text, limits, &mut outcome);
+    match (outcome.clicks, outcome.first_rejection) {
+        (1, None) => batch.accept(text),
+        (_, Some(reason)) => batch.reject(reason),
+        // One object is one event; anything else means the two parsers disagree on the syntax.
+        (_, None) => batch.reject(RejectReason::MalformedJson),
+    }
+}
+
+/// What the parser said about one object.
+#[derive(Default)]
+struct Outcome {
+    clicks: u32,
+    first_rejection: Option<RejectReason>,
+}
+
+impl<'a> RecordVisitor<'a> for Outcome {
+    fn click(&mut self, _event: ClickEvent<'a>) {
+        self.clicks += 1;
+    }
+
+    fn reject(&mut self, rejection: Rejection<'a>) {
+        self.first_rejection.get_or_insert(rejection.reason);
+    }
+}
+
+/// Deepest nesting forwarded (the event object itself is level 1). The aggregator's parser skips
+/// nested values with a heap stack and `serde_json` reads raw values without its recursion
+/// limit, so without this bound a 64 KiB event could carry 32,000 levels to whatever reads the
+/// stream next with a recursive parser. Deeper events count as `malformed_json`.
+pub const MAX_DEPTH: usize = 32;
+
+/// The event nests deeper than [`MAX_DEPTH`].
+#[derive(Debug)]
+struct TooDeep;
+
+/// Appends strict JSON text without the whitespace between tokens. Strict JSON strings hold no
+/// raw whitespace other than spaces, and two tokens never need a space between them, so the
+/// result is the same value on one line.
+fn compact_into(out: &mut Vec<u8>, json: &[u8]) -> Result<(), TooDeep> {
+    out.reserve(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut depth = 0usize;
+    for &byte in json {
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else {
+            match byte {
+                b' ' | b'\n' | b'\r' | b'\t' => {}
+                b'"' => {
+                    in_string = true;
+                    out.push(byte);
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(TooDeep);
+                    }
+                    out.push(byte);
+                }
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    out.push(byte);
+                }
+                _ => out.push(byte),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{"event_type":"click","event_time":"2025-12-28T10:51:06.968Z","event_time_ms":1766919066968,"page_id":"demo-page","x":412.5,"y":233,"viewport_width":1280,"viewport_height":720,"dpr":2,"user_agent":"Mozilla/5.0 (X11) \"q\" \\ x"}"#;
+
+    fn split(body: &str) -> Batch {
+        split_events(body.as_bytes(), &Limits::default())
+    }
+
+    fn reasons(batch: &Batch) -> Vec<(&'static str, u64)> {
+        batch.rejections().map(|(r, n)| (r.label(), n)).collect()
+    }
+
+    #[test]
+    fn one_object_an_array_and_ndjson() {
+        let one = split(EVENT);
+        assert_eq!((one.accepted(), one.rejected()), (1, 0));
+        assert_eq!(one.lines().next().unwrap(), format!("{EVENT}\n").as_bytes());
+        let array = split(&format!("[{EVENT}, {EVENT}]"));
+        assert_eq!((array.accepted(), array.rejected()), (2, 0));
+        let ndjson = split(&format!("{EVENT}\n{EVENT}\r\n\n{EVENT}\n"));
+        assert_eq!((ndjson.accepted(), ndjson.rejected()), (3, 0));
+        let bom = split(&format!("\u{feff}{EVENT}"));
+        assert_eq!(bom.accepted(), 1);
+    }
+
+    #[test]
+    fn pretty_printed_events_become_one_line_with_every_field() {
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(EVENT).unwrap(),
+        )
+        .unwrap();
+        let batch = split(&pretty);
+        assert_eq!(batch.accepted(), 1);
+        let line = batch.lines().next().unwrap();
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let back: serde_json::Value = serde_json::from_slice(line).unwrap();
+        let original: serde_json::Value = serde_json::from_str(EVENT).unwrap();
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn strings_keep_their_spaces_and_escapes() {
+        let event = EVENT.replace("Mozilla/5.0", "spaces  \\n\\t \\\" {[\\u0041");
+        let batch = split(&event);
+        assert_eq!(batch.accepted(), 1);
+        assert_eq!(
+            batch.lines().next().unwrap(),
+            format!("{event}\n").as_bytes()
+        );
+    }
+
+    #[test]
+    fn reasons_come_from_the_aggregator_parser() {
+        let wrong = EVENT.replace("\"x\":412.5", "\"x\":\"412.5\"");
+        let scroll = EVENT.replace("\"click\"", "\"scroll\"");
+        let batch = split(&format!("[{wrong},{scroll},{EVENT},1,[{EVENT}]]"));
+        assert_eq!(batch.accepted(), 1);
+        assert_eq!(
+            reasons(&batch),
+            vec![("not_an_object", 2), ("wrong_type", 1), ("not_a_click", 1)]
+        );
+    }
+
+    #[test]
+    fn a_broken_line_costs_one_rejection_and_not_its_neighbours() {
+        let body =
+            format!("{EVENT}\n{{\"event_type\":\"click\",\"x\":\n{EVENT}\n{EVENT} oops\n{EVENT}");
+        let batch = split(&body);
+        assert_eq!(batch.accepted(), 4);
+        assert_eq!(reasons(&batch), vec![("malformed_json", 2)]);
+    }
+
+    #[test]
+    fn what_is_not_strict_json_is_malformed() {
+        for body in [
+            "{not json",
+            "{\"x\":NaN}",
+            "[1 2]",
+            "\"unterminated",
+            &EVENT.replace("demo-page", "raw\u{1}control"),
+            &EVENT.replace("\"dpr\":2", "\"dpr\":Infinity"),
+            &EVENT.replace(
+                "\"dpr\":2",
+                &format!("\"dpr\":{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH)),
+            ),
+        ] {
+            let batch = split(body);
+            assert_eq!(batch.accepted(), 0, "{}", &body[..body.len().min(80)]);
+            assert_eq!(reasons(&batch), vec![("malformed_json", 1)]);
+        }
+        let nested = EVENT.replace(
+            "\"dpr\":2",
+            &format!(
+                "\"dpr\":{}{}",
+                "[".repeat(MAX_DEPTH - 1),
+                "]".repeat(MAX_DEPTH - 1)
+            ),
+        );
+        assert_eq!(split(&nested).accepted(), 1);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let batch = split(&deep);
+        assert_eq!((batch.accepted(), batch.rejected()), (0, 1));
+        let mut invalid_utf8 = EVENT.as_bytes().to_vec();
+        let at = EVENT.find("Mozilla").unwrap();
+        invalid_utf8[at] = 0xFF;
+        let batch = split_events(&invalid_utf8, &Limits::default());
+        assert_eq!((batch.accepted(), batch.rejected()), (0, 1));
+    }
+
+    #[test]
+    fn empty_bodies_have_no_events() {
+        for body in ["", "  \n", "[]", "\u{feff}"] {
+            assert_eq!(split(body).total(), 0, "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+-- Argo CD health check for clickheatmap.io/ClickHeatmapPipeline.
+--
+-- Register it in argocd-cm under the key
+--   resource.customizations.health.clickheatmap.io_ClickHeatmapPipeline
+-- (examples/argocd/argocd-cm-health.yaml holds this file verbatim; tests/argocd/run.sh checks
+-- that the two stay the same). Argo CD runs it in gopher-lua (Lua 5.1) with the live object in
+-- the global `obj`; it returns { status = ..., message = ... }.
+--
+--   Healthy      the Ready condition is True and status.observedGeneration equals
+--                metadata.generation: every part of the pipeline matches the current spec.
+--   Degraded     Ready is False with a terminal reason: the operator stopped retrying and a
+--                person must act (fix the spec, the IAM policy, the name clash).
+--   Progressing  anything else: no status yet, the operator has not seen the latest spec, or
+--                Ready is False/Unknown with a reason it retries by itself (Provisioning,
+--                Retrying, Throttled, ...).
+
+-- Ready reasons the operator uses for errors that retrying cannot fix.
+local terminalReasons = {
+  InvalidSpec = true,
+  Conflict = true,
+  AccessDenied = true,
+  NotFound = true,
+}
+
+local function readyCondition(status)
+  if status == nil or status.conditions == nil then
+    return nil
+  end
+  for _, condition in ipairs(status.conditions) do
+    if condition.type == "Ready" then
+      return condition
+    end
+  end
+  return nil
+end
+
+-- The condition's message, or its reason when the message is empty.
+local function describe(condition)
+  if condition.message ~= nil and condition.message ~= "" then
+    return condition.message
+  end
+  if condition.reason ~= nil and condition.reason ~= "" then
+    return condition.reason
+  end
+  return "Ready is " .. tostring(condition.status)
+end
+
+local function assess(obj)
+  local hs = {}
+  local generation = nil
+  if obj.metadata ~= nil then
+    generation = obj.metadata.generation
+  end
+  local status = obj.status
+
+  if status == nil then
+    hs.status = "Progressing"
+    hs.message = "Waiting for the operator to report the pipeline's status"
+    return hs
+  end
+
+  local observed = status.observedGeneration
+  if observed == nil or (generation ~= nil and observed ~= generation) then
+    hs.status = "Progressing"
+    if generation ~= nil then
+      hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+      if observed ~= nil then
+        hs.message = hs.message .. " (status describes generation " .. tostring(observed) .. ")"
+      end
+    else
+      hs.message = "Waiting for the operator to observe the latest spec"
+    end
+    return hs
+  end
+
+  local ready = readyCondition(status)
+  if ready == nil then
+    hs.status = "Progressing"
+    hs.message = "Waiting for the Ready condition"
+    return hs
+  end
+
+  -- A condition stamped with an older generation describes an older spec.
+  if ready.observedGeneration ~= nil and generation ~= nil and ready.observedGeneration ~= generation then
+    hs.status = "Progressing"
+    hs.message = "Waiting for the Ready condition of generation " .. tostring(generation)
+    return hs
+  end
+
+  if ready.status == "True" then
+    hs.status = "Healthy"
+  elseif ready.status == "False" and ready.reason ~= nil and terminalReasons[ready.reason] then
+    hs.status = "Degraded"
+  else
+    hs.status = "Progressing"
+  end
+  hs.message = describe(ready)
+  return hs
+end
+
+return assess(obj)

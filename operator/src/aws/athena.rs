@@ -1,0 +1,496 @@
+//! The Athena workgroup the heatmap is queried through.
+//!
+//! Results go to `s3://<query results bucket>/<results prefix>`, the workgroup's settings are
+//! enforced over client-side settings (so every query of the viewer lands in the bucket whose
+//! lifecycle rule expires results), and an optional per-query scan limit caps the cost of a bad
+//! query. The workgroup must be `ENABLED`.
+//!
+//! Athena answers `GetWorkGroup` for a missing workgroup with `InvalidRequestException` ("…is
+//! not found"), not with a not-found code; [`observe`] treats that as "does not exist".
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aws_sdk_athena::Client;
+use aws_sdk_athena::types::{
+    ResultConfiguration, ResultConfigurationUpdates, Tag, WorkGroupConfiguration,
+    WorkGroupConfigurationUpdates, WorkGroupState,
+};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
+use serde::Serialize;
+
+use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use crate::error::{Error, code_of, from_sdk, is_not_found};
+use crate::names::{Names, Owner, query_results_location};
+
+/// The workgroup's settings, as far as the operator manages them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkgroupSettings {
+    pub output_location: String,
+    pub enforce_configuration: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_scanned_cutoff_per_query: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredWorkgroup {
+    pub name: String,
+    pub arn: String,
+    pub description: String,
+    pub settings: WorkgroupSettings,
+    pub owner: Owner,
+    pub adopt_existing: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedWorkgroup {
+    pub name: String,
+    /// `ENABLED` or `DISABLED`.
+    pub state: String,
+    pub output_location: Option<String>,
+    pub enforce_configuration: Option<bool>,
+    pub bytes_scanned_cutoff_per_query: Option<i64>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One Athena call the operator would make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all_fields = "camelCase")]
+pub enum Change {
+    CreateWorkGroup {
+        workgroup: String,
+        description: String,
+        settings: WorkgroupSettings,
+        tags: BTreeMap<String, String>,
+    },
+    TagResource {
+        workgroup: String,
+        resource_arn: String,
+        tags: BTreeMap<String, String>,
+    },
+    UpdateWorkGroup {
+        workgroup: String,
+        settings: WorkgroupSettings,
+        /// Set the workgroup `ENABLED` again.
+        enable: bool,
+    },
+}
+
+impl Change {
+    /// Athena workgroup calls take effect before they return.
+    pub fn needs_settling(&self) -> bool {
+        false
+    }
+}
+
+fn describe(settings: &WorkgroupSettings) -> String {
+    let mut text = format!("results to {}", settings.output_location);
+    if settings.enforce_configuration {
+        text.push_str(", enforced");
+    }
+    match settings.bytes_scanned_cutoff_per_query {
+        Some(limit) => text.push_str(&format!(", at most {limit} bytes scanned per query")),
+        None => text.push_str(", no scan limit"),
+    }
+    text
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateWorkGroup {
+                workgroup,
+                settings,
+                tags,
+                ..
+            } => write!(
+                f,
+                "create Athena workgroup {workgroup} ({}), tagged {}",
+                describe(settings),
+                super::show_tags(tags)
+            ),
+            Change::TagResource {
+                workgroup, tags, ..
+            } => write!(
+                f,
+                "tag Athena workgroup {workgroup} with {}",
+                super::show_tags(tags)
+            ),
+            Change::UpdateWorkGroup {
+                workgroup,
+                settings,
+                enable,
+            } => {
+                write!(
+                    f,
+                    "update Athena workgroup {workgroup} ({})",
+                    describe(settings)
+                )?;
+                if *enable {
+                    f.write_str(" and enable it")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The workgroup the spec asks for.
+pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredWorkgroup {
+    let name = spec.query.workgroup.clone();
+    DesiredWorkgroup {
+        arn: names.workgroup_arn(&name),
+        name,
+        description: format!(
+            "Click heatmaps of pipeline {} (managed by clickheatmap-operator)",
+            names.owner.tag_value()
+        ),
+        settings: WorkgroupSettings {
+            output_location: query_results_location(spec),
+            enforce_configuration: true,
+            bytes_scanned_cutoff_per_query: spec.query.bytes_scanned_cutoff_per_query,
+        },
+        owner: names.owner.clone(),
+        adopt_existing: spec.adopt_existing,
+        tags: names.owner.tags(),
+    }
+}
+
+/// Reads the workgroup and its tags; `None` when there is no such workgroup.
+pub async fn observe(
+    client: &Client,
+    desired: &DesiredWorkgroup,
+) -> Result<Option<ObservedWorkgroup>, Error> {
+    let name = &desired.name;
+    let what = format!("Athena workgroup {name}");
+    let output = match client.get_work_group().work_group(name).send().await {
+        Ok(output) => output,
+        Err(error) if is_not_found(&error) => return Ok(None),
+        Err(error)
+            if code_of(&error) == Some("InvalidRequestException")
+                && error_message_says_not_found(&error) =>
+        {
+            return Ok(None);
+        }
+        Err(error) => return Err(from_sdk("athena:GetWorkGroup", &what, error)),
+    };
+    let Some(workgroup) = output.work_group() else {
+        return Ok(None);
+    };
+    let configuration = workgroup.configuration();
+    let mut tags = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .list_tags_for_resource()
+            .resource_arn(&desired.arn)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| from_sdk("athena:ListTagsForResource", &what, e))?;
+        for tag in page.tags() {
+            if let Some(key) = tag.key() {
+                tags.insert(key.to_owned(), tag.value().unwrap_or_default().to_owned());
+            }
+        }
+        match page.next_token() {
+            Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(Some(ObservedWorkgroup {
+        name: workgroup.name().to_owned(),
+        state: workgroup
+            .state()
+            .map(|state| state.as_str().to_owned())
+            .unwrap_or_else(|| "ENABLED".to_owned()),
+        output_location: configuration
+            .and_then(WorkGroupConfiguration::result_configuration)
+            .and_then(ResultConfiguration::output_location)
+            .map(str::to_owned),
+        enforce_configuration: configuration
+            .and_then(WorkGroupConfiguration::enforce_work_group_configuration),
+        bytes_scanned_cutoff_per_query: configuration
+            .and_then(WorkGroupConfiguration::bytes_scanned_cutoff_per_query),
+        tags,
+    }))
+}
+
+fn error_message_says_not_found<E>(
+    error: &aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::http::Response,
+    >,
+) -> bool
+where
+    E: aws_sdk_athena::error::ProvideErrorMetadata,
+{
+    use aws_sdk_athena::error::ProvideErrorMetadata;
+    error
+        .message()
+        .is_some_and(|message| message.to_ascii_lowercase().contains("not found"))
+}
+
+/// The calls that turn `observed` into `desired`. Empty when they match.
+pub fn diff(
+    desired: &DesiredWorkgroup,
+    observed: Option<&ObservedWorkgroup>,
+) -> Result<Vec<Change>, Error> {
+    let name = &desired.name;
+    let Some(observed) = observed else {
+        return Ok(vec![Change::CreateWorkGroup {
+            workgroup: name.clone(),
+            description: desired.description.clone(),
+            settings: desired.settings.clone(),
+            tags: desired.tags.clone(),
+        }]);
+    };
+    check_owner(
+        &format!("Athena workgroup {name}"),
+        &observed.tags,
+        &desired.owner,
+        desired.adopt_existing,
+    )?;
+    let mut changes = Vec::new();
+    let missing = missing_tags(&observed.tags, &desired.tags);
+    if !missing.is_empty() {
+        changes.push(Change::TagResource {
+            workgroup: name.clone(),
+            resource_arn: desired.arn.clone(),
+            tags: missing,
+        });
+    }
+    let settings = &desired.settings;
+    let enable = observed.state != "ENABLED";
+    if enable
+        || observed.output_location.as_deref() != Some(settings.output_location.as_str())
+        || observed.enforce_configuration != Some(settings.enforce_configuration)
+        || observed.bytes_scanned_cutoff_per_query != settings.bytes_scanned_cutoff_per_query
+    {
+        changes.push(Change::UpdateWorkGroup {
+            workgroup: name.clone(),
+            settings: settings.clone(),
+            enable,
+        });
+    }
+    Ok(changes)
+}
+
+/// A workgroup is ready when it exists and is enabled.
+pub fn readiness(observed: Option<&ObservedWorkgroup>) -> Readiness {
+    match observed {
+        Some(workgroup) if workgroup.state == "ENABLED" => Readiness::Ready,
+        Some(workgroup) => Readiness::Provisioning(format!(
+            "workgroup {} is {}",
+            workgroup.name, workgroup.state
+        )),
+        None => Readiness::Provisioning("the workgroup does not exist yet".to_owned()),
+    }
+}
+
+fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect()
+}
+
+/// Makes one Athena call.
+pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
+    match change {
+        Change::CreateWorkGroup {
+            workgroup,
+            description,
+            settings,
+            tags,
+        } => {
+            let configuration = WorkGroupConfiguration::builder()
+                .result_configuration(
+                    ResultConfiguration::builder()
+                        .output_location(&settings.output_location)
+                        .build(),
+                )
+                .enforce_work_group_configuration(settings.enforce_configuration)
+                .set_bytes_scanned_cutoff_per_query(settings.bytes_scanned_cutoff_per_query)
+                .build();
+            client
+                .create_work_group()
+                .name(workgroup)
+                .description(description)
+                .configuration(configuration)
+                .set_tags(Some(sdk_tags(tags)))
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "athena:CreateWorkGroup",
+                        &format!("Athena workgroup {workgroup}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::TagResource {
+            workgroup,
+            resource_arn,
+            tags,
+        } => {
+            client
+                .tag_resource()
+                .resource_arn(resource_arn)
+                .set_tags(Some(sdk_tags(tags)))
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "athena:TagResource",
+                        &format!("Athena workgroup {workgroup}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::UpdateWorkGroup {
+            workgroup,
+            settings,
+            enable,
+        } => {
+            let mut updates = WorkGroupConfigurationUpdates::builder()
+                .result_configuration_updates(
+                    ResultConfigurationUpdates::builder()
+                        .output_location(&settings.output_location)
+                        .build(),
+                )
+                .enforce_work_group_configuration(settings.enforce_configuration);
+            updates = match settings.bytes_scanned_cutoff_per_query {
+                Some(limit) => updates.bytes_scanned_cutoff_per_query(limit),
+                None => updates.remove_bytes_scanned_cutoff_per_query(true),
+            };
+            let mut request = client
+                .update_work_group()
+                .work_group(workgroup)
+                .configuration_updates(updates.build());
+            if *enable {
+                request = request.state(WorkGroupState::Enabled);
+            }
+            request.send().await.map_err(|e| {
+                from_sdk(
+                    "athena:UpdateWorkGroup",
+                    &format!("Athena workgroup {workgroup}"),
+                    e,
+                )
+            })?;
+            Ok(())
+        }
+    }
+}
+
+/// Deletes the workgroup (with its saved queries: `RecursiveDeleteOption`) under
+/// `deletionPolicy: Delete` if this pipeline owns it.
+pub async fn delete(
+    client: &Client,
+    desired: &DesiredWorkgroup,
+    policy: DeletionPolicy,
+) -> Result<Deletion, Error> {
+    if policy == DeletionPolicy::Retain {
+        return Ok(Deletion::Retained);
+    }
+    let name = &desired.name;
+    let Some(observed) = observe(client, desired).await? else {
+        return Ok(Deletion::Gone);
+    };
+    if !is_ours(&observed.tags, &desired.owner) {
+        return Ok(Deletion::Kept(format!(
+            "Athena workgroup {name} is not tagged by pipeline {}; left in place",
+            desired.owner.tag_value()
+        )));
+    }
+    client
+        .delete_work_group()
+        .work_group(name)
+        .recursive_delete_option(true)
+        .send()
+        .await
+        .map_err(|e| {
+            from_sdk(
+                "athena:DeleteWorkGroup",
+                &format!("Athena workgroup {name}"),
+                e,
+            )
+        })?;
+    Ok(Deletion::Gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fixture, names_for};
+
+    fn in_sync(desired: &DesiredWorkgroup) -> ObservedWorkgroup {
+        ObservedWorkgroup {
+            name: desired.name.clone(),
+            state: "ENABLED".into(),
+            output_location: Some(desired.settings.output_location.clone()),
+            enforce_configuration: Some(desired.settings.enforce_configuration),
+            bytes_scanned_cutoff_per_query: desired.settings.bytes_scanned_cutoff_per_query,
+            tags: desired.tags.clone(),
+        }
+    }
+
+    #[test]
+    fn desired_from_the_examples() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let workgroup = desired(&minimal.spec, &names_for(&minimal));
+        assert_eq!(workgroup.name, "heatmap-demo-wg");
+        assert_eq!(
+            workgroup.settings,
+            WorkgroupSettings {
+                output_location: "s3://shop-heatmap-athena-123456789012/athena-results/".into(),
+                enforce_configuration: true,
+                bytes_scanned_cutoff_per_query: None,
+            }
+        );
+        let full = fixture("pipeline-full.yaml");
+        let workgroup = desired(&full.spec, &names_for(&full));
+        assert_eq!(workgroup.name, "shop-heatmap-wg");
+        assert_eq!(
+            workgroup.settings.bytes_scanned_cutoff_per_query,
+            Some(1_073_741_824)
+        );
+    }
+
+    #[test]
+    fn create_sync_and_drift() {
+        let full = fixture("pipeline-full.yaml");
+        let workgroup = desired(&full.spec, &names_for(&full));
+        let changes = diff(&workgroup, None).expect("diff");
+        assert_eq!(
+            changes[0].to_string(),
+            "create Athena workgroup shop-heatmap-wg (results to s3://shop-full-heatmap-athena-123456789012/athena-results/, enforced, at most 1073741824 bytes scanned per query), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full"
+        );
+        assert_eq!(diff(&workgroup, Some(&in_sync(&workgroup))), Ok(vec![]));
+        let mut observed = in_sync(&workgroup);
+        observed.bytes_scanned_cutoff_per_query = None;
+        observed.state = "DISABLED".into();
+        assert_eq!(
+            diff(&workgroup, Some(&observed)),
+            Ok(vec![Change::UpdateWorkGroup {
+                workgroup: "shop-heatmap-wg".into(),
+                settings: workgroup.settings.clone(),
+                enable: true,
+            }])
+        );
+    }
+
+    #[test]
+    fn a_foreign_workgroup_conflicts() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let workgroup = desired(&minimal.spec, &names_for(&minimal));
+        let mut observed = in_sync(&workgroup);
+        observed.tags = Owner::new("default", "other").tags();
+        assert!(diff(&workgroup, Some(&observed)).is_err());
+    }
+}

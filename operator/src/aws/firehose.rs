@@ -1,0 +1,673 @@
+//! The Firehose delivery stream that archives every record, untouched, to the raw bucket.
+//!
+//! Source: the pipeline's Kinesis stream (`KinesisStreamAsSource`), read with the IAM role from
+//! `spec.rawArchive.roleArn`; destination: Extended S3 into the raw bucket under the raw prefix,
+//! with the spec's buffering hints and compression, written with the same role.
+//!
+//! Firehose cannot change a delivery stream's source or type, so a delivery stream of the
+//! pipeline's name that reads from somewhere else is a `Conflict` (delete it or choose another
+//! `deliveryStreamName`). Destination settings are changed in place with `UpdateDestination`,
+//! which needs the stream's current version id and the destination id: both are read by
+//! [`observe`] and carried in [`Change::UpdateDestination`], so a concurrent change makes the
+//! call fail (`ConcurrentModificationException`, retried) instead of overwriting it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aws_sdk_firehose::Client;
+use aws_sdk_firehose::types::{
+    BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
+    ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
+};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, DeletionPolicy};
+use serde::Serialize;
+
+use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use crate::error::{Error, from_sdk, is_not_found};
+use crate::names::{Names, Owner, delivery_stream_name};
+
+/// Where and how Firehose writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    pub bucket_arn: String,
+    pub role_arn: String,
+    pub prefix: String,
+    pub buffer_size_mib: i32,
+    pub buffer_interval_seconds: i32,
+    /// Firehose's name: `UNCOMPRESSED`, `GZIP`, `Snappy`, `ZIP`, `HADOOP_SNAPPY`.
+    pub compression: String,
+}
+
+/// The delivery stream as the spec wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredDeliveryStream {
+    pub name: String,
+    pub arn: String,
+    /// The Kinesis stream it reads.
+    pub stream_arn: String,
+    /// The role it reads the stream with (the same role writes to S3).
+    pub role_arn: String,
+    pub destination: S3Destination,
+    pub owner: Owner,
+    pub adopt_existing: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An existing delivery stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedDeliveryStream {
+    pub name: String,
+    pub arn: String,
+    /// `CREATING`, `ACTIVE`, `DELETING`, …
+    pub status: String,
+    /// `KinesisStreamAsSource`, `DirectPut`, …
+    pub stream_type: String,
+    pub version_id: String,
+    pub source_stream_arn: Option<String>,
+    pub source_role_arn: Option<String>,
+    pub destination_id: String,
+    /// `None` when the destination is not Extended S3.
+    pub destination: Option<S3Destination>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One Firehose call the operator would make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all_fields = "camelCase")]
+pub enum Change {
+    CreateDeliveryStream {
+        delivery_stream: String,
+        stream_arn: String,
+        role_arn: String,
+        destination: S3Destination,
+        tags: BTreeMap<String, String>,
+    },
+    TagDeliveryStream {
+        delivery_stream: String,
+        tags: BTreeMap<String, String>,
+    },
+    UpdateDestination {
+        delivery_stream: String,
+        current_version_id: String,
+        destination_id: String,
+        destination: S3Destination,
+    },
+    /// Only for a delivery stream this pipeline made and no longer wants (raw archive switched
+    /// off), or under `deletionPolicy: Delete`.
+    DeleteDeliveryStream { delivery_stream: String },
+}
+
+impl Change {
+    /// A new delivery stream is `CREATING` for a while, a deleted one `DELETING`.
+    pub fn needs_settling(&self) -> bool {
+        matches!(
+            self,
+            Change::CreateDeliveryStream { .. } | Change::DeleteDeliveryStream { .. }
+        )
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateDeliveryStream {
+                delivery_stream,
+                stream_arn,
+                destination,
+                tags,
+                ..
+            } => write!(
+                f,
+                "create delivery stream {delivery_stream} from {stream_arn} to {}/{} ({} MiB / {} s, {}), tagged {}",
+                destination.bucket_arn,
+                destination.prefix,
+                destination.buffer_size_mib,
+                destination.buffer_interval_seconds,
+                destination.compression,
+                super::show_tags(tags)
+            ),
+            Change::TagDeliveryStream {
+                delivery_stream,
+                tags,
+            } => write!(
+                f,
+                "tag delivery stream {delivery_stream} with {}",
+                super::show_tags(tags)
+            ),
+            Change::UpdateDestination {
+                delivery_stream,
+                current_version_id,
+                destination,
+                ..
+            } => write!(
+                f,
+                "update destination of delivery stream {delivery_stream} (version {current_version_id}) to {}/{} ({} MiB / {} s, {})",
+                destination.bucket_arn,
+                destination.prefix,
+                destination.buffer_size_mib,
+                destination.buffer_interval_seconds,
+                destination.compression
+            ),
+            Change::DeleteDeliveryStream { delivery_stream } => {
+                write!(f, "delete delivery stream {delivery_stream}")
+            }
+        }
+    }
+}
+
+/// Firehose's name of a compression.
+pub fn compression_name(compression: Compression) -> &'static str {
+    match compression {
+        Compression::Uncompressed => "UNCOMPRESSED",
+        Compression::Gzip => "GZIP",
+        Compression::Snappy => "Snappy",
+        Compression::Zip => "ZIP",
+        Compression::HadoopSnappy => "HADOOP_SNAPPY",
+    }
+}
+
+/// The delivery stream the spec asks for; `None` when the raw archive is disabled.
+pub fn desired(
+    spec: &ClickHeatmapPipelineSpec,
+    names: &Names,
+) -> Result<Option<DesiredDeliveryStream>, Error> {
+    let archive = &spec.raw_archive;
+    if !archive.enabled {
+        return Ok(None);
+    }
+    let role_arn = archive.role_arn.clone().ok_or_else(|| {
+        Error::InvalidSpec(
+            "rawArchive.roleArn is required when rawArchive.enabled is true".to_owned(),
+        )
+    })?;
+    let name = delivery_stream_name(spec);
+    Ok(Some(DesiredDeliveryStream {
+        arn: names.delivery_stream_arn(&name),
+        name,
+        stream_arn: names.stream_arn(&spec.stream.name),
+        role_arn: role_arn.clone(),
+        destination: S3Destination {
+            bucket_arn: names.bucket_arn(&spec.buckets.raw),
+            role_arn,
+            prefix: archive.prefix.clone(),
+            buffer_size_mib: archive.buffer_size_mib,
+            buffer_interval_seconds: archive.buffer_interval_seconds,
+            compression: compression_name(archive.compression).to_owned(),
+        },
+        owner: names.owner.clone(),
+        adopt_existing: spec.adopt_existing,
+        tags: names.owner.tags(),
+    }))
+}
+
+/// Reads the delivery stream and its tags; `None` when there is none of that name.
+pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliveryStream>, Error> {
+    let what = format!("delivery stream {name}");
+    let output = match client
+        .describe_delivery_stream()
+        .delivery_stream_name(name)
+        .send()
+        .await
+    {
+        Ok(output) => output,
+        Err(error) if is_not_found(&error) => return Ok(None),
+        Err(error) => return Err(from_sdk("firehose:DescribeDeliveryStream", &what, error)),
+    };
+    let Some(description) = output.delivery_stream_description() else {
+        return Ok(None);
+    };
+    let source = description
+        .source()
+        .and_then(|source| source.kinesis_stream_source_description());
+    let first = description.destinations().first();
+    let destination = first
+        .and_then(|d| d.extended_s3_destination_description())
+        .map(|s3| S3Destination {
+            bucket_arn: s3.bucket_arn().to_owned(),
+            role_arn: s3.role_arn().to_owned(),
+            prefix: s3.prefix().unwrap_or_default().to_owned(),
+            buffer_size_mib: s3
+                .buffering_hints()
+                .and_then(|hints| hints.size_in_mbs())
+                .unwrap_or(5),
+            buffer_interval_seconds: s3
+                .buffering_hints()
+                .and_then(|hints| hints.interval_in_seconds())
+                .unwrap_or(300),
+            compression: s3.compression_format().as_str().to_owned(),
+        });
+    let mut tags = BTreeMap::new();
+    let mut start: Option<String> = None;
+    loop {
+        let page = client
+            .list_tags_for_delivery_stream()
+            .delivery_stream_name(name)
+            .set_exclusive_start_tag_key(start.take())
+            .send()
+            .await
+            .map_err(|e| from_sdk("firehose:ListTagsForDeliveryStream", &what, e))?;
+        for tag in page.tags() {
+            tags.insert(
+                tag.key().to_owned(),
+                tag.value().unwrap_or_default().to_owned(),
+            );
+        }
+        match page.tags().last() {
+            Some(last) if page.has_more_tags() => start = Some(last.key().to_owned()),
+            _ => break,
+        }
+    }
+    Ok(Some(ObservedDeliveryStream {
+        name: description.delivery_stream_name().to_owned(),
+        arn: description.delivery_stream_arn().to_owned(),
+        status: description.delivery_stream_status().as_str().to_owned(),
+        stream_type: description.delivery_stream_type().as_str().to_owned(),
+        version_id: description.version_id().to_owned(),
+        source_stream_arn: source
+            .and_then(|s| s.kinesis_stream_arn())
+            .map(str::to_owned),
+        source_role_arn: source.and_then(|s| s.role_arn()).map(str::to_owned),
+        destination_id: first
+            .map(|d| d.destination_id().to_owned())
+            .unwrap_or_default(),
+        destination,
+        tags,
+    }))
+}
+
+/// The calls that turn `observed` into `desired`. Empty when they match.
+pub fn diff(
+    desired: &DesiredDeliveryStream,
+    observed: Option<&ObservedDeliveryStream>,
+) -> Result<Vec<Change>, Error> {
+    let name = &desired.name;
+    let Some(observed) = observed else {
+        return Ok(vec![Change::CreateDeliveryStream {
+            delivery_stream: name.clone(),
+            stream_arn: desired.stream_arn.clone(),
+            role_arn: desired.role_arn.clone(),
+            destination: desired.destination.clone(),
+            tags: desired.tags.clone(),
+        }]);
+    };
+    let what = format!("delivery stream {name}");
+    check_owner(
+        &what,
+        &observed.tags,
+        &desired.owner,
+        desired.adopt_existing,
+    )?;
+    if observed.stream_type != "KinesisStreamAsSource"
+        || observed.source_stream_arn.as_deref() != Some(desired.stream_arn.as_str())
+    {
+        return Err(Error::Conflict(format!(
+            "{what} reads from {}, not from {}; Firehose cannot change a delivery stream's source: delete it or set rawArchive.deliveryStreamName to another name",
+            observed
+                .source_stream_arn
+                .as_deref()
+                .unwrap_or(observed.stream_type.as_str()),
+            desired.stream_arn
+        )));
+    }
+    let mut changes = Vec::new();
+    let missing = missing_tags(&observed.tags, &desired.tags);
+    if !missing.is_empty() {
+        changes.push(Change::TagDeliveryStream {
+            delivery_stream: name.clone(),
+            tags: missing,
+        });
+    }
+    if observed.destination.as_ref() != Some(&desired.destination) {
+        changes.push(Change::UpdateDestination {
+            delivery_stream: name.clone(),
+            current_version_id: observed.version_id.clone(),
+            destination_id: observed.destination_id.clone(),
+            destination: desired.destination.clone(),
+        });
+    }
+    if !changes.is_empty() && observed.status != "ACTIVE" {
+        return Err(Error::Busy {
+            resource: what,
+            message: format!(
+                "it is {}; {} change(s) wait until it is ACTIVE",
+                observed.status,
+                changes.len()
+            ),
+        });
+    }
+    Ok(changes)
+}
+
+/// The calls that remove a delivery stream this pipeline no longer wants: one
+/// [`Change::DeleteDeliveryStream`] if it exists, is tagged by `owner` and is not already being
+/// deleted; nothing otherwise.
+pub fn cleanup(observed: Option<&ObservedDeliveryStream>, owner: &Owner) -> Vec<Change> {
+    match observed {
+        Some(stream) if is_ours(&stream.tags, owner) && !stream.status.starts_with("DELETING") => {
+            vec![Change::DeleteDeliveryStream {
+                delivery_stream: stream.name.clone(),
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A delivery stream is ready when it is `ACTIVE`.
+pub fn readiness(observed: Option<&ObservedDeliveryStream>) -> Readiness {
+    match observed {
+        Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
+        Some(stream) => Readiness::Provisioning(format!(
+            "delivery stream {} is {}",
+            stream.name, stream.status
+        )),
+        None => Readiness::Provisioning("the delivery stream does not exist yet".to_owned()),
+    }
+}
+
+fn build_error(what: &str) -> impl FnOnce(aws_sdk_firehose::error::BuildError) -> Error + '_ {
+    move |error| Error::internal(format!("building {what}: {error}"))
+}
+
+fn sdk_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, Error> {
+    tags.iter()
+        .map(|(key, value)| {
+            Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(build_error("a Firehose tag"))
+        })
+        .collect()
+}
+
+fn hints(destination: &S3Destination) -> BufferingHints {
+    BufferingHints::builder()
+        .size_in_mbs(destination.buffer_size_mib)
+        .interval_in_seconds(destination.buffer_interval_seconds)
+        .build()
+}
+
+/// Makes one Firehose call.
+pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
+    match change {
+        Change::CreateDeliveryStream {
+            delivery_stream,
+            stream_arn,
+            role_arn,
+            destination,
+            tags,
+        } => {
+            let source = KinesisStreamSourceConfiguration::builder()
+                .kinesis_stream_arn(stream_arn)
+                .role_arn(role_arn)
+                .build()
+                .map_err(build_error("the Kinesis source"))?;
+            let s3 = ExtendedS3DestinationConfiguration::builder()
+                .bucket_arn(&destination.bucket_arn)
+                .role_arn(&destination.role_arn)
+                .prefix(&destination.prefix)
+                .buffering_hints(hints(destination))
+                .compression_format(CompressionFormat::from(destination.compression.as_str()))
+                .build()
+                .map_err(build_error("the S3 destination"))?;
+            client
+                .create_delivery_stream()
+                .delivery_stream_name(delivery_stream)
+                .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+                .kinesis_stream_source_configuration(source)
+                .extended_s3_destination_configuration(s3)
+                .set_tags(Some(sdk_tags(tags)?))
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "firehose:CreateDeliveryStream",
+                        &format!("delivery stream {delivery_stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::TagDeliveryStream {
+            delivery_stream,
+            tags,
+        } => {
+            client
+                .tag_delivery_stream()
+                .delivery_stream_name(delivery_stream)
+                .set_tags(Some(sdk_tags(tags)?))
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "firehose:TagDeliveryStream",
+                        &format!("delivery stream {delivery_stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::UpdateDestination {
+            delivery_stream,
+            current_version_id,
+            destination_id,
+            destination,
+        } => {
+            let update = ExtendedS3DestinationUpdate::builder()
+                .bucket_arn(&destination.bucket_arn)
+                .role_arn(&destination.role_arn)
+                .prefix(&destination.prefix)
+                .buffering_hints(hints(destination))
+                .compression_format(CompressionFormat::from(destination.compression.as_str()))
+                .build();
+            client
+                .update_destination()
+                .delivery_stream_name(delivery_stream)
+                .current_delivery_stream_version_id(current_version_id)
+                .destination_id(destination_id)
+                .extended_s3_destination_update(update)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "firehose:UpdateDestination",
+                        &format!("delivery stream {delivery_stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::DeleteDeliveryStream { delivery_stream } => {
+            client
+                .delete_delivery_stream()
+                .delivery_stream_name(delivery_stream)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "firehose:DeleteDeliveryStream",
+                        &format!("delivery stream {delivery_stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+    }
+}
+
+/// Deletes the delivery stream under `deletionPolicy: Delete` if this pipeline owns it. Also
+/// used when the raw archive is switched off.
+pub async fn delete(
+    client: &Client,
+    name: &str,
+    owner: &Owner,
+    policy: DeletionPolicy,
+) -> Result<Deletion, Error> {
+    if policy == DeletionPolicy::Retain {
+        return Ok(Deletion::Retained);
+    }
+    let Some(observed) = observe(client, name).await? else {
+        return Ok(Deletion::Gone);
+    };
+    if !is_ours(&observed.tags, owner) {
+        return Ok(Deletion::Kept(format!(
+            "delivery stream {name} is not tagged by pipeline {}; left in place",
+            owner.tag_value()
+        )));
+    }
+    if observed.status.starts_with("DELETING") {
+        return Ok(Deletion::InProgress(format!(
+            "delivery stream {name} is {}",
+            observed.status
+        )));
+    }
+    apply(
+        client,
+        &Change::DeleteDeliveryStream {
+            delivery_stream: name.to_owned(),
+        },
+    )
+    .await?;
+    Ok(Deletion::InProgress(format!(
+        "deleting delivery stream {name}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fixture, names_for};
+
+    fn in_sync(desired: &DesiredDeliveryStream) -> ObservedDeliveryStream {
+        ObservedDeliveryStream {
+            name: desired.name.clone(),
+            arn: desired.arn.clone(),
+            status: "ACTIVE".into(),
+            stream_type: "KinesisStreamAsSource".into(),
+            version_id: "3".into(),
+            source_stream_arn: Some(desired.stream_arn.clone()),
+            source_role_arn: Some(desired.role_arn.clone()),
+            destination_id: "destinationId-000000000001".into(),
+            destination: Some(desired.destination.clone()),
+            tags: desired.tags.clone(),
+        }
+    }
+
+    #[test]
+    fn desired_from_the_examples() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal))
+            .expect("valid")
+            .expect("enabled");
+        assert_eq!(stream.name, "shop-clicks-raw");
+        assert_eq!(
+            stream.stream_arn,
+            "arn:aws:kinesis:ap-northeast-2:123456789012:stream/shop-clicks"
+        );
+        assert_eq!(
+            stream.role_arn,
+            "arn:aws:iam::123456789012:role/shop-heatmap-firehose"
+        );
+        assert_eq!(
+            stream.destination,
+            S3Destination {
+                bucket_arn: "arn:aws:s3:::shop-heatmap-raw-123456789012".into(),
+                role_arn: "arn:aws:iam::123456789012:role/shop-heatmap-firehose".into(),
+                prefix: "raw/".into(),
+                buffer_size_mib: 5,
+                buffer_interval_seconds: 300,
+                compression: "UNCOMPRESSED".into(),
+            }
+        );
+
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full))
+            .expect("valid")
+            .expect("enabled");
+        assert_eq!(stream.destination.buffer_size_mib, 64);
+        assert_eq!(stream.destination.buffer_interval_seconds, 60);
+        assert_eq!(stream.destination.compression, "GZIP");
+    }
+
+    #[test]
+    fn disabled_archive_wants_nothing_and_missing_role_is_invalid() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.spec.raw_archive.enabled = false;
+        assert_eq!(desired(&pipeline.spec, &names_for(&pipeline)), Ok(None));
+        pipeline.spec.raw_archive.enabled = true;
+        pipeline.spec.raw_archive.role_arn = None;
+        let error = desired(&pipeline.spec, &names_for(&pipeline)).expect_err("invalid");
+        assert_eq!(error.reason(), crate::error::Reason::InvalidSpec);
+    }
+
+    #[test]
+    fn in_sync_needs_nothing_and_drift_updates_with_the_version() {
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full))
+            .expect("valid")
+            .expect("enabled");
+        assert_eq!(diff(&stream, Some(&in_sync(&stream))), Ok(vec![]));
+        let mut observed = in_sync(&stream);
+        if let Some(destination) = observed.destination.as_mut() {
+            destination.buffer_interval_seconds = 900;
+        }
+        let changes = diff(&stream, Some(&observed)).expect("diff");
+        assert_eq!(
+            changes,
+            vec![Change::UpdateDestination {
+                delivery_stream: "shop-full-clicks-raw".into(),
+                current_version_id: "3".into(),
+                destination_id: "destinationId-000000000001".into(),
+                destination: stream.destination.clone(),
+            }]
+        );
+        assert!(changes[0].to_string().contains("(version 3)"));
+    }
+
+    #[test]
+    fn another_source_is_a_conflict() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal))
+            .expect("valid")
+            .expect("enabled");
+        let mut observed = in_sync(&stream);
+        observed.source_stream_arn = Some("arn:aws:kinesis:x:1:stream/other".into());
+        let error = diff(&stream, Some(&observed)).expect_err("conflict");
+        assert_eq!(error.reason(), crate::error::Reason::Conflict);
+        observed.source_stream_arn = None;
+        observed.stream_type = "DirectPut".into();
+        assert!(diff(&stream, Some(&observed)).is_err());
+    }
+
+    #[test]
+    fn missing_stream_is_created() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal))
+            .expect("valid")
+            .expect("enabled");
+        let changes = diff(&stream, None).expect("diff");
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].needs_settling());
+        assert!(changes[0].to_string().starts_with(
+            "create delivery stream shop-clicks-raw from arn:aws:kinesis:ap-northeast-2:123456789012:stream/shop-clicks to arn:aws:s3:::shop-heatmap-raw-123456789012/raw/ (5 MiB / 300 s, UNCOMPRESSED)"
+        ));
+    }
+
+    #[test]
+    fn a_creating_stream_waits() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal))
+            .expect("valid")
+            .expect("enabled");
+        let mut observed = in_sync(&stream);
+        observed.status = "CREATING".into();
+        observed.tags.clear();
+        let mut adopting = stream.clone();
+        adopting.adopt_existing = true;
+        let error = diff(&adopting, Some(&observed)).expect_err("busy");
+        assert!(error.is_retryable());
+    }
+}

@@ -1,0 +1,934 @@
+//! The Managed Service for Apache Flink application (`aggregation.engine: ManagedFlink`).
+//!
+//! The original demo's Java job ran on MSF; this keeps it available as an engine. The operator
+//! creates the application with the spec's runtime (`FLINK-1_18` by default), code location,
+//! parallelism and parallelism per KPU (autoscaling off, so the spec's numbers hold), and one
+//! property group, `FlinkApplicationProperties`, carrying what the job needs to know:
+//! `KINESIS_STREAM_ARN`, `CURATED_S3_PATH` and `AWS_REGION`.
+//!
+//! Lifecycle: the application runs while `aggregation.replicas > 0` (0 pauses the aggregation,
+//! as for the Deployment engine): a `READY` application is started, a `RUNNING` one stopped when
+//! paused. Configuration drift is corrected with `UpdateApplication`, which names the current
+//! application version id (read by [`FlinkApi::observe`]) so a concurrent change fails instead
+//! of being overwritten. Nothing is changed while the application is in a transitional state
+//! (`STARTING`, `UPDATING`, …).
+//!
+//! The calls go through the [`FlinkApi`] trait. moto implements only create/describe/list/tag
+//! for this service, so the update, start, stop and delete paths are tested against a fake
+//! implementation of the trait (see `operator/tests/flink.rs`); [`SdkFlink`] is the real one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use aws_sdk_kinesisanalyticsv2::Client;
+use aws_sdk_kinesisanalyticsv2::primitives::DateTime;
+use aws_sdk_kinesisanalyticsv2::types::{
+    ApplicationCodeConfiguration, ApplicationCodeConfigurationUpdate, ApplicationConfiguration,
+    ApplicationConfigurationUpdate, CodeContent, CodeContentType, CodeContentUpdate,
+    ConfigurationType, EnvironmentProperties, EnvironmentPropertyUpdates,
+    FlinkApplicationConfiguration, FlinkApplicationConfigurationUpdate, MonitoringConfiguration,
+    ParallelismConfiguration, ParallelismConfigurationUpdate, PropertyGroup, RuntimeEnvironment,
+    S3ContentLocation, S3ContentLocationUpdate, Tag,
+};
+use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy};
+use serde::Serialize;
+
+use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use crate::error::{Error, from_sdk, is_not_found};
+use crate::names::{Names, Owner, curated_table_location, flink_application_name};
+
+/// The property group the job reads its settings from.
+pub const PROPERTY_GROUP: &str = "FlinkApplicationProperties";
+
+/// A boxed future, so that [`FlinkApi`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The Managed Flink calls the reconciler makes, behind a trait so that a fake can stand in
+/// where the emulator has no implementation.
+pub trait FlinkApi: Send + Sync {
+    /// Reads the application and its tags; `None` when there is none of that name.
+    fn observe<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedApplication>, Error>>;
+    /// Makes one call.
+    fn apply<'a>(&'a self, change: &'a Change) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// The job's code, runtime and parallelism.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationSettings {
+    pub runtime: String,
+    pub role_arn: String,
+    pub code_bucket_arn: String,
+    pub code_key: String,
+    pub parallelism: i32,
+    pub parallelism_per_kpu: i32,
+    /// Property groups by id.
+    pub properties: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredApplication {
+    pub name: String,
+    pub arn: String,
+    pub settings: ApplicationSettings,
+    /// Whether the application should run (`aggregation.replicas > 0`).
+    pub running: bool,
+    pub owner: Owner,
+    pub adopt_existing: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A timestamp as seconds and nanoseconds since the epoch (`DeleteApplication` needs the
+/// creation time exactly as described).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Timestamp {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedApplication {
+    pub name: String,
+    pub arn: String,
+    /// `READY`, `STARTING`, `RUNNING`, `UPDATING`, `STOPPING`, `DELETING`, …
+    pub status: String,
+    pub version_id: i64,
+    pub create_timestamp: Option<Timestamp>,
+    pub settings: ApplicationSettings,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One Managed Flink call the operator would make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all_fields = "camelCase")]
+pub enum Change {
+    CreateApplication {
+        application: String,
+        settings: ApplicationSettings,
+        tags: BTreeMap<String, String>,
+    },
+    TagResource {
+        application: String,
+        resource_arn: String,
+        tags: BTreeMap<String, String>,
+    },
+    /// UpdateApplication with the complete settings; `changed` names what drifted.
+    UpdateApplication {
+        application: String,
+        current_version_id: i64,
+        settings: ApplicationSettings,
+        changed: Vec<String>,
+    },
+    StartApplication {
+        application: String,
+    },
+    StopApplication {
+        application: String,
+    },
+    DeleteApplication {
+        application: String,
+        create_timestamp: Timestamp,
+    },
+}
+
+impl Change {
+    /// Every Flink call except tagging moves the application through a transitional state.
+    pub fn needs_settling(&self) -> bool {
+        !matches!(self, Change::TagResource { .. })
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateApplication {
+                application,
+                settings,
+                tags,
+            } => write!(
+                f,
+                "create Flink application {application} ({}, code {}/{}, parallelism {} / {} per KPU), tagged {}",
+                settings.runtime,
+                settings.code_bucket_arn,
+                settings.code_key,
+                settings.parallelism,
+                settings.parallelism_per_kpu,
+                super::show_tags(tags)
+            ),
+            Change::TagResource {
+                application, tags, ..
+            } => write!(
+                f,
+                "tag Flink application {application} with {}",
+                super::show_tags(tags)
+            ),
+            Change::UpdateApplication {
+                application,
+                current_version_id,
+                changed,
+                ..
+            } => write!(
+                f,
+                "update Flink application {application} (version {current_version_id}): {}",
+                changed.join(", ")
+            ),
+            Change::StartApplication { application } => {
+                write!(f, "start Flink application {application}")
+            }
+            Change::StopApplication { application } => {
+                write!(f, "stop Flink application {application}")
+            }
+            Change::DeleteApplication { application, .. } => {
+                write!(f, "delete Flink application {application}")
+            }
+        }
+    }
+}
+
+/// The application the spec asks for; `None` unless the engine is `ManagedFlink`.
+pub fn desired(
+    spec: &ClickHeatmapPipelineSpec,
+    names: &Names,
+) -> Result<Option<DesiredApplication>, Error> {
+    if spec.aggregation.engine != AggregationEngine::ManagedFlink {
+        return Ok(None);
+    }
+    let flink = spec.aggregation.flink.as_ref().ok_or_else(|| {
+        Error::InvalidSpec(
+            "aggregation.flink (codeS3Bucket, codeS3Key, roleArn) is required when aggregation.engine is ManagedFlink"
+                .to_owned(),
+        )
+    })?;
+    let name = flink_application_name(spec, &names.owner);
+    let properties = BTreeMap::from([(
+        PROPERTY_GROUP.to_owned(),
+        BTreeMap::from([
+            (
+                "KINESIS_STREAM_ARN".to_owned(),
+                names.stream_arn(&spec.stream.name),
+            ),
+            ("CURATED_S3_PATH".to_owned(), curated_table_location(spec)),
+            ("AWS_REGION".to_owned(), names.region.clone()),
+        ]),
+    )]);
+    Ok(Some(DesiredApplication {
+        arn: names.flink_application_arn(&name),
+        name,
+        settings: ApplicationSettings {
+            runtime: flink.runtime.clone(),
+            role_arn: flink.role_arn.clone(),
+            code_bucket_arn: names.bucket_arn(&flink.code_s3_bucket),
+            code_key: flink.code_s3_key.clone(),
+            parallelism: flink.parallelism,
+            parallelism_per_kpu: flink.parallelism_per_kpu,
+            properties,
+        },
+        running: spec.aggregation.replicas > 0,
+        owner: names.owner.clone(),
+        adopt_existing: spec.adopt_existing,
+        tags: names.owner.tags(),
+    }))
+}
+
+/// The application name in an application ARN (`…:application/<name>`).
+pub fn name_from_arn(arn: &str) -> Option<&str> {
+    arn.rsplit_once(":application/").map(|(_, name)| name)
+}
+
+fn changed_settings(desired: &ApplicationSettings, observed: &ApplicationSettings) -> Vec<String> {
+    let mut changed = Vec::new();
+    if desired.runtime != observed.runtime {
+        changed.push(format!(
+            "runtime {} → {}",
+            observed.runtime, desired.runtime
+        ));
+    }
+    if desired.role_arn != observed.role_arn {
+        changed.push("service role".to_owned());
+    }
+    if desired.code_bucket_arn != observed.code_bucket_arn || desired.code_key != observed.code_key
+    {
+        changed.push("code location".to_owned());
+    }
+    if desired.parallelism != observed.parallelism
+        || desired.parallelism_per_kpu != observed.parallelism_per_kpu
+    {
+        changed.push(format!(
+            "parallelism {}/{} → {}/{}",
+            observed.parallelism,
+            observed.parallelism_per_kpu,
+            desired.parallelism,
+            desired.parallelism_per_kpu
+        ));
+    }
+    if desired.properties != observed.properties {
+        changed.push("properties".to_owned());
+    }
+    changed
+}
+
+/// States in which the application takes no changes.
+fn is_transitional(status: &str) -> bool {
+    !matches!(status, "READY" | "RUNNING")
+}
+
+/// The calls that turn `observed` into `desired`. Empty when they match.
+pub fn diff(
+    desired: &DesiredApplication,
+    observed: Option<&ObservedApplication>,
+) -> Result<Vec<Change>, Error> {
+    let name = &desired.name;
+    let Some(observed) = observed else {
+        let mut changes = vec![Change::CreateApplication {
+            application: name.clone(),
+            settings: desired.settings.clone(),
+            tags: desired.tags.clone(),
+        }];
+        if desired.running {
+            changes.push(Change::StartApplication {
+                application: name.clone(),
+            });
+        }
+        return Ok(changes);
+    };
+    let what = format!("Flink application {name}");
+    check_owner(
+        &what,
+        &observed.tags,
+        &desired.owner,
+        desired.adopt_existing,
+    )?;
+    let mut changes = Vec::new();
+    let missing = missing_tags(&observed.tags, &desired.tags);
+    if !missing.is_empty() {
+        changes.push(Change::TagResource {
+            application: name.clone(),
+            resource_arn: observed.arn.clone(),
+            tags: missing,
+        });
+    }
+    let changed = changed_settings(&desired.settings, &observed.settings);
+    if !changed.is_empty() {
+        changes.push(Change::UpdateApplication {
+            application: name.clone(),
+            current_version_id: observed.version_id,
+            settings: desired.settings.clone(),
+            changed,
+        });
+    }
+    if desired.running && observed.status == "READY" {
+        changes.push(Change::StartApplication {
+            application: name.clone(),
+        });
+    } else if !desired.running && observed.status == "RUNNING" {
+        changes.push(Change::StopApplication {
+            application: name.clone(),
+        });
+    }
+    if !changes.is_empty() && is_transitional(&observed.status) {
+        // Tags are metadata and can be set in any state (so adoption is not held up); the
+        // rest waits.
+        let tags: Vec<Change> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::TagResource { .. }))
+            .cloned()
+            .collect();
+        if !tags.is_empty() {
+            return Ok(tags);
+        }
+        return Err(Error::Busy {
+            resource: what,
+            message: format!(
+                "it is {}; {} change(s) wait until it is READY or RUNNING",
+                observed.status,
+                changes.len()
+            ),
+        });
+    }
+    Ok(changes)
+}
+
+/// The calls that remove an application this pipeline no longer wants (the engine changed away
+/// from `ManagedFlink`): one [`Change::DeleteApplication`] if it exists, is tagged by `owner`
+/// and is not already being deleted; nothing otherwise.
+pub fn cleanup(observed: Option<&ObservedApplication>, owner: &Owner) -> Vec<Change> {
+    match observed {
+        Some(app) if is_ours(&app.tags, owner) && app.status != "DELETING" => app
+            .create_timestamp
+            .map(|create_timestamp| Change::DeleteApplication {
+                application: app.name.clone(),
+                create_timestamp,
+            })
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Ready when running (or stopped, when paused on purpose).
+pub fn readiness(
+    desired: &DesiredApplication,
+    observed: Option<&ObservedApplication>,
+) -> Readiness {
+    let wanted = if desired.running { "RUNNING" } else { "READY" };
+    match observed {
+        Some(app) if app.status == wanted => Readiness::Ready,
+        Some(app) => Readiness::Provisioning(format!(
+            "Flink application {} is {} (waiting for {wanted})",
+            app.name, app.status
+        )),
+        None => Readiness::Provisioning("the Flink application does not exist yet".to_owned()),
+    }
+}
+
+/// Deletes the application under `deletionPolicy: Delete` (or when the engine changed away from
+/// `ManagedFlink`) if this pipeline owns it.
+pub async fn delete(
+    api: &dyn FlinkApi,
+    name: &str,
+    owner: &Owner,
+    policy: DeletionPolicy,
+) -> Result<Deletion, Error> {
+    if policy == DeletionPolicy::Retain {
+        return Ok(Deletion::Retained);
+    }
+    let Some(observed) = api.observe(name).await? else {
+        return Ok(Deletion::Gone);
+    };
+    if !is_ours(&observed.tags, owner) {
+        return Ok(Deletion::Kept(format!(
+            "Flink application {name} is not tagged by pipeline {}; left in place",
+            owner.tag_value()
+        )));
+    }
+    if observed.status == "DELETING" {
+        return Ok(Deletion::InProgress(format!(
+            "Flink application {name} is DELETING"
+        )));
+    }
+    let create_timestamp = observed.create_timestamp.ok_or_else(|| {
+        Error::internal(format!(
+            "Flink application {name} has no creation time; DeleteApplication needs it"
+        ))
+    })?;
+    api.apply(&Change::DeleteApplication {
+        application: name.to_owned(),
+        create_timestamp,
+    })
+    .await?;
+    Ok(Deletion::InProgress(format!(
+        "deleting Flink application {name}"
+    )))
+}
+
+/// [`FlinkApi`] over the AWS SDK.
+#[derive(Clone, Debug)]
+pub struct SdkFlink {
+    client: Client,
+}
+
+impl SdkFlink {
+    pub fn new(client: Client) -> SdkFlink {
+        SdkFlink { client }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn build_error(
+    what: &str,
+) -> impl FnOnce(aws_sdk_kinesisanalyticsv2::error::BuildError) -> Error + '_ {
+    move |error| Error::internal(format!("building {what}: {error}"))
+}
+
+fn property_groups(settings: &ApplicationSettings) -> Result<Vec<PropertyGroup>, Error> {
+    settings
+        .properties
+        .iter()
+        .map(|(id, map)| {
+            PropertyGroup::builder()
+                .property_group_id(id)
+                .set_property_map(Some(map.clone().into_iter().collect()))
+                .build()
+                .map_err(build_error("a property group"))
+        })
+        .collect()
+}
+
+impl SdkFlink {
+    async fn observe_inner(&self, name: &str) -> Result<Option<ObservedApplication>, Error> {
+        let what = format!("Flink application {name}");
+        let output = match self
+            .client
+            .describe_application()
+            .application_name(name)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(error) if is_not_found(&error) => return Ok(None),
+            Err(error) => {
+                return Err(from_sdk(
+                    "kinesisanalytics:DescribeApplication",
+                    &what,
+                    error,
+                ));
+            }
+        };
+        let Some(detail) = output.application_detail() else {
+            return Ok(None);
+        };
+        let configuration = detail.application_configuration_description();
+        let code = configuration
+            .and_then(|c| c.application_code_configuration_description())
+            .and_then(|c| c.code_content_description())
+            .and_then(|c| c.s3_application_code_location_description());
+        let parallelism = configuration
+            .and_then(|c| c.flink_application_configuration_description())
+            .and_then(|c| c.parallelism_configuration_description());
+        let properties = configuration
+            .and_then(|c| c.environment_property_descriptions())
+            .map(|e| {
+                e.property_group_descriptions()
+                    .iter()
+                    .map(|group| {
+                        (
+                            group.property_group_id().to_owned(),
+                            group
+                                .property_map()
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let arn = detail.application_arn().to_owned();
+        let tags = self
+            .client
+            .list_tags_for_resource()
+            .resource_arn(&arn)
+            .send()
+            .await
+            .map_err(|e| from_sdk("kinesisanalytics:ListTagsForResource", &what, e))?
+            .tags()
+            .iter()
+            .map(|tag| {
+                (
+                    tag.key().to_owned(),
+                    tag.value().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        Ok(Some(ObservedApplication {
+            name: detail.application_name().to_owned(),
+            arn,
+            status: detail.application_status().as_str().to_owned(),
+            version_id: detail.application_version_id(),
+            create_timestamp: detail.create_timestamp().map(|t| Timestamp {
+                seconds: t.secs(),
+                nanos: t.subsec_nanos(),
+            }),
+            settings: ApplicationSettings {
+                runtime: detail.runtime_environment().as_str().to_owned(),
+                role_arn: detail
+                    .service_execution_role()
+                    .unwrap_or_default()
+                    .to_owned(),
+                code_bucket_arn: code.map(|c| c.bucket_arn().to_owned()).unwrap_or_default(),
+                code_key: code.map(|c| c.file_key().to_owned()).unwrap_or_default(),
+                parallelism: parallelism.and_then(|p| p.parallelism()).unwrap_or(1),
+                parallelism_per_kpu: parallelism
+                    .and_then(|p| p.parallelism_per_kpu())
+                    .unwrap_or(1),
+                properties,
+            },
+            tags,
+        }))
+    }
+
+    async fn apply_inner(&self, change: &Change) -> Result<(), Error> {
+        let client = &self.client;
+        match change {
+            Change::CreateApplication {
+                application,
+                settings,
+                tags,
+            } => {
+                let code = ApplicationCodeConfiguration::builder()
+                    .code_content_type(CodeContentType::Zipfile)
+                    .code_content(
+                        CodeContent::builder()
+                            .s3_content_location(
+                                S3ContentLocation::builder()
+                                    .bucket_arn(&settings.code_bucket_arn)
+                                    .file_key(&settings.code_key)
+                                    .build()
+                                    .map_err(build_error("the code location"))?,
+                            )
+                            .build(),
+                    )
+                    .build()
+                    .map_err(build_error("the code configuration"))?;
+                let flink = FlinkApplicationConfiguration::builder()
+                    .monitoring_configuration(
+                        MonitoringConfiguration::builder()
+                            .configuration_type(ConfigurationType::Default)
+                            .build()
+                            .map_err(build_error("the monitoring configuration"))?,
+                    )
+                    .parallelism_configuration(
+                        ParallelismConfiguration::builder()
+                            .configuration_type(ConfigurationType::Custom)
+                            .parallelism(settings.parallelism)
+                            .parallelism_per_kpu(settings.parallelism_per_kpu)
+                            .auto_scaling_enabled(false)
+                            .build()
+                            .map_err(build_error("the parallelism"))?,
+                    )
+                    .build();
+                let configuration = ApplicationConfiguration::builder()
+                    .application_code_configuration(code)
+                    .flink_application_configuration(flink)
+                    .environment_properties(
+                        EnvironmentProperties::builder()
+                            .set_property_groups(Some(property_groups(settings)?))
+                            .build()
+                            .map_err(build_error("the environment properties"))?,
+                    )
+                    .build();
+                let tags = tags
+                    .iter()
+                    .map(|(key, value)| {
+                        Tag::builder()
+                            .key(key)
+                            .value(value)
+                            .build()
+                            .map_err(build_error("a tag"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                client
+                    .create_application()
+                    .application_name(application)
+                    .runtime_environment(RuntimeEnvironment::from(settings.runtime.as_str()))
+                    .service_execution_role(&settings.role_arn)
+                    .application_configuration(configuration)
+                    .set_tags(Some(tags))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        from_sdk(
+                            "kinesisanalytics:CreateApplication",
+                            &format!("Flink application {application}"),
+                            e,
+                        )
+                    })?;
+                Ok(())
+            }
+            Change::TagResource {
+                application,
+                resource_arn,
+                tags,
+            } => {
+                let tags = tags
+                    .iter()
+                    .map(|(key, value)| {
+                        Tag::builder()
+                            .key(key)
+                            .value(value)
+                            .build()
+                            .map_err(build_error("a tag"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                client
+                    .tag_resource()
+                    .resource_arn(resource_arn)
+                    .set_tags(Some(tags))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        from_sdk(
+                            "kinesisanalytics:TagResource",
+                            &format!("Flink application {application}"),
+                            e,
+                        )
+                    })?;
+                Ok(())
+            }
+            Change::UpdateApplication {
+                application,
+                current_version_id,
+                settings,
+                ..
+            } => {
+                let update = ApplicationConfigurationUpdate::builder()
+                    .application_code_configuration_update(
+                        ApplicationCodeConfigurationUpdate::builder()
+                            .code_content_type_update(CodeContentType::Zipfile)
+                            .code_content_update(
+                                CodeContentUpdate::builder()
+                                    .s3_content_location_update(
+                                        S3ContentLocationUpdate::builder()
+                                            .bucket_arn_update(&settings.code_bucket_arn)
+                                            .file_key_update(&settings.code_key)
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .flink_application_configuration_update(
+                        FlinkApplicationConfigurationUpdate::builder()
+                            .parallelism_configuration_update(
+                                ParallelismConfigurationUpdate::builder()
+                                    .configuration_type_update(ConfigurationType::Custom)
+                                    .parallelism_update(settings.parallelism)
+                                    .parallelism_per_kpu_update(settings.parallelism_per_kpu)
+                                    .auto_scaling_enabled_update(false)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .environment_property_updates(
+                        EnvironmentPropertyUpdates::builder()
+                            .set_property_groups(Some(property_groups(settings)?))
+                            .build()
+                            .map_err(build_error("the environment properties"))?,
+                    )
+                    .build();
+                client
+                    .update_application()
+                    .application_name(application)
+                    .current_application_version_id(*current_version_id)
+                    .service_execution_role_update(&settings.role_arn)
+                    .runtime_environment_update(RuntimeEnvironment::from(settings.runtime.as_str()))
+                    .application_configuration_update(update)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        from_sdk(
+                            "kinesisanalytics:UpdateApplication",
+                            &format!("Flink application {application}"),
+                            e,
+                        )
+                    })?;
+                Ok(())
+            }
+            Change::StartApplication { application } => {
+                client
+                    .start_application()
+                    .application_name(application)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        from_sdk(
+                            "kinesisanalytics:StartApplication",
+                            &format!("Flink application {application}"),
+                            e,
+                        )
+                    })?;
+                Ok(())
+            }
+            Change::StopApplication { application } => {
+                client
+                    .stop_application()
+                    .application_name(application)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        from_sdk(
+                            "kinesisanalytics:StopApplication",
+                            &format!("Flink application {application}"),
+                            e,
+                        )
+                    })?;
+                Ok(())
+            }
+            Change::DeleteApplication {
+                application,
+                create_timestamp,
+            } => {
+                client
+                    .delete_application()
+                    .application_name(application)
+                    .create_timestamp(DateTime::from_secs_and_nanos(
+                        create_timestamp.seconds,
+                        create_timestamp.nanos,
+                    ))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        from_sdk(
+                            "kinesisanalytics:DeleteApplication",
+                            &format!("Flink application {application}"),
+                            e,
+                        )
+                    })?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FlinkApi for SdkFlink {
+    fn observe<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ObservedApplication>, Error>> {
+        Box::pin(self.observe_inner(name))
+    }
+
+    fn apply<'a>(&'a self, change: &'a Change) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.apply_inner(change))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fixture, names_for};
+
+    fn flink_pipeline() -> clickheatmap_crds::ClickHeatmapPipeline {
+        let mut pipeline = fixture("pipeline-full.yaml");
+        pipeline.spec.aggregation.engine = AggregationEngine::ManagedFlink;
+        pipeline
+    }
+
+    fn in_sync(desired: &DesiredApplication) -> ObservedApplication {
+        ObservedApplication {
+            name: desired.name.clone(),
+            arn: desired.arn.clone(),
+            status: if desired.running { "RUNNING" } else { "READY" }.into(),
+            version_id: 4,
+            create_timestamp: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            settings: desired.settings.clone(),
+            tags: desired.tags.clone(),
+        }
+    }
+
+    #[test]
+    fn only_the_managed_flink_engine_wants_an_application() {
+        let pipeline = fixture("pipeline-full.yaml");
+        assert_eq!(desired(&pipeline.spec, &names_for(&pipeline)), Ok(None));
+    }
+
+    #[test]
+    fn desired_from_the_full_example() {
+        let pipeline = flink_pipeline();
+        let app = desired(&pipeline.spec, &names_for(&pipeline))
+            .expect("valid")
+            .expect("flink");
+        assert_eq!(app.name, "shop-full-heatmap");
+        assert_eq!(
+            app.arn,
+            "arn:aws:kinesisanalytics:ap-northeast-2:123456789012:application/shop-full-heatmap"
+        );
+        assert_eq!(app.settings.runtime, "FLINK-1_18");
+        assert_eq!(
+            app.settings.code_bucket_arn,
+            "arn:aws:s3:::shop-full-heatmap-code-123456789012"
+        );
+        assert_eq!(app.settings.code_key, "flink/heatmap-aggregator-1.0.jar");
+        assert_eq!(app.settings.parallelism, 2);
+        assert_eq!(app.settings.parallelism_per_kpu, 1);
+        let group = &app.settings.properties[PROPERTY_GROUP];
+        assert_eq!(
+            group["KINESIS_STREAM_ARN"],
+            "arn:aws:kinesis:ap-northeast-2:123456789012:stream/shop-full-clicks"
+        );
+        assert_eq!(
+            group["CURATED_S3_PATH"],
+            "s3://shop-full-heatmap-curated-123456789012/curated/curated_heatmap/"
+        );
+        assert_eq!(group["AWS_REGION"], "ap-northeast-2");
+        assert!(app.running);
+        assert_eq!(name_from_arn(&app.arn), Some("shop-full-heatmap"));
+    }
+
+    #[test]
+    fn default_name_and_missing_settings() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.spec.aggregation.engine = AggregationEngine::ManagedFlink;
+        let error = desired(&pipeline.spec, &names_for(&pipeline)).expect_err("invalid");
+        assert_eq!(error.reason(), crate::error::Reason::InvalidSpec);
+        pipeline.spec.aggregation.flink = flink_pipeline().spec.aggregation.flink;
+        if let Some(flink) = pipeline.spec.aggregation.flink.as_mut() {
+            flink.application_name = None;
+        }
+        let app = desired(&pipeline.spec, &names_for(&pipeline))
+            .expect("valid")
+            .expect("flink");
+        assert_eq!(app.name, "shop-aggregator");
+    }
+
+    #[test]
+    fn lifecycle_decisions() {
+        let pipeline = flink_pipeline();
+        let app = desired(&pipeline.spec, &names_for(&pipeline))
+            .expect("valid")
+            .expect("flink");
+        let ops = |changes: Vec<Change>| -> Vec<String> {
+            changes
+                .iter()
+                .map(|c| {
+                    serde_json::to_value(c).expect("json")["op"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(
+            ops(diff(&app, None).expect("diff")),
+            ["CreateApplication", "StartApplication"]
+        );
+        assert_eq!(diff(&app, Some(&in_sync(&app))), Ok(vec![]));
+        let mut observed = in_sync(&app);
+        observed.status = "READY".into();
+        assert_eq!(
+            ops(diff(&app, Some(&observed)).expect("diff")),
+            ["StartApplication"]
+        );
+        let mut paused = app.clone();
+        paused.running = false;
+        observed.status = "RUNNING".into();
+        assert_eq!(
+            ops(diff(&paused, Some(&observed)).expect("diff")),
+            ["StopApplication"]
+        );
+        observed.settings.parallelism = 8;
+        let changes = diff(&app, Some(&observed)).expect("diff");
+        assert_eq!(
+            changes[0].to_string(),
+            "update Flink application shop-full-heatmap (version 4): parallelism 8/1 → 2/1"
+        );
+        observed.status = "UPDATING".into();
+        let error = diff(&app, Some(&observed)).expect_err("busy");
+        assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn a_foreign_application_conflicts() {
+        let pipeline = flink_pipeline();
+        let app = desired(&pipeline.spec, &names_for(&pipeline))
+            .expect("valid")
+            .expect("flink");
+        let mut observed = in_sync(&app);
+        observed.tags = Owner::new("default", "other").tags();
+        let error = diff(&app, Some(&observed)).expect_err("conflict");
+        assert_eq!(error.reason(), crate::error::Reason::Conflict);
+    }
+}

@@ -1,0 +1,843 @@
+//! The Kinesis data stream the clicks go to.
+//!
+//! Managed settings: capacity mode, shard count (provisioned mode), retention, server-side
+//! encryption with KMS, and the owner tags.
+//!
+//! Kinesis makes most changes asynchronously (the stream goes `UPDATING`) and limits them, so
+//! the reconciler moves in steps instead of asking for the impossible:
+//!
+//! * `UpdateShardCount` accepts a target between half and double the open shard count, so a
+//!   change from 1 to 5 shards is planned as 1 → 2, then 2 → 4, then 4 → 5 on later reconciles
+//!   ([`next_shard_count`]);
+//! * after any call that leaves the stream `UPDATING` ([`Change::needs_settling`]) the
+//!   remaining changes wait for the next reconcile, which re-observes and re-plans;
+//! * nothing is changed while the stream is not `ACTIVE` ([`Error::Busy`], retried).
+//!
+//! `CreateStream` takes the tags, so a new stream is never untagged; the operator checks them
+//! afterwards and adds them when an endpoint ignored them (moto does).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::types::{EncryptionType, ScalingType, StreamMode, StreamModeDetails};
+use clickheatmap_crds::{
+    ClickHeatmapPipelineSpec, DeletionPolicy, StreamEncryption, StreamMode as SpecStreamMode,
+};
+use serde::Serialize;
+
+use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use crate::error::{Error, from_sdk, is_not_found};
+use crate::names::{Names, Owner};
+
+/// `StreamMode` as AWS spells it.
+pub const PROVISIONED: &str = "PROVISIONED";
+/// `StreamMode` as AWS spells it.
+pub const ON_DEMAND: &str = "ON_DEMAND";
+/// The AWS-managed Kinesis key, used when the spec asks for KMS without naming a key.
+pub const DEFAULT_KMS_KEY: &str = "alias/aws/kinesis";
+
+/// The stream as the spec wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredStream {
+    pub name: String,
+    pub arn: String,
+    /// `PROVISIONED` or `ON_DEMAND`.
+    pub mode: String,
+    /// Open shards, for provisioned mode only.
+    pub shards: Option<i32>,
+    pub retention_hours: i32,
+    /// The KMS key, when the stream is to be encrypted.
+    pub kms_key_id: Option<String>,
+    pub owner: Owner,
+    pub adopt_existing: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An existing stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedStream {
+    pub name: String,
+    pub arn: String,
+    /// `CREATING`, `ACTIVE`, `UPDATING` or `DELETING`.
+    pub status: String,
+    pub mode: String,
+    pub open_shards: i32,
+    pub retention_hours: i32,
+    /// `NONE` or `KMS`.
+    pub encryption_type: String,
+    pub key_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One Kinesis call the operator would make.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all_fields = "camelCase")]
+pub enum Change {
+    CreateStream {
+        stream: String,
+        mode: String,
+        shards: Option<i32>,
+        tags: BTreeMap<String, String>,
+    },
+    AddTagsToStream {
+        stream: String,
+        tags: BTreeMap<String, String>,
+    },
+    IncreaseStreamRetentionPeriod {
+        stream: String,
+        from: i32,
+        to: i32,
+    },
+    DecreaseStreamRetentionPeriod {
+        stream: String,
+        from: i32,
+        to: i32,
+    },
+    StartStreamEncryption {
+        stream: String,
+        key_id: String,
+    },
+    StopStreamEncryption {
+        stream: String,
+        key_id: String,
+    },
+    UpdateStreamMode {
+        stream: String,
+        stream_arn: String,
+        from: String,
+        to: String,
+    },
+    /// One step towards `target` (a step is at most double or half of `from`).
+    UpdateShardCount {
+        stream: String,
+        from: i32,
+        to: i32,
+        target: i32,
+    },
+}
+
+impl Change {
+    /// True when the stream is `CREATING`/`UPDATING` after this call.
+    pub fn needs_settling(&self) -> bool {
+        matches!(
+            self,
+            Change::CreateStream { .. }
+                | Change::StartStreamEncryption { .. }
+                | Change::StopStreamEncryption { .. }
+                | Change::UpdateStreamMode { .. }
+                | Change::UpdateShardCount { .. }
+        )
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::CreateStream {
+                stream,
+                mode,
+                shards,
+                tags,
+            } => {
+                write!(f, "create stream {stream} ({mode}")?;
+                if let Some(shards) = shards {
+                    write!(f, ", {shards} shard{}", if *shards == 1 { "" } else { "s" })?;
+                }
+                write!(f, "), tagged {}", super::show_tags(tags))
+            }
+            Change::AddTagsToStream { stream, tags } => {
+                write!(f, "tag stream {stream} with {}", super::show_tags(tags))
+            }
+            Change::IncreaseStreamRetentionPeriod { stream, from, to }
+            | Change::DecreaseStreamRetentionPeriod { stream, from, to } => {
+                write!(
+                    f,
+                    "change retention of stream {stream} from {from} h to {to} h"
+                )
+            }
+            Change::StartStreamEncryption { stream, key_id } => {
+                write!(f, "encrypt stream {stream} with KMS key {key_id}")
+            }
+            Change::StopStreamEncryption { stream, .. } => {
+                write!(f, "stop encrypting stream {stream}")
+            }
+            Change::UpdateStreamMode {
+                stream, from, to, ..
+            } => write!(f, "switch stream {stream} from {from} to {to}"),
+            Change::UpdateShardCount {
+                stream,
+                from,
+                to,
+                target,
+            } => {
+                write!(
+                    f,
+                    "change shard count of stream {stream} from {from} to {to}"
+                )?;
+                if to != target {
+                    write!(f, " (one step towards {target})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The stream the spec asks for.
+pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredStream {
+    let stream = &spec.stream;
+    let (mode, shards) = match stream.mode {
+        SpecStreamMode::Provisioned => (PROVISIONED, Some(stream.shards)),
+        SpecStreamMode::OnDemand => (ON_DEMAND, None),
+    };
+    DesiredStream {
+        name: stream.name.clone(),
+        arn: names.stream_arn(&stream.name),
+        mode: mode.to_owned(),
+        shards,
+        retention_hours: stream.retention_hours,
+        kms_key_id: match stream.encryption {
+            StreamEncryption::None => None,
+            StreamEncryption::Kms => Some(
+                stream
+                    .kms_key_id
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_KMS_KEY.to_owned()),
+            ),
+        },
+        owner: names.owner.clone(),
+        adopt_existing: spec.adopt_existing,
+        tags: names.owner.tags(),
+    }
+}
+
+/// The next shard count on the way from `current` to `target` that `UpdateShardCount` accepts:
+/// at most double, at least half (rounded up) of the current count.
+pub fn next_shard_count(current: i32, target: i32) -> i32 {
+    if current <= 0 {
+        return target;
+    }
+    if target > current {
+        target.min(current.saturating_mul(2))
+    } else {
+        target.max((current + 1) / 2)
+    }
+}
+
+/// Reads the stream and its tags; `None` when there is no such stream.
+pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedStream>, Error> {
+    let what = format!("stream {name}");
+    let output = match client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+    {
+        Ok(output) => output,
+        Err(error) if is_not_found(&error) => return Ok(None),
+        Err(error) => return Err(from_sdk("kinesis:DescribeStreamSummary", &what, error)),
+    };
+    let Some(summary) = output.stream_description_summary() else {
+        return Ok(None);
+    };
+    let mut tags = BTreeMap::new();
+    let mut start: Option<String> = None;
+    loop {
+        let page = client
+            .list_tags_for_stream()
+            .stream_name(name)
+            .set_exclusive_start_tag_key(start.take())
+            .send()
+            .await
+            .map_err(|e| from_sdk("kinesis:ListTagsForStream", &what, e))?;
+        for tag in page.tags() {
+            tags.insert(
+                tag.key().to_owned(),
+                tag.value().unwrap_or_default().to_owned(),
+            );
+        }
+        match page.tags().last() {
+            Some(last) if page.has_more_tags() => start = Some(last.key().to_owned()),
+            _ => break,
+        }
+    }
+    Ok(Some(ObservedStream {
+        name: summary.stream_name().to_owned(),
+        arn: summary.stream_arn().to_owned(),
+        status: summary.stream_status().as_str().to_owned(),
+        mode: summary
+            .stream_mode_details()
+            .map(|details| details.stream_mode().as_str().to_owned())
+            .unwrap_or_else(|| PROVISIONED.to_owned()),
+        open_shards: summary.open_shard_count(),
+        retention_hours: summary.retention_period_hours(),
+        encryption_type: summary
+            .encryption_type()
+            .map(|kind| kind.as_str().to_owned())
+            .unwrap_or_else(|| "NONE".to_owned()),
+        key_id: summary.key_id().map(str::to_owned),
+        tags,
+    }))
+}
+
+/// The calls that turn `observed` into `desired`, in the order they can be made. Empty when
+/// they match.
+pub fn diff(
+    desired: &DesiredStream,
+    observed: Option<&ObservedStream>,
+) -> Result<Vec<Change>, Error> {
+    let stream = &desired.name;
+    let Some(observed) = observed else {
+        let mut changes = vec![Change::CreateStream {
+            stream: stream.clone(),
+            mode: desired.mode.clone(),
+            shards: desired.shards,
+            tags: desired.tags.clone(),
+        }];
+        // A new stream keeps records 24 hours and is not encrypted; these follow once it is
+        // ACTIVE (shown by `plan`, applied by a later reconcile).
+        if desired.retention_hours > 24 {
+            changes.push(Change::IncreaseStreamRetentionPeriod {
+                stream: stream.clone(),
+                from: 24,
+                to: desired.retention_hours,
+            });
+        }
+        if let Some(key_id) = &desired.kms_key_id {
+            changes.push(Change::StartStreamEncryption {
+                stream: stream.clone(),
+                key_id: key_id.clone(),
+            });
+        }
+        return Ok(changes);
+    };
+    check_owner(
+        &format!("stream {stream}"),
+        &observed.tags,
+        &desired.owner,
+        desired.adopt_existing,
+    )?;
+    let mut changes = Vec::new();
+    let missing = missing_tags(&observed.tags, &desired.tags);
+    if !missing.is_empty() {
+        changes.push(Change::AddTagsToStream {
+            stream: stream.clone(),
+            tags: missing,
+        });
+    }
+    if desired.retention_hours > observed.retention_hours {
+        changes.push(Change::IncreaseStreamRetentionPeriod {
+            stream: stream.clone(),
+            from: observed.retention_hours,
+            to: desired.retention_hours,
+        });
+    } else if desired.retention_hours < observed.retention_hours {
+        changes.push(Change::DecreaseStreamRetentionPeriod {
+            stream: stream.clone(),
+            from: observed.retention_hours,
+            to: desired.retention_hours,
+        });
+    }
+    let encrypted = observed.encryption_type == "KMS";
+    match &desired.kms_key_id {
+        Some(key_id) if !encrypted || observed.key_id.as_deref() != Some(key_id.as_str()) => {
+            changes.push(Change::StartStreamEncryption {
+                stream: stream.clone(),
+                key_id: key_id.clone(),
+            });
+        }
+        None if encrypted => changes.push(Change::StopStreamEncryption {
+            stream: stream.clone(),
+            key_id: observed.key_id.clone().unwrap_or_default(),
+        }),
+        _ => {}
+    }
+    if observed.mode != desired.mode {
+        changes.push(Change::UpdateStreamMode {
+            stream: stream.clone(),
+            stream_arn: observed.arn.clone(),
+            from: observed.mode.clone(),
+            to: desired.mode.clone(),
+        });
+    }
+    if let Some(target) = desired.shards
+        && observed.open_shards != target
+    {
+        changes.push(Change::UpdateShardCount {
+            stream: stream.clone(),
+            from: observed.open_shards,
+            to: next_shard_count(observed.open_shards, target),
+            target,
+        });
+    }
+    if !changes.is_empty() && observed.status != "ACTIVE" {
+        return Err(Error::Busy {
+            resource: format!("stream {stream}"),
+            message: format!(
+                "it is {}; {} change(s) wait until it is ACTIVE",
+                observed.status,
+                changes.len()
+            ),
+        });
+    }
+    Ok(changes)
+}
+
+/// A stream is ready when it is `ACTIVE`.
+pub fn readiness(observed: Option<&ObservedStream>) -> Readiness {
+    match observed {
+        Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
+        Some(stream) => {
+            Readiness::Provisioning(format!("stream {} is {}", stream.name, stream.status))
+        }
+        None => Readiness::Provisioning("the stream does not exist yet".to_owned()),
+    }
+}
+
+fn build_error(what: &str) -> impl FnOnce(aws_sdk_kinesis::error::BuildError) -> Error + '_ {
+    move |error| Error::internal(format!("building {what}: {error}"))
+}
+
+/// Makes one Kinesis call.
+pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
+    match change {
+        Change::CreateStream {
+            stream,
+            mode,
+            shards,
+            tags,
+        } => {
+            let what = format!("stream {stream}");
+            let details = StreamModeDetails::builder()
+                .stream_mode(StreamMode::from(mode.as_str()))
+                .build()
+                .map_err(build_error("the stream mode"))?;
+            let mut request = client
+                .create_stream()
+                .stream_name(stream)
+                .stream_mode_details(details)
+                .set_shard_count(*shards);
+            for (key, value) in tags {
+                request = request.tags(key, value);
+            }
+            request
+                .send()
+                .await
+                .map_err(|e| from_sdk("kinesis:CreateStream", &what, e))?;
+            // Some endpoints ignore CreateStream's tags; without them the next reconcile would
+            // take the stream for someone else's. Reading them back is best effort: if the new
+            // stream cannot be read yet, AWS has applied the tags with the create.
+            let Ok(current) = client
+                .list_tags_for_stream()
+                .stream_name(stream)
+                .send()
+                .await
+            else {
+                return Ok(());
+            };
+            let current: BTreeMap<String, String> = current
+                .tags()
+                .iter()
+                .map(|tag| {
+                    (
+                        tag.key().to_owned(),
+                        tag.value().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            let missing = missing_tags(&current, tags);
+            if !missing.is_empty() {
+                add_tags(client, stream, &missing).await?;
+            }
+            Ok(())
+        }
+        Change::AddTagsToStream { stream, tags } => add_tags(client, stream, tags).await,
+        Change::IncreaseStreamRetentionPeriod { stream, to, .. } => {
+            client
+                .increase_stream_retention_period()
+                .stream_name(stream)
+                .retention_period_hours(*to)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "kinesis:IncreaseStreamRetentionPeriod",
+                        &format!("stream {stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::DecreaseStreamRetentionPeriod { stream, to, .. } => {
+            client
+                .decrease_stream_retention_period()
+                .stream_name(stream)
+                .retention_period_hours(*to)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "kinesis:DecreaseStreamRetentionPeriod",
+                        &format!("stream {stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::StartStreamEncryption { stream, key_id } => {
+            client
+                .start_stream_encryption()
+                .stream_name(stream)
+                .encryption_type(EncryptionType::Kms)
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "kinesis:StartStreamEncryption",
+                        &format!("stream {stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::StopStreamEncryption { stream, key_id } => {
+            client
+                .stop_stream_encryption()
+                .stream_name(stream)
+                .encryption_type(EncryptionType::Kms)
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "kinesis:StopStreamEncryption",
+                        &format!("stream {stream}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::UpdateStreamMode {
+            stream,
+            stream_arn,
+            to,
+            ..
+        } => {
+            let details = StreamModeDetails::builder()
+                .stream_mode(StreamMode::from(to.as_str()))
+                .build()
+                .map_err(build_error("the stream mode"))?;
+            client
+                .update_stream_mode()
+                .stream_arn(stream_arn)
+                .stream_mode_details(details)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk("kinesis:UpdateStreamMode", &format!("stream {stream}"), e)
+                })?;
+            Ok(())
+        }
+        Change::UpdateShardCount { stream, to, .. } => {
+            client
+                .update_shard_count()
+                .stream_name(stream)
+                .target_shard_count(*to)
+                .scaling_type(ScalingType::UniformScaling)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk("kinesis:UpdateShardCount", &format!("stream {stream}"), e)
+                })?;
+            Ok(())
+        }
+    }
+}
+
+async fn add_tags(
+    client: &Client,
+    stream: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let mut request = client.add_tags_to_stream().stream_name(stream);
+    for (key, value) in tags {
+        request = request.tags(key, value);
+    }
+    request
+        .send()
+        .await
+        .map_err(|e| from_sdk("kinesis:AddTagsToStream", &format!("stream {stream}"), e))?;
+    Ok(())
+}
+
+/// Deletes the stream under `deletionPolicy: Delete` if this pipeline owns it.
+pub async fn delete(
+    client: &Client,
+    desired: &DesiredStream,
+    policy: DeletionPolicy,
+) -> Result<Deletion, Error> {
+    if policy == DeletionPolicy::Retain {
+        return Ok(Deletion::Retained);
+    }
+    let stream = &desired.name;
+    let Some(observed) = observe(client, stream).await? else {
+        return Ok(Deletion::Gone);
+    };
+    if !is_ours(&observed.tags, &desired.owner) {
+        return Ok(Deletion::Kept(format!(
+            "stream {stream} is not tagged by pipeline {}; left in place",
+            desired.owner.tag_value()
+        )));
+    }
+    if observed.status == "DELETING" {
+        return Ok(Deletion::InProgress(format!("stream {stream} is DELETING")));
+    }
+    client
+        .delete_stream()
+        .stream_name(stream)
+        .enforce_consumer_deletion(true)
+        .send()
+        .await
+        .map_err(|e| from_sdk("kinesis:DeleteStream", &format!("stream {stream}"), e))?;
+    Ok(Deletion::InProgress(format!("deleting stream {stream}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fixture, names_for};
+
+    fn in_sync(desired: &DesiredStream) -> ObservedStream {
+        ObservedStream {
+            name: desired.name.clone(),
+            arn: desired.arn.clone(),
+            status: "ACTIVE".into(),
+            mode: desired.mode.clone(),
+            open_shards: desired.shards.unwrap_or(4),
+            retention_hours: desired.retention_hours,
+            encryption_type: if desired.kms_key_id.is_some() {
+                "KMS".into()
+            } else {
+                "NONE".into()
+            },
+            key_id: desired.kms_key_id.clone(),
+            tags: desired.tags.clone(),
+        }
+    }
+
+    #[test]
+    fn desired_from_the_examples() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal));
+        assert_eq!(stream.name, "shop-clicks");
+        assert_eq!(stream.mode, "PROVISIONED");
+        assert_eq!(stream.shards, Some(1));
+        assert_eq!(stream.retention_hours, 24);
+        assert_eq!(stream.kms_key_id, None);
+        assert_eq!(
+            stream.arn,
+            "arn:aws:kinesis:ap-northeast-2:123456789012:stream/shop-clicks"
+        );
+
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full));
+        assert_eq!(stream.shards, Some(2));
+        assert_eq!(stream.retention_hours, 48);
+        assert_eq!(stream.kms_key_id.as_deref(), Some("alias/shop-heatmap"));
+        assert!(stream.adopt_existing);
+    }
+
+    #[test]
+    fn kms_without_a_key_uses_the_aws_managed_key() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.spec.stream.encryption = StreamEncryption::Kms;
+        let stream = desired(&pipeline.spec, &names_for(&pipeline));
+        assert_eq!(stream.kms_key_id.as_deref(), Some("alias/aws/kinesis"));
+    }
+
+    #[test]
+    fn on_demand_has_no_shard_count() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.spec.stream.mode = SpecStreamMode::OnDemand;
+        let stream = desired(&pipeline.spec, &names_for(&pipeline));
+        assert_eq!(stream.mode, "ON_DEMAND");
+        assert_eq!(stream.shards, None);
+        let mut observed = in_sync(&stream);
+        observed.open_shards = 7;
+        assert_eq!(diff(&stream, Some(&observed)), Ok(vec![]));
+    }
+
+    #[test]
+    fn shard_steps_stay_within_update_shard_count_limits() {
+        assert_eq!(next_shard_count(1, 5), 2);
+        assert_eq!(next_shard_count(2, 5), 4);
+        assert_eq!(next_shard_count(4, 5), 5);
+        assert_eq!(next_shard_count(8, 1), 4);
+        assert_eq!(next_shard_count(4, 1), 2);
+        assert_eq!(next_shard_count(3, 1), 2);
+        assert_eq!(next_shard_count(2, 1), 1);
+        assert_eq!(next_shard_count(3, 3), 3);
+        // Every step of every path is accepted by UpdateShardCount and ends at the target.
+        for from in 1..=40 {
+            for target in 1..=40 {
+                let mut current = from;
+                let mut steps = 0;
+                while current != target {
+                    let next = next_shard_count(current, target);
+                    assert!(
+                        next <= current * 2 && next * 2 >= current,
+                        "{current} -> {next}"
+                    );
+                    current = next;
+                    steps += 1;
+                    assert!(steps < 10, "{from} -> {target} does not converge");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn create_plans_the_follow_ups() {
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full));
+        let changes = diff(&stream, None).expect("diff");
+        assert_eq!(changes.len(), 3);
+        assert!(changes[0].needs_settling());
+        assert_eq!(
+            changes[0].to_string(),
+            "create stream shop-full-clicks (PROVISIONED, 2 shards), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full"
+        );
+        assert_eq!(
+            changes[1],
+            Change::IncreaseStreamRetentionPeriod {
+                stream: "shop-full-clicks".into(),
+                from: 24,
+                to: 48
+            }
+        );
+        assert_eq!(
+            changes[2],
+            Change::StartStreamEncryption {
+                stream: "shop-full-clicks".into(),
+                key_id: "alias/shop-heatmap".into()
+            }
+        );
+    }
+
+    #[test]
+    fn in_sync_stream_needs_nothing() {
+        for file in ["pipeline-minimal.yaml", "pipeline-full.yaml"] {
+            let pipeline = fixture(file);
+            let stream = desired(&pipeline.spec, &names_for(&pipeline));
+            assert_eq!(diff(&stream, Some(&in_sync(&stream))), Ok(vec![]), "{file}");
+        }
+    }
+
+    #[test]
+    fn drift_in_every_setting() {
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full));
+        let mut observed = in_sync(&stream);
+        observed.retention_hours = 72;
+        observed.encryption_type = "NONE".into();
+        observed.key_id = None;
+        observed.mode = "ON_DEMAND".into();
+        observed.open_shards = 8;
+        let changes = diff(&stream, Some(&observed)).expect("diff");
+        assert_eq!(
+            changes,
+            vec![
+                Change::DecreaseStreamRetentionPeriod {
+                    stream: "shop-full-clicks".into(),
+                    from: 72,
+                    to: 48
+                },
+                Change::StartStreamEncryption {
+                    stream: "shop-full-clicks".into(),
+                    key_id: "alias/shop-heatmap".into()
+                },
+                Change::UpdateStreamMode {
+                    stream: "shop-full-clicks".into(),
+                    stream_arn: stream.arn.clone(),
+                    from: "ON_DEMAND".into(),
+                    to: "PROVISIONED".into()
+                },
+                Change::UpdateShardCount {
+                    stream: "shop-full-clicks".into(),
+                    from: 8,
+                    to: 4,
+                    target: 2
+                },
+            ]
+        );
+        assert_eq!(
+            changes[3].to_string(),
+            "change shard count of stream shop-full-clicks from 8 to 4 (one step towards 2)"
+        );
+    }
+
+    #[test]
+    fn encryption_is_stopped_when_the_spec_drops_it() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal));
+        let mut observed = in_sync(&stream);
+        observed.encryption_type = "KMS".into();
+        observed.key_id = Some("alias/x".into());
+        assert_eq!(
+            diff(&stream, Some(&observed)),
+            Ok(vec![Change::StopStreamEncryption {
+                stream: "shop-clicks".into(),
+                key_id: "alias/x".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn a_busy_stream_is_not_changed() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal));
+        let mut observed = in_sync(&stream);
+        observed.status = "UPDATING".into();
+        assert_eq!(diff(&stream, Some(&observed)), Ok(vec![]));
+        assert!(matches!(
+            readiness(Some(&observed)),
+            Readiness::Provisioning(_)
+        ));
+        observed.open_shards = 2;
+        let error = diff(&stream, Some(&observed)).expect_err("busy");
+        assert_eq!(error.reason(), crate::error::Reason::Provisioning);
+        assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn ownership_is_checked_before_anything_else() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal));
+        let mut observed = in_sync(&stream);
+        observed.tags = Owner::new("other", "pipeline").tags();
+        observed.status = "UPDATING".into();
+        observed.open_shards = 3;
+        let error = diff(&stream, Some(&observed)).expect_err("conflict");
+        assert_eq!(error.reason(), crate::error::Reason::Conflict);
+    }
+
+    #[test]
+    fn adoption_adds_only_the_missing_tags() {
+        let mut full = fixture("pipeline-full.yaml");
+        full.spec.adopt_existing = true;
+        let stream = desired(&full.spec, &names_for(&full));
+        let mut observed = in_sync(&stream);
+        observed.tags = BTreeMap::from([("team".into(), "web".into())]);
+        assert_eq!(
+            diff(&stream, Some(&observed)),
+            Ok(vec![Change::AddTagsToStream {
+                stream: "shop-full-clicks".into(),
+                tags: stream.tags.clone()
+            }])
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! The AWS side of the operator: one module per service, all with the same shape.
+//!
+//! * `desired(spec, names)` — pure: what the spec asks for (unit-tested from the example
+//!   manifests).
+//! * `observe(client, …)` — I/O, reads only: what exists, `None` when nothing does. A resource
+//!   that belongs to someone else is read no further than its tags.
+//! * `diff(desired, observed)` — pure: the list of [`Change`]s (one AWS call each) that turn the
+//!   observed state into the desired one. **Empty when in sync**, which is what makes a resync
+//!   free of writes. Ownership is decided here too: a resource tagged by another pipeline, or an
+//!   untagged one while `adoptExisting` is off, is a terminal `Conflict`.
+//! * `apply(client, change)` — I/O: makes the call.
+//! * `delete(client, …, policy)` — I/O: removes what this pipeline owns under `Delete`, nothing
+//!   under `Retain`.
+//!
+//! Splitting the pure parts from the calls is what lets the `plan` command print exactly what a
+//! reconcile would do, and lets the unit tests check every decision without an emulator. The
+//! Kubernetes controller sits on top and only needs [`crate::pipeline`].
+
+pub mod athena;
+pub mod calls;
+pub mod firehose;
+pub mod flink;
+pub mod glue;
+pub mod kinesis;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+pub use calls::CallCounter;
+
+use crate::error::{Error, from_sdk};
+use crate::names::{Account, MANAGED_BY_TAG, Owner, Ownership, PIPELINE_TAG};
+
+/// The AWS services the operator calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    S3,
+    Kinesis,
+    Firehose,
+    Glue,
+    Athena,
+    /// Managed Service for Apache Flink.
+    KinesisAnalyticsV2,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::S3 => "s3",
+            Service::Kinesis => "kinesis",
+            Service::Firehose => "firehose",
+            Service::Glue => "glue",
+            Service::Athena => "athena",
+            Service::KinesisAnalyticsV2 => "kinesisanalyticsv2",
+        })
+    }
+}
+
+/// One AWS call the operator would make, of any service. Serialises as the service's change
+/// (`{"op": "CreateBucket", "bucket": …}`); pair it with [`Change::service`] for the service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Change {
+    S3(s3::Change),
+    Kinesis(kinesis::Change),
+    Firehose(firehose::Change),
+    Glue(glue::Change),
+    Athena(athena::Change),
+    Flink(flink::Change),
+}
+
+impl Change {
+    pub fn service(&self) -> Service {
+        match self {
+            Change::S3(_) => Service::S3,
+            Change::Kinesis(_) => Service::Kinesis,
+            Change::Firehose(_) => Service::Firehose,
+            Change::Glue(_) => Service::Glue,
+            Change::Athena(_) => Service::Athena,
+            Change::Flink(_) => Service::KinesisAnalyticsV2,
+        }
+    }
+
+    /// True when the resource goes through a transitional state after this call (a Kinesis
+    /// stream `UPDATING`, a Flink application `STARTING`): further changes to it wait for the
+    /// next reconcile.
+    pub fn needs_settling(&self) -> bool {
+        match self {
+            Change::S3(change) => change.needs_settling(),
+            Change::Kinesis(change) => change.needs_settling(),
+            Change::Firehose(change) => change.needs_settling(),
+            Change::Glue(change) => change.needs_settling(),
+            Change::Athena(change) => change.needs_settling(),
+            Change::Flink(change) => change.needs_settling(),
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::S3(change) => change.fmt(f),
+            Change::Kinesis(change) => change.fmt(f),
+            Change::Firehose(change) => change.fmt(f),
+            Change::Glue(change) => change.fmt(f),
+            Change::Athena(change) => change.fmt(f),
+            Change::Flink(change) => change.fmt(f),
+        }
+    }
+}
+
+/// Whether an existing resource can take traffic/changes, judged from its observed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Still being created or changed; the message says what it waits for.
+    Provisioning(String),
+}
+
+/// What a `delete` call did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Deletion {
+    /// `deletionPolicy: Retain`: nothing was touched.
+    Retained,
+    /// The resource does not exist (any more).
+    Gone,
+    /// Deletion started or continues; call again.
+    InProgress(String),
+    /// The resource exists but is not this pipeline's; it was left alone.
+    Kept(String),
+}
+
+impl Deletion {
+    /// True when there is nothing left to wait for.
+    pub fn is_finished(&self) -> bool {
+        !matches!(self, Deletion::InProgress(_))
+    }
+}
+
+/// Decides whether a resource with these tags may be managed by `owner`.
+///
+/// `Ok` when it is the owner's, or untagged with `adopt` on; a terminal `Conflict` otherwise.
+pub(crate) fn check_owner(
+    what: &str,
+    tags: &BTreeMap<String, String>,
+    owner: &Owner,
+    adopt: bool,
+) -> Result<(), Error> {
+    match Ownership::of(tags, owner) {
+        Ownership::Ours => Ok(()),
+        Ownership::Foreign(other) => Err(Error::Conflict(format!(
+            "{what} is tagged by pipeline {other} ({PIPELINE_TAG}); pipeline {} does not touch it",
+            owner.tag_value()
+        ))),
+        Ownership::Unowned if adopt => Ok(()),
+        Ownership::Unowned => Err(Error::Conflict(format!(
+            "{what} already exists and has no {PIPELINE_TAG} tag; set spec.adoptExisting: true to let pipeline {} take it over, or choose another name",
+            owner.tag_value()
+        ))),
+    }
+}
+
+/// The desired tags that the observed tags lack or hold with another value.
+pub(crate) fn missing_tags(
+    observed: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    desired
+        .iter()
+        .filter(|(key, value)| observed.get(*key) != Some(*value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// `k=v, k=v` for messages.
+pub(crate) fn show_tags(tags: &BTreeMap<String, String>) -> String {
+    tags.iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// True when the tags say the resource is managed by this operator for `owner`.
+pub(crate) fn is_ours(tags: &BTreeMap<String, String>, owner: &Owner) -> bool {
+    Ownership::of(tags, owner) == Ownership::Ours
+}
+
+/// The tag keys of the operator, for documentation and tests.
+pub const OWNER_TAG_KEYS: [&str; 2] = [PIPELINE_TAG, MANAGED_BY_TAG];
+
+/// One client per service, all for one region, plus the account they act in.
+///
+/// Build it once per region and share it: the SDK clients are cheap to clone and pool their
+/// connections. The account id (for ARNs) is looked up once with STS `GetCallerIdentity`, which
+/// needs no IAM permission.
+#[derive(Clone)]
+pub struct AwsClients {
+    pub region: String,
+    pub s3: aws_sdk_s3::Client,
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub firehose: aws_sdk_firehose::Client,
+    pub glue: aws_sdk_glue::Client,
+    pub athena: aws_sdk_athena::Client,
+    pub sts: aws_sdk_sts::Client,
+    /// Managed Flink, behind a trait so that the paths the emulator lacks can be tested.
+    pub flink: Arc<dyn flink::FlinkApi>,
+    account: Arc<OnceCell<Account>>,
+}
+
+impl fmt::Debug for AwsClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsClients")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to build [`AwsClients`].
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Address S3 buckets in the path (`http://host/bucket`) instead of the host name. Needed by
+    /// emulators on `127.0.0.1`; never by AWS.
+    pub s3_force_path_style: bool,
+    /// Count every AWS call (see [`CallCounter`]).
+    pub calls: Option<CallCounter>,
+}
+
+impl AwsClients {
+    /// Clients from an SDK configuration, which must name a region.
+    pub fn new(config: &SdkConfig, options: &ClientOptions) -> Result<AwsClients, Error> {
+        let region = config
+            .region()
+            .map(|region| region.as_ref().to_owned())
+            .ok_or_else(|| Error::internal("the AWS SDK configuration names no region"))?;
+        let calls = options.calls.clone();
+        macro_rules! client {
+            ($sdk:ident) => {{
+                let mut builder = $sdk::config::Builder::from(config);
+                if let Some(calls) = &calls {
+                    builder = builder.interceptor(calls.clone());
+                }
+                $sdk::Client::from_conf(builder.build())
+            }};
+        }
+        let s3 = {
+            let mut builder = aws_sdk_s3::config::Builder::from(config)
+                .force_path_style(options.s3_force_path_style);
+            if let Some(calls) = &calls {
+                builder = builder.interceptor(calls.clone());
+            }
+            aws_sdk_s3::Client::from_conf(builder.build())
+        };
+        Ok(AwsClients {
+            region,
+            s3,
+            kinesis: client!(aws_sdk_kinesis),
+            firehose: client!(aws_sdk_firehose),
+            glue: client!(aws_sdk_glue),
+            athena: client!(aws_sdk_athena),
+            sts: client!(aws_sdk_sts),
+            flink: Arc::new(flink::SdkFlink::new(client!(aws_sdk_kinesisanalyticsv2))),
+            account: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// Clients from the SDK's default chain (environment, profile, IRSA / Pod Identity) for
+    /// `region`. When `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` points at an emulator, S3 uses
+    /// path-style addressing, which emulators on `127.0.0.1` need.
+    pub async fn from_env(region: &str) -> Result<AwsClients, Error> {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
+            .load()
+            .await;
+        let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+        AwsClients::new(
+            &config,
+            &ClientOptions {
+                s3_force_path_style: emulated,
+                calls: None,
+            },
+        )
+    }
+
+    /// Replaces the Managed Flink API (tests use a fake).
+    pub fn with_flink(mut self, flink: Arc<dyn flink::FlinkApi>) -> AwsClients {
+        self.flink = flink;
+        self
+    }
+
+    /// The account and partition of the credentials, looked up once.
+    pub async fn account(&self) -> Result<Account, Error> {
+        self.account
+            .get_or_try_init(|| async {
+                let identity = self
+                    .sts
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk("sts:GetCallerIdentity", "the caller", e))?;
+                let id = identity
+                    .account()
+                    .ok_or_else(|| Error::internal("sts:GetCallerIdentity returned no account"))?;
+                let partition = identity
+                    .arn()
+                    .and_then(|arn| arn.split(':').nth(1))
+                    .filter(|partition| !partition.is_empty())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| crate::names::partition_of_region(&self.region).to_owned());
+                Ok(Account::new(id, partition))
+            })
+            .await
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tags_lists_absent_and_changed_values() {
+        let owner = Owner::new("a", "b");
+        let mut observed = BTreeMap::from([("x".to_owned(), "1".to_owned())]);
+        assert_eq!(missing_tags(&observed, &owner.tags()), owner.tags());
+        observed.extend(owner.tags());
+        assert!(missing_tags(&observed, &owner.tags()).is_empty());
+        observed.insert(MANAGED_BY_TAG.to_owned(), "someone".to_owned());
+        assert_eq!(missing_tags(&observed, &owner.tags()).len(), 1);
+    }
+
+    #[test]
+    fn ownership_decisions() {
+        let owner = Owner::new("analytics", "shop");
+        assert_eq!(
+            check_owner("stream s", &owner.tags(), &owner, false),
+            Ok(())
+        );
+        let untagged = BTreeMap::new();
+        assert_eq!(check_owner("stream s", &untagged, &owner, true), Ok(()));
+        let error = check_owner("stream s", &untagged, &owner, false).expect_err("conflict");
+        assert!(error.to_string().contains("set spec.adoptExisting: true"));
+        let foreign = Owner::new("analytics", "other").tags();
+        for adopt in [false, true] {
+            let error = check_owner("stream s", &foreign, &owner, adopt).expect_err("conflict");
+            assert_eq!(
+                error.to_string(),
+                "stream s is tagged by pipeline analytics/other (clickheatmap.io/pipeline); pipeline analytics/shop does not touch it"
+            );
+        }
+    }
+}

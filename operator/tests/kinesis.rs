@@ -1,0 +1,285 @@
+//! The Kinesis reconciler against a real moto server: a stream created and brought to the full
+//! example's settings over several reconciles (create, then retention and KMS once it is
+//! ACTIVE), a resync without writes, shard-count drift repaired in UpdateShardCount-sized steps,
+//! retention and encryption drift repaired, a stream of another pipeline refused, adoption, and
+//! both deletion policies.
+//!
+//! moto makes every stream ACTIVE at once, so "waiting for ACTIVE" is a plain next call here;
+//! the waiting itself is unit-tested in `src/aws/kinesis.rs`. moto does not enforce the
+//! half/double rule of UpdateShardCount; the steps are checked by what the operator asks for.
+
+mod common;
+
+use clickheatmap_crds::DeletionPolicy;
+use clickheatmap_operator::aws::{Deletion, kinesis};
+use clickheatmap_operator::{Error, Owner, Reason};
+use common::{Env, assert_no_writes, pipeline, start, writes_since};
+
+/// One reconcile: observe, diff, apply until a change that needs the stream to settle.
+async fn reconcile(
+    env: &Env,
+    desired: &kinesis::DesiredStream,
+) -> Result<Vec<kinesis::Change>, Error> {
+    let observed = kinesis::observe(&env.clients.kinesis, &desired.name).await?;
+    let mut made = Vec::new();
+    for change in kinesis::diff(desired, observed.as_ref())? {
+        kinesis::apply(&env.clients.kinesis, &change).await?;
+        let settle = change.needs_settling();
+        made.push(change);
+        if settle {
+            break;
+        }
+    }
+    Ok(made)
+}
+
+/// Reconciles until nothing changes; returns every change made, per round.
+async fn converge(env: &Env, desired: &kinesis::DesiredStream) -> Vec<Vec<kinesis::Change>> {
+    let mut rounds = Vec::new();
+    for _ in 0..10 {
+        let made = reconcile(env, desired).await.expect("reconcile");
+        if made.is_empty() {
+            return rounds;
+        }
+        rounds.push(made);
+    }
+    panic!("did not converge: {rounds:#?}");
+}
+
+async fn desired(env: &Env, file: &str, adopt: bool) -> kinesis::DesiredStream {
+    let mut pipeline = pipeline(file);
+    pipeline.spec.adopt_existing = adopt;
+    kinesis::desired(&pipeline.spec, &env.names(&pipeline).await)
+}
+
+#[tokio::test]
+async fn stream_is_created_then_configured_then_left_alone() {
+    let env = start().await;
+    let stream = desired(&env, "full", false).await;
+    let rounds = converge(&env, &stream).await;
+    let ops: Vec<Vec<String>> = rounds
+        .iter()
+        .map(|round| {
+            round
+                .iter()
+                .map(|c| {
+                    serde_json::to_value(c).expect("json")["op"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            vec!["CreateStream".to_owned()],
+            vec![
+                "IncreaseStreamRetentionPeriod".to_owned(),
+                "StartStreamEncryption".to_owned()
+            ],
+        ]
+    );
+    let observed = kinesis::observe(&env.clients.kinesis, &stream.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(observed.open_shards, 2);
+    assert_eq!(observed.retention_hours, 48);
+    assert_eq!(observed.encryption_type, "KMS");
+    assert_eq!(observed.key_id.as_deref(), Some("alias/shop-heatmap"));
+    assert_eq!(observed.arn, stream.arn);
+    assert_eq!(
+        observed.tags["clickheatmap.io/pipeline"],
+        "analytics/shop-full"
+    );
+    assert_eq!(
+        observed.tags["clickheatmap.io/managed-by"],
+        "clickheatmap-operator"
+    );
+    assert_eq!(
+        kinesis::readiness(Some(&observed)),
+        clickheatmap_operator::aws::Readiness::Ready
+    );
+
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &stream).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "stream resync");
+    assert_eq!(
+        env.calls.since(&before).into_keys().collect::<Vec<_>>(),
+        ["Kinesis:DescribeStreamSummary", "Kinesis:ListTagsForStream"]
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired_in_allowed_steps() {
+    let env = start().await;
+    let stream = desired(&env, "full", false).await;
+    converge(&env, &stream).await;
+    let client = &env.clients.kinesis;
+    // Behind the operator's back: 8 shards (in two allowed steps: moto's resharding is only
+    // faithful within UpdateShardCount's limits), a week of retention, no encryption.
+    for target in [4, 8] {
+        client
+            .update_shard_count()
+            .stream_name(&stream.name)
+            .target_shard_count(target)
+            .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+            .send()
+            .await
+            .expect("reshard");
+    }
+    client
+        .increase_stream_retention_period()
+        .stream_name(&stream.name)
+        .retention_period_hours(168)
+        .send()
+        .await
+        .expect("retention");
+    client
+        .stop_stream_encryption()
+        .stream_name(&stream.name)
+        .encryption_type(aws_sdk_kinesis::types::EncryptionType::Kms)
+        .key_id("alias/shop-heatmap")
+        .send()
+        .await
+        .expect("stop encryption");
+
+    let rounds = converge(&env, &stream).await;
+    let flat: Vec<kinesis::Change> = rounds.into_iter().flatten().collect();
+    assert_eq!(
+        flat,
+        vec![
+            kinesis::Change::DecreaseStreamRetentionPeriod {
+                stream: stream.name.clone(),
+                from: 168,
+                to: 48
+            },
+            kinesis::Change::StartStreamEncryption {
+                stream: stream.name.clone(),
+                key_id: "alias/shop-heatmap".into()
+            },
+            kinesis::Change::UpdateShardCount {
+                stream: stream.name.clone(),
+                from: 8,
+                to: 4,
+                target: 2
+            },
+            kinesis::Change::UpdateShardCount {
+                stream: stream.name.clone(),
+                from: 4,
+                to: 2,
+                target: 2
+            },
+        ]
+    );
+    let observed = kinesis::observe(client, &stream.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(
+        (
+            observed.open_shards,
+            observed.retention_hours,
+            observed.encryption_type.as_str()
+        ),
+        (2, 48, "KMS")
+    );
+}
+
+#[tokio::test]
+async fn a_stream_of_another_pipeline_is_refused() {
+    let env = start().await;
+    let stream = desired(&env, "full", true).await;
+    env.clients
+        .kinesis
+        .create_stream()
+        .stream_name(&stream.name)
+        .shard_count(1)
+        .send()
+        .await
+        .expect("create");
+    let mut tag = env
+        .clients
+        .kinesis
+        .add_tags_to_stream()
+        .stream_name(&stream.name);
+    for (key, value) in Owner::new("analytics", "other").tags() {
+        tag = tag.tags(key, value);
+    }
+    tag.send().await.expect("tag");
+
+    let before = env.calls.snapshot();
+    let error = reconcile(&env, &stream).await.expect_err("conflict");
+    assert_eq!(error.reason(), Reason::Conflict);
+    assert!(!error.is_retryable());
+    assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
+    let observed = kinesis::observe(&env.clients.kinesis, &stream.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(observed.open_shards, 1, "not resharded");
+    assert_eq!(observed.retention_hours, 24, "not changed");
+
+    let deletion = kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete)
+        .await
+        .expect("delete");
+    assert!(matches!(deletion, Deletion::Kept(_)), "{deletion:?}");
+}
+
+#[tokio::test]
+async fn an_untagged_stream_is_adopted_only_when_asked() {
+    let env = start().await;
+    let without = desired(&env, "minimal", false).await;
+    env.clients
+        .kinesis
+        .create_stream()
+        .stream_name(&without.name)
+        .shard_count(1)
+        .send()
+        .await
+        .expect("create");
+
+    let before = env.calls.snapshot();
+    let error = reconcile(&env, &without).await.expect_err("conflict");
+    assert!(error.to_string().contains("adoptExisting"), "{error}");
+    assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
+
+    let with = desired(&env, "minimal", true).await;
+    assert_eq!(
+        reconcile(&env, &with).await.expect("adopt"),
+        vec![kinesis::Change::AddTagsToStream {
+            stream: with.name.clone(),
+            tags: with.tags.clone()
+        }]
+    );
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &without).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "resync after adoption");
+}
+
+#[tokio::test]
+async fn deletion_policies() {
+    let env = start().await;
+    let stream = desired(&env, "minimal", false).await;
+    converge(&env, &stream).await;
+    let before = env.calls.snapshot();
+    assert_eq!(
+        kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Retain).await,
+        Ok(Deletion::Retained)
+    );
+    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
+    let first = kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete)
+        .await
+        .expect("delete");
+    assert!(matches!(first, Deletion::InProgress(_)), "{first:?}");
+    assert_eq!(
+        kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete).await,
+        Ok(Deletion::Gone)
+    );
+    assert_eq!(
+        kinesis::observe(&env.clients.kinesis, &stream.name).await,
+        Ok(None)
+    );
+}
