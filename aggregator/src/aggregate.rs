@@ -104,6 +104,12 @@ impl Aggregator {
         self.windows.watermark()
     }
 
+    /// The page's counts in windows not yet written (open windows and waiting corrections), as
+    /// `(grid_x, grid_y, clicks)`: what a live view adds to the curated table.
+    pub fn live_cells(&self, page_id: &str) -> Vec<(u16, u16, i64)> {
+        self.windows.open_cells(page_id)
+    }
+
     /// Moves a partition's watermark without a click (see [`Windows::advance_clock`]).
     pub fn advance_clock(&mut self, partition: usize, time_ms: i64) {
         self.windows.advance_clock(partition, time_ms);
@@ -283,6 +289,20 @@ mod tests {
         let counters = aggregator.counters();
         assert_eq!((counters.records, counters.clicks), (4, 4));
         assert_eq!(counters.rejected[RejectReason::MalformedJson.index()], 1);
+    }
+
+    #[test]
+    fn live_cells_show_what_is_not_written_yet() {
+        let mut aggregator = Aggregator::new(&AggregatorConfig::default(), false);
+        aggregator.set_clock(10 * 60_000);
+        aggregator.process_record(0, click("a", 1_000, 5.0).as_bytes());
+        aggregator.process_record(0, click("a", 2_000, 5.0).as_bytes());
+        aggregator.process_record(0, click("b", 2_000, 99.0).as_bytes());
+        assert_eq!(aggregator.live_cells("a"), vec![(1, 2, 2)]);
+        assert_eq!(aggregator.live_cells("b"), vec![(19, 2, 1)]);
+        aggregator.advance_clock(0, 5 * 60_000);
+        assert_eq!(aggregator.ready().windows.len(), 1);
+        assert!(aggregator.live_cells("a").is_empty());
     }
 
     #[test]

@@ -204,6 +204,29 @@ impl Windows {
         !self.corrections.is_empty()
     }
 
+    /// The counts of one page in every window not yet handed out — open windows plus corrections
+    /// still gathering — summed per cell as `(grid_x, grid_y, clicks)`, sorted by row, column.
+    /// This is what a live view adds on top of the curated table.
+    pub fn open_cells(&self, page_id: &str) -> Vec<(u16, u16, i64)> {
+        let Some(&page) = self.pages.index.get(page_id) else {
+            return Vec::new();
+        };
+        let mut cells: FxHashMap<(u16, u16), i64> = FxHashMap::default();
+        for (_, counts) in self.open.iter().chain(&self.corrections) {
+            for (key, clicks) in counts {
+                if key.page() == page {
+                    *cells.entry((key.grid_x(), key.grid_y())).or_insert(0) += clicks;
+                }
+            }
+        }
+        let mut cells: Vec<(u16, u16, i64)> = cells
+            .into_iter()
+            .map(|((x, y), clicks)| (x, y, clicks))
+            .collect();
+        cells.sort_unstable_by_key(|&(x, y, _)| (y, x));
+        cells
+    }
+
     /// Hands out every window the watermark has closed, oldest first.
     pub fn close_ready(&mut self) -> Vec<WindowOutput> {
         let Some(watermark) = self.watermark() else {
@@ -501,6 +524,28 @@ mod tests {
             totals(&windows.close_ready()),
             vec![(0, WindowKind::Final, 1)]
         );
+    }
+
+    #[test]
+    fn open_cells_sum_open_windows_and_corrections_of_one_page() {
+        let mut windows = Windows::new(MIN, 0);
+        assert!(windows.open_cells("p").is_empty());
+        windows.add(0, "p", 1, 2, 5);
+        windows.add(0, "p", 0, 0, 2 * MIN + 1);
+        windows.add(0, "q", 1, 2, 2 * MIN + 2);
+        // Window [0, 1m) closes; its click is in the curated table now, not live.
+        assert_eq!(
+            totals(&windows.close_ready()),
+            vec![(0, WindowKind::Final, 1)]
+        );
+        windows.add(0, "p", 0, 0, 2 * MIN + 3);
+        windows.add(0, "p", 1, 2, 7); // late: a correction, not yet written
+        assert_eq!(windows.open_cells("p"), vec![(0, 0, 2), (1, 2, 1)]);
+        assert_eq!(windows.open_cells("q"), vec![(1, 2, 1)]);
+        assert!(windows.open_cells("unknown").is_empty());
+        windows.take_corrections();
+        windows.close_all();
+        assert!(windows.open_cells("p").is_empty());
     }
 
     #[test]
