@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clickheatmap_crds::{AggregatorConfig, KinesisSourceConfig};
+use clickheatmap_crds::{AggregatorConfig, KinesisSourceConfig, ReplicasConfig};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -470,6 +470,20 @@ async fn flush_with_retry(
     }
 }
 
+/// A hash of a shard id that never changes between versions or machines (FNV-1a), so every
+/// replica agrees on who owns which shard.
+pub fn stable_shard_hash(shard_id: &str) -> u64 {
+    shard_id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whether replica `index` of `count` reads this shard.
+pub fn owns_shard(shard_id: &str, replicas: ReplicasConfig) -> bool {
+    replicas.count <= 1
+        || stable_shard_hash(shard_id) % u64::from(replicas.count) == u64::from(replicas.index)
+}
+
 /// Which shards can start now: not running, not finished, and with every parent finished (or
 /// gone from the stream, aged out by retention).
 pub fn startable_shards<'s>(
@@ -566,8 +580,24 @@ pub async fn consume_from(
                 continue;
             }
         };
+        // A parent read by another replica counts as finished once its checkpoint says so.
+        for shard in &shards {
+            if !finished.contains(&shard.shard_id)
+                && !owns_shard(&shard.shard_id, config.replicas)
+                && shards
+                    .iter()
+                    .any(|child| child.parents().any(|p| p == shard.shard_id))
+                && matches!(targets.checkpoints.load(&shard.shard_id).await, Ok(Some(c)) if c.shard_finished)
+            {
+                finished.insert(shard.shard_id.clone());
+            }
+        }
         let now = Instant::now();
-        for shard in startable_shards(&shards, &running, &finished) {
+        let startable: Vec<&ShardInfo> = startable_shards(&shards, &running, &finished)
+            .into_iter()
+            .filter(|shard| owns_shard(&shard.shard_id, config.replicas))
+            .collect();
+        for shard in startable {
             if retry_at.get(&shard.shard_id).is_some_and(|at| *at > now) {
                 continue;
             }
@@ -759,6 +789,22 @@ mod tests {
             restored.sequence_number.as_deref(),
             Some("00000000000000000004")
         );
+    }
+
+    #[test]
+    fn every_shard_has_exactly_one_owner() {
+        for count in 1..6u32 {
+            for n in 0..200 {
+                let shard = format!("shardId-{n:012}");
+                let owners = (0..count)
+                    .filter(|&index| owns_shard(&shard, ReplicasConfig { count, index }))
+                    .count();
+                assert_eq!(owners, 1, "{shard} with {count} replicas");
+            }
+        }
+        // The hash is part of the on-disk contract: it must not change between versions.
+        assert_eq!(stable_shard_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_shard_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -67,6 +67,10 @@ struct RunArgs {
     /// Allowed lateness, like 30s (overrides window.allowedLateness).
     #[arg(long)]
     allowed_lateness: Option<Duration>,
+    /// This replica's ordinal when several split a stream (overrides replicas.index); in a
+    /// StatefulSet it defaults to the number at the end of POD_NAME.
+    #[arg(long, env = "CLICKHEATMAP_REPLICA_INDEX")]
+    replica_index: Option<u32>,
 }
 
 #[derive(Args)]
@@ -217,6 +221,18 @@ async fn run(args: RunArgs) -> CliResult {
     }
     if let Some(lateness) = args.allowed_lateness {
         config.window.allowed_lateness = lateness;
+    }
+    let ordinal_from_pod_name = || {
+        std::env::var("POD_NAME")
+            .ok()
+            .and_then(|name| name.rsplit_once('-').and_then(|(_, n)| n.parse().ok()))
+    };
+    if let Some(index) = args.replica_index.or_else(|| {
+        (config.replicas.count > 1)
+            .then(ordinal_from_pod_name)
+            .flatten()
+    }) {
+        config.replicas.index = index;
     }
     let inputs: Vec<String> = if !args.input.is_empty() {
         args.input

@@ -4,7 +4,7 @@
 //! valid input — SUM(clicks) per (page, window, cell) — and the dead letters exactly the invalid
 //! records: no loss, no double count. A last SIGTERM must stop it cleanly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,7 +166,15 @@ async fn dead_letter_lines(store: &Arc<dyn ObjectStore>) -> usize {
 }
 
 fn start_aggregator(moto: &MotoServer, config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_clickheatmap-aggregator"))
+    start_replica(moto, config, None)
+}
+
+fn start_replica(moto: &MotoServer, config: &std::path::Path, index: Option<u32>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clickheatmap-aggregator"));
+    if let Some(index) = index {
+        command.env("CLICKHEATMAP_REPLICA_INDEX", index.to_string());
+    }
+    command
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
         .envs(moto.aws_env())
@@ -179,6 +187,96 @@ fn start_aggregator(moto: &MotoServer, config: &std::path::Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
+}
+
+async fn scrape(port: u16) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap()
+}
+
+/// The shards a running aggregator reads, from its per-shard gauge.
+fn shards_in(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("clickheatmap_millis_behind_latest{shard=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls the curated table until it equals the input; fails with a sample of the difference.
+async fn wait_for_sums(store: &Arc<dyn ObjectStore>, expected: &Sums, children: &mut [Child]) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut sums = Sums::new();
+    while Instant::now() < deadline {
+        sums = curated_sums(store).await;
+        if sums == *expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for child in children {
+        let _ = child.kill();
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| sums.get(*k) != Some(v))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = sums
+        .iter()
+        .filter(|(k, v)| expected.get(*k) != Some(v))
+        .take(5)
+        .collect();
+    panic!(
+        "curated sums differ from the input: {} expected cells, {} found; expected vs found e.g. {missing:?} / {extra:?}",
+        expected.len(),
+        sums.len()
+    );
+}
+
+/// SIGTERM, and a clean exit.
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exit status {exit:?}");
+}
+
+fn write_config(path: &std::path::Path, metrics_port: u16, max_records: u32, replicas: u32) {
+    std::fs::write(
+        path,
+        serde_json::json!({
+            "writerId": "agg",
+            "source": {
+                "type": "kinesis",
+                "streamName": STREAM,
+                "maxRecordsPerCall": max_records,
+                "idlePollInterval": "200ms",
+                "shardDiscoveryInterval": "1s",
+                "idleWatermarkDelay": "1s"
+            },
+            "output": { "root": format!("s3://{BUCKET}/curated/") },
+            "checkpoint": { "interval": "1s" },
+            "metricsAddress": format!("127.0.0.1:{metrics_port}"),
+            "replicas": { "count": replicas }
+        })
+        .to_string(),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,25 +297,7 @@ async fn every_click_counted_once_across_sigkill_restarts() {
     let metrics_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("aggregator.json");
-    std::fs::write(
-        &config,
-        serde_json::json!({
-            "writerId": "agg",
-            "source": {
-                "type": "kinesis",
-                "streamName": STREAM,
-                "maxRecordsPerCall": 25,
-                "idlePollInterval": "200ms",
-                "shardDiscoveryInterval": "1s",
-                "idleWatermarkDelay": "1s"
-            },
-            "output": { "root": format!("s3://{BUCKET}/curated/") },
-            "checkpoint": { "interval": "1s" },
-            "metricsAddress": format!("127.0.0.1:{metrics_port}")
-        })
-        .to_string(),
-    )
-    .unwrap();
+    write_config(&config, metrics_port, 25, 1);
 
     // Kill it hard, at random moments, several times.
     let mut rng = Rng::new(now_ms() as u64);
@@ -230,33 +310,7 @@ async fn every_click_counted_once_across_sigkill_restarts() {
 
     let mut child = start_aggregator(&moto, &config);
     let store = s3(&moto);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut sums = Sums::new();
-    while Instant::now() < deadline {
-        sums = curated_sums(&store).await;
-        if sums == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    if sums != expected {
-        let _ = child.kill();
-        let missing: Vec<_> = expected
-            .iter()
-            .filter(|(k, v)| sums.get(*k) != Some(v))
-            .take(5)
-            .collect();
-        let extra: Vec<_> = sums
-            .iter()
-            .filter(|(k, v)| expected.get(*k) != Some(v))
-            .take(5)
-            .collect();
-        panic!(
-            "curated sums differ from the input: {} expected cells, {} found; expected vs found e.g. {missing:?} / {extra:?}",
-            expected.len(),
-            sums.len()
-        );
-    }
+    wait_for_sums(&store, &expected, std::slice::from_mut(&mut child)).await;
     assert_eq!(
         dead_letter_lines(&store).await,
         invalid,
@@ -264,18 +318,7 @@ async fn every_click_counted_once_across_sigkill_restarts() {
     );
 
     // Observable while running.
-    let metrics = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    })
-    .await
-    .unwrap();
+    let metrics = scrape(metrics_port).await;
     assert!(
         metrics.contains("clickheatmap_checkpoints_total"),
         "{metrics}"
@@ -286,13 +329,49 @@ async fn every_click_counted_once_across_sigkill_restarts() {
     );
 
     // SIGTERM: checkpoint and leave cleanly.
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "graceful shutdown exit status {exit:?}");
+    terminate(&mut child);
     assert_eq!(curated_sums(&store).await, expected);
     assert_eq!(dead_letter_lines(&store).await, invalid);
+}
+
+/// Two replicas split the shards of one stream by stable ordinal: each shard is read by exactly
+/// one of them, and together they produce exactly the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_split_the_shards() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let client = kinesis_client(&moto);
+    client
+        .create_stream()
+        .stream_name(STREAM)
+        .shard_count(4)
+        .send()
+        .await
+        .unwrap();
+    let (expected, _) = fill_stream(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let mut children: Vec<Child> = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        let path = dir.path().join(format!("replica-{index}.json"));
+        write_config(&path, *port, 100, 2);
+        children.push(start_replica(&moto, &path, Some(index as u32)));
+    }
+    let store = s3(&moto);
+    wait_for_sums(&store, &expected, &mut children).await;
+    let first = shards_in(&scrape(ports[0]).await);
+    let second = shards_in(&scrape(ports[1]).await);
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "{first:?} {second:?}"
+    );
+    assert!(
+        first.is_disjoint(&second),
+        "a shard read by both: {first:?} {second:?}"
+    );
+    assert_eq!(first.len() + second.len(), 4, "{first:?} {second:?}");
+    for child in &mut children {
+        terminate(child);
+    }
+    assert_eq!(curated_sums(&store).await, expected);
 }

@@ -32,6 +32,34 @@ pub struct AggregatorConfig {
     /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints while consuming a stream.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
+    /// How shards are split between replicas.
+    #[serde(default)]
+    pub replicas: ReplicasConfig,
+}
+
+/// Stable-ordinal scale-out (a StatefulSet): replica `index` of `count` reads the shards whose
+/// stable hash modulo `count` is `index`. With one replica it reads every shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicasConfig {
+    #[serde(default = "default_replica_count")]
+    pub count: u32,
+    /// This replica's ordinal; usually set per pod from the environment rather than here.
+    #[serde(default)]
+    pub index: u32,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        ReplicasConfig {
+            count: default_replica_count(),
+            index: 0,
+        }
+    }
+}
+
+fn default_replica_count() -> u32 {
+    1
 }
 
 fn default_metrics_address() -> String {
@@ -49,6 +77,7 @@ impl Default for AggregatorConfig {
             limits: LimitsConfig::default(),
             checkpoint: CheckpointConfig::default(),
             metrics_address: default_metrics_address(),
+            replicas: ReplicasConfig::default(),
         }
     }
 }
@@ -401,6 +430,15 @@ impl AggregatorConfig {
             }
             _ => {}
         }
+        if self.replicas.count == 0 || self.replicas.index >= self.replicas.count {
+            return Err(invalid(
+                "replicas",
+                format!(
+                    "index must be below count (count ≥ 1), got index {} of {}",
+                    self.replicas.index, self.replicas.count
+                ),
+            ));
+        }
         if self.checkpoint.interval.as_millis() < 1000 {
             return Err(invalid("checkpoint.interval", "must be at least 1s"));
         }
@@ -458,6 +496,7 @@ mod tests {
             limits: LimitsConfig::default(),
             checkpoint: CheckpointConfig::default(),
             metrics_address: "0.0.0.0:9090".into(),
+            replicas: ReplicasConfig { count: 3, index: 2 },
         };
         let text = serde_json::to_string(&config).unwrap();
         assert!(text.contains(r#""size":"5m""#), "{text}");
@@ -501,6 +540,8 @@ mod tests {
                 "source.idlePollInterval",
             ),
             (r#"{"metricsAddress":"nowhere"}"#, "metricsAddress"),
+            (r#"{"replicas":{"count":2,"index":2}}"#, "replicas"),
+            (r#"{"replicas":{"count":0}}"#, "replicas"),
         ] {
             match AggregatorConfig::from_json(doc) {
                 Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{doc}"),
