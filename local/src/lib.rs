@@ -35,6 +35,7 @@ use clickheatmap_collector::{
     AllowedOrigins, Collector, CollectorConfig, RateLimitConfig, RecordSink,
 };
 use clickheatmap_crds::AggregatorConfig;
+use clickheatmap_crds::aggregator_config::{OutputConfig, WindowConfig};
 use clickheatmap_viewer::engine::local::LocalEngine;
 use clickheatmap_viewer::live::{LiveClient, LiveError};
 use clickheatmap_viewer::server::Viewer;
@@ -81,6 +82,11 @@ pub struct Options {
     /// How long a window stays open after the watermark passed its end.
     #[arg(long, default_value = "5s")]
     pub lateness: clickheatmap_crds::Duration,
+
+    /// Another browser origin allowed to post clicks (e.g. http://localhost:3000, where your
+    /// own page runs); repeatable. The demo page's origin is always allowed.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Options {
@@ -101,6 +107,8 @@ pub enum LocalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0:?} is in use by another clickheatmap process")]
+    Locked(PathBuf),
     #[error("--dir {0:?} must be a UTF-8 path")]
     NotUtf8(PathBuf),
     #[error("--synthetic must be a rate above 0 and at most 100000 clicks/s, got {0}")]
@@ -138,6 +146,8 @@ pub struct Running {
     shipper: JoinHandle<clickheatmap_collector::DrainReport>,
     viewer_http: JoinHandle<std::io::Result<()>>,
     others: Vec<JoinHandle<()>>,
+    /// Held while running.
+    _lock: std::fs::File,
 }
 
 impl Running {
@@ -217,19 +227,44 @@ pub async fn start(options: &Options) -> Result<Running, LocalError> {
     {
         return Err(LocalError::SyntheticRate(rate));
     }
+    // Checked now, before anything is touched; used below.
+    AllowedOrigins::parse(&options.allowed_origins)?;
     let dir = &options.dir;
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(io(format!("creating {}", dir.display())))?;
+    // One process per directory: an advisory lock the operating system drops when the process
+    // ends, however it ends.
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(format!("opening {}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(LocalError::Locked(dir.clone())),
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(io(format!("locking {}", lock_path.display()))(error));
+        }
+    }
     let curated_path = dir.join("curated");
     let log_path = dir.join("stream").join("clicks.log");
 
     // The aggregator's configuration first: nothing is touched when it is invalid.
-    let mut config = AggregatorConfig::default();
-    config.writer_id = "local".to_owned();
-    config.window.size = options.window;
-    config.window.allowed_lateness = options.lateness;
-    config.output.root = utf8(&curated_path)?.to_owned();
+    let config = AggregatorConfig {
+        writer_id: "local".to_owned(),
+        window: WindowConfig {
+            size: options.window,
+            allowed_lateness: options.lateness,
+        },
+        output: OutputConfig {
+            root: utf8(&curated_path)?.to_owned(),
+            ..OutputConfig::default()
+        },
+        ..AggregatorConfig::default()
+    };
     config.validate()?;
 
     // The curated folder is derived from the log: rebuild it.
@@ -277,11 +312,12 @@ pub async fn start(options: &Options) -> Result<Running, LocalError> {
 
     // Collector: the demo page's origin (both spellings of loopback) may post.
     let port = collector_addr.port();
-    let origins = [
+    let mut origins = vec![
         collector_url.clone(),
         format!("http://localhost:{port}"),
         viewer_url.clone(),
     ];
+    origins.extend(options.allowed_origins.iter().cloned());
     let rate = options.synthetic.unwrap_or(0.0);
     let collector_config = CollectorConfig {
         allowed_origins: AllowedOrigins::parse(&origins)?,
@@ -360,5 +396,6 @@ pub async fn start(options: &Options) -> Result<Running, LocalError> {
         shipper,
         viewer_http,
         others,
+        _lock: lock,
     })
 }

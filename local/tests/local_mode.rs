@@ -112,6 +112,8 @@ async fn clicks_reach_the_curated_table_and_survive_a_restart() {
         0,
         "closed windows are not live: {live}"
     );
+    // One process per directory.
+    assert!(start(&options(dir.path(), "2s", "1s")).await.is_err());
     let log_path = running.log_path.clone();
     running.stop().await.unwrap();
 
@@ -208,5 +210,8 @@ async fn bad_options_are_refused_before_anything_runs() {
     bad_rate.synthetic = Some(-1.0);
     assert!(start(&bad_rate).await.is_err());
     assert!(start(&options(dir.path(), "7s", "5s")).await.is_err());
+    let mut bad_origin = options(dir.path(), "1m", "5s");
+    bad_origin.allowed_origins = vec!["localhost:3000".to_owned()];
+    assert!(start(&bad_origin).await.is_err());
     assert!(!dir.path().join("stream").exists());
 }
