@@ -5,7 +5,7 @@
 //!   and endpoints come from the SDK's default chain, so `AWS_ENDPOINT_URL` points it at an
 //!   emulator. Exit status 0 when every pipeline could be planned, 1 otherwise; with
 //!   `--detailed-exitcode`, 2 when changes are pending.
-//! * `run` — the Kubernetes controller. Not built yet: it says so and exits with status 2.
+//! * `run` — the Kubernetes controller (see [`crate::controller`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,8 +44,8 @@ pub enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
-    /// Run the Kubernetes controller (not built yet).
-    Run,
+    /// Run the Kubernetes controller.
+    Run(crate::controller::RunArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,15 +57,30 @@ pub enum Output {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let json_logs = matches!(
+        &cli.command,
+        Command::Run(args) if args.log_format == crate::controller::LogFormat::Json
+    );
+    init_tracing(json_logs);
     match cli.command {
-        Command::Run => {
-            eprintln!(
-                "clickheatmap-operator run: the controller loop is not built yet. This binary can \
-                 only plan today (`clickheatmap-operator plan -f manifest.yaml`); the AWS \
-                 reconcilers it will drive live in the clickheatmap_operator library."
-            );
-            ExitCode::from(2)
+        Command::Run(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("clickheatmap-operator: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::controller::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "the controller stopped");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Plan {
             file,
@@ -88,13 +103,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
+    let default = if json { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 async fn plan_command(file: &std::path::Path, output: Output, detailed: bool) -> ExitCode {

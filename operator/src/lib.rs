@@ -14,6 +14,8 @@
 //! * [`error`] — the error type and its classification (retryable or terminal, condition
 //!   reason, metric label).
 //! * [`manifest`] — reading manifests for the `plan` command.
+//! * [`controller`] — the Kubernetes controller (`run`): finalizer, aggregator workload,
+//!   status, leader election, metrics.
 //! * [`cli`] — the `clickheatmap-operator` command line.
 //!
 //! Every AWS resource is tagged `clickheatmap.io/pipeline=<namespace>/<name>` and
@@ -23,6 +25,7 @@
 
 pub mod aws;
 pub mod cli;
+pub mod controller;
 pub mod error;
 pub mod manifest;
 pub mod names;

@@ -433,8 +433,33 @@ async fn plan_command_prints_changes_then_in_sync() {
         "{stdout}"
     );
 
-    // `run` is honest about not existing yet.
-    let output = Command::new(binary).arg("run").output().expect("run");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not built yet"));
+    // `run` takes the chart's flags, and says clearly when there is no cluster to talk to.
+    let output = Command::new(binary)
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--metrics-port",
+        "--watch-namespaces",
+        "--leader-election",
+        "--aggregator-image",
+        "--log-format",
+    ] {
+        assert!(help.contains(flag), "{help}");
+    }
+    let output = Command::new(binary)
+        .args(["run", "--metrics-port", "0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("kubernetes client"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

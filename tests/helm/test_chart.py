@@ -21,7 +21,7 @@ RECONCILE_RULES = {
     ("clickheatmap.io", "clickheatmappipelines"): {"get", "list", "watch", "patch", "update"},
     ("clickheatmap.io", "clickheatmappipelines/status"): {"get", "patch", "update"},
     ("clickheatmap.io", "clickheatmappipelines/finalizers"): {"update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},

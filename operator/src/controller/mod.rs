@@ -1,0 +1,747 @@
+//! The Kubernetes controller (`clickheatmap-operator run`).
+//!
+//! A thin loop over the AWS library: every `ClickHeatmapPipeline` is reconciled behind the
+//! finalizer `clickheatmap.io/cleanup`.
+//!
+//! * **Apply**: [`PipelineBackend::apply`] (the AWS side, [`crate::apply_pipeline`]), then — when
+//!   the engine is `Deployment` — the aggregator's ConfigMap, ServiceAccount and StatefulSet by
+//!   server-side apply (field manager `clickheatmap-operator`, forced); children of another
+//!   engine are deleted by label. Last, the status subresource is server-side applied:
+//!   `observedGeneration`, `Ready`, one condition per part plus `AggregatorReady`, and
+//!   `resources`. The spec is never written.
+//! * **Cleanup**: [`PipelineBackend::delete`] until it is finished (`deletionPolicy: Retain`
+//!   makes no AWS call); Kubernetes children go with their owner references.
+//!
+//! Retryable errors back off exponentially per object ([`error_policy`]); terminal ones become a
+//! condition and a Warning Event and are retried slowly. One bad object never stops the others:
+//! every error stays with its object.
+
+pub mod leader;
+pub mod metrics;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clickheatmap_crds::{
+    AggregationEngine, ClickHeatmapPipeline, ClickHeatmapPipelineStatus, READY_CONDITION,
+};
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::{info, warn};
+
+use crate::aws::AwsClients;
+use crate::error::{Error, Reason};
+use crate::pipeline::{DeleteOutcome, PipelineOutcome};
+use metrics::Metrics;
+use workload::{MANAGER, Workload};
+
+/// The finalizer that guards AWS cleanup.
+pub const FINALIZER: &str = "clickheatmap.io/cleanup";
+/// The condition about the aggregator workload in Kubernetes.
+pub const AGGREGATOR_CONDITION: &str = "AggregatorReady";
+
+/// The options of the `run` subcommand (the Helm chart's contract, see docs/install.md).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Serve /metrics, /healthz and /readyz on this port.
+    #[arg(long, default_value_t = 8080)]
+    pub metrics_port: u16,
+    /// Watch only these namespaces (comma separated); absent or empty means all.
+    #[arg(long, value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Take the Lease `clickheatmap-operator` in POD_NAMESPACE before reconciling.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Image of the aggregator workloads (a pipeline's spec.aggregation.image overrides it).
+    #[arg(long, default_value = "ghcr.io/clickheatmap/clickheatmap:latest")]
+    pub aggregator_image: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The AWS side of a reconcile, behind a trait so that controller tests can fake it.
+pub trait PipelineBackend: Send + Sync + 'static {
+    fn apply(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+    ) -> impl Future<Output = Result<PipelineOutcome, Error>> + Send;
+    fn delete(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+    ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send;
+}
+
+/// The real backend: one [`AwsClients`] per region, created on first use.
+#[derive(Default)]
+pub struct AwsBackend {
+    clients: AsyncMutex<BTreeMap<String, AwsClients>>,
+}
+
+impl AwsBackend {
+    async fn clients(&self, region: &str) -> Result<AwsClients, Error> {
+        let mut clients = self.clients.lock().await;
+        if let Some(existing) = clients.get(region) {
+            return Ok(existing.clone());
+        }
+        let created = AwsClients::from_env(region).await?;
+        clients.insert(region.to_owned(), created.clone());
+        Ok(created)
+    }
+}
+
+impl PipelineBackend for AwsBackend {
+    async fn apply(&self, pipeline: &ClickHeatmapPipeline) -> Result<PipelineOutcome, Error> {
+        let clients = self.clients(&pipeline.spec.region).await?;
+        crate::pipeline::apply_pipeline(&clients, pipeline).await
+    }
+
+    async fn delete(&self, pipeline: &ClickHeatmapPipeline) -> Result<DeleteOutcome, Error> {
+        let clients = self.clients(&pipeline.spec.region).await?;
+        crate::pipeline::delete_pipeline(&clients, pipeline).await
+    }
+}
+
+/// What the controller fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// An AWS-side (or spec) problem, classified by [`Error`].
+    #[error(transparent)]
+    Pipeline(#[from] Error),
+    /// A Kubernetes API call failed (retryable).
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The AWS resources are still being deleted; the finalizer stays.
+    #[error("deletion in progress: {0}")]
+    DeletionInProgress(String),
+    /// The finalizer machinery failed (adding or removing it, or the wrapped reconcile).
+    #[error("{0}")]
+    Finalizer(#[source] Box<finalizer::Error<ControllerError>>),
+    /// The object cannot be reconciled at all (e.g. no namespace).
+    #[error("malformed object: {0}")]
+    Malformed(String),
+    /// Startup or serving failed.
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl ControllerError {
+    /// The innermost error (through the finalizer's wrapping).
+    pub fn inner(&self) -> &ControllerError {
+        match self {
+            ControllerError::Finalizer(boxed) => match boxed.as_ref() {
+                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
+                    inner.inner()
+                }
+                _ => self,
+            },
+            other => other,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        match self.inner() {
+            ControllerError::Pipeline(error) => error.is_retryable(),
+            ControllerError::Malformed(_) => false,
+            _ => true,
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match self.inner() {
+            ControllerError::Pipeline(error) => error.metric_label(),
+            ControllerError::Kube(_) => "kubernetes",
+            ControllerError::DeletionInProgress(_) => "deletion_in_progress",
+            ControllerError::Finalizer(_) => "finalizer",
+            ControllerError::Malformed(_) => "malformed",
+            ControllerError::Startup(_) => "startup",
+        }
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Context<B> {
+    pub client: Client,
+    pub backend: B,
+    pub recorder: Recorder,
+    pub aggregator_image: String,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive retryable failures per object (`namespace/name`), for the backoff.
+    failures: Mutex<BTreeMap<String, u32>>,
+}
+
+impl<B: PipelineBackend> Context<B> {
+    pub fn new(
+        client: Client,
+        backend: B,
+        aggregator_image: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            backend,
+            aggregator_image,
+            metrics,
+            failures: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn record_failure(&self, key: &str) -> u32 {
+        match self.failures.lock() {
+            Ok(mut failures) => {
+                let count = failures.entry(key.to_owned()).or_insert(0);
+                *count = count.saturating_add(1);
+                *count
+            }
+            Err(_) => 1,
+        }
+    }
+
+    fn reset_failures(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+    }
+}
+
+fn object_key(pipeline: &ClickHeatmapPipeline) -> String {
+    format!(
+        "{}/{}",
+        pipeline.namespace().unwrap_or_default(),
+        pipeline.name_any()
+    )
+}
+
+/// Exponential backoff: 5 s, 10 s, 20 s, … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+/// How long to wait after a terminal problem (a person must act; a spec change reconciles anyway).
+pub const TERMINAL_REQUEUE: Duration = Duration::from_secs(300);
+
+/// One reconcile: the finalizer decides between apply and cleanup.
+pub async fn reconcile<B: PipelineBackend>(
+    pipeline: Arc<ClickHeatmapPipeline>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, ControllerError> {
+    let started = Instant::now();
+    let key = object_key(&pipeline);
+    let result = reconcile_inner(pipeline, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(started.elapsed(), result.is_ok());
+    if result.is_ok() {
+        ctx.reset_failures(&key);
+    }
+    result
+}
+
+async fn reconcile_inner<B: PipelineBackend>(
+    pipeline: Arc<ClickHeatmapPipeline>,
+    ctx: &Context<B>,
+) -> Result<Action, ControllerError> {
+    let namespace = pipeline
+        .namespace()
+        .ok_or_else(|| ControllerError::Malformed("a pipeline without a namespace".to_owned()))?;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, pipeline, |event| async {
+        match event {
+            FinalizerEvent::Apply(pipeline) => apply(&api, &pipeline, ctx).await,
+            FinalizerEvent::Cleanup(pipeline) => cleanup(&pipeline, ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| ControllerError::Finalizer(Box::new(error)))
+}
+
+/// A condition to write: type, ready, reason, message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredCondition {
+    pub type_: String,
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl DesiredCondition {
+    fn new(type_: &str, ready: bool, reason: Reason, message: impl Into<String>) -> Self {
+        DesiredCondition {
+            type_: type_.to_owned(),
+            ready,
+            reason: reason.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The status to write: conditions in the given order, `lastTransitionTime` kept from the
+/// previous status when a condition's status did not change.
+pub fn build_status(
+    previous: Option<&ClickHeatmapPipelineStatus>,
+    generation: Option<i64>,
+    desired: &[DesiredCondition],
+    resources: clickheatmap_crds::PipelineResources,
+    now: Timestamp,
+) -> ClickHeatmapPipelineStatus {
+    let conditions = desired
+        .iter()
+        .map(|wanted| {
+            let status = if wanted.ready { "True" } else { "False" };
+            let last_transition_time = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == wanted.type_))
+                .filter(|c| c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: wanted.type_.clone(),
+                status: status.to_owned(),
+                reason: wanted.reason.clone(),
+                message: wanted.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect();
+    ClickHeatmapPipelineStatus {
+        observed_generation: generation,
+        conditions,
+        resources,
+    }
+}
+
+/// The conditions of an apply: `Ready` first, then every part, then the aggregator.
+pub fn conditions_of(
+    outcome: &PipelineOutcome,
+    aggregator: &DesiredCondition,
+) -> Vec<DesiredCondition> {
+    let summary = outcome.ready_summary();
+    let ready = if !summary.ready {
+        DesiredCondition::new(READY_CONDITION, false, summary.reason, summary.message)
+    } else if !aggregator.ready {
+        DesiredCondition {
+            type_: READY_CONDITION.to_owned(),
+            ready: false,
+            reason: aggregator.reason.clone(),
+            message: format!("aggregator: {}", aggregator.message),
+        }
+    } else {
+        DesiredCondition::new(READY_CONDITION, true, Reason::Ready, summary.message)
+    };
+    let mut conditions = vec![ready];
+    conditions.extend(outcome.parts.iter().map(|part| DesiredCondition {
+        type_: part.condition_type().to_owned(),
+        ready: part.ready,
+        reason: part.reason.as_str().to_owned(),
+        message: part.message.clone(),
+    }));
+    conditions.push(aggregator.clone());
+    conditions
+}
+
+async fn apply<B: PipelineBackend>(
+    api: &Api<ClickHeatmapPipeline>,
+    pipeline: &ClickHeatmapPipeline,
+    ctx: &Context<B>,
+) -> Result<Action, ControllerError> {
+    let name = pipeline.name_any();
+    let previous = pipeline.status.as_ref();
+    let generation = pipeline.metadata.generation;
+    let outcome = match ctx.backend.apply(pipeline).await {
+        Ok(outcome) => outcome,
+        Err(error) if error.is_retryable() => return Err(error.into()),
+        Err(error) => {
+            // Nothing could be planned: one terminal condition, an Event, a slow requeue.
+            warn!(pipeline = %object_key(pipeline), %error, "terminal error");
+            let reason = error.reason();
+            let conditions = [DesiredCondition::new(
+                READY_CONDITION,
+                false,
+                reason,
+                error.to_string(),
+            )];
+            let status = build_status(
+                previous,
+                generation,
+                &conditions,
+                previous.map(|p| p.resources.clone()).unwrap_or_default(),
+                Timestamp::now(),
+            );
+            patch_status(api, &name, &status).await?;
+            publish(ctx, pipeline, reason.as_str(), &error.to_string()).await;
+            return Ok(Action::requeue(TERMINAL_REQUEUE));
+        }
+    };
+
+    let aggregator = match reconcile_workload(pipeline, ctx).await {
+        Ok(condition) => condition,
+        Err(ControllerError::Pipeline(error)) if !error.is_retryable() => DesiredCondition::new(
+            AGGREGATOR_CONDITION,
+            false,
+            error.reason(),
+            error.to_string(),
+        ),
+        Err(other) => return Err(other),
+    };
+    let conditions = conditions_of(&outcome, &aggregator);
+    let mut resources = outcome.resources.clone();
+    // `aggregatorDeployment` names the aggregator workload (a StatefulSet since the controller
+    // exists; the field name predates it).
+    if pipeline.spec.aggregation.engine != AggregationEngine::Deployment {
+        resources.aggregator_deployment = None;
+    } else if aggregator.ready {
+        resources.aggregator_deployment = Some(workload::aggregator_name(&name));
+    }
+    let status = build_status(
+        previous,
+        generation,
+        &conditions,
+        resources,
+        Timestamp::now(),
+    );
+    patch_status(api, &name, &status).await?;
+    for condition in conditions.iter().skip(1) {
+        let terminal = !condition.ready
+            && [
+                Reason::InvalidSpec,
+                Reason::Conflict,
+                Reason::AccessDenied,
+                Reason::NotFound,
+            ]
+            .iter()
+            .any(|r| r.as_str() == condition.reason);
+        if terminal {
+            let note = format!("{}: {}", condition.type_, condition.message);
+            publish(ctx, pipeline, &condition.reason, &note).await;
+        }
+    }
+    let mut requeue = outcome.requeue_after();
+    if !aggregator.ready {
+        requeue = requeue.max(TERMINAL_REQUEUE);
+    }
+    info!(pipeline = %object_key(pipeline), ready = outcome.is_ready(), ?requeue, "reconciled");
+    Ok(Action::requeue(requeue))
+}
+
+async fn cleanup<B: PipelineBackend>(
+    pipeline: &ClickHeatmapPipeline,
+    ctx: &Context<B>,
+) -> Result<Action, ControllerError> {
+    let outcome = match ctx.backend.delete(pipeline).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if !error.is_retryable() {
+                publish(ctx, pipeline, error.reason().as_str(), &error.to_string()).await;
+            }
+            return Err(error.into());
+        }
+    };
+    if outcome.is_finished() {
+        info!(pipeline = %object_key(pipeline), policy = ?outcome.policy, "cleanup finished");
+        Ok(Action::await_change())
+    } else {
+        let waiting: Vec<String> = outcome
+            .steps
+            .iter()
+            .filter(|step| !step.deletion.is_finished())
+            .map(|step| step.resource.clone())
+            .collect();
+        Err(ControllerError::DeletionInProgress(waiting.join(", ")))
+    }
+}
+
+/// Server-side applies the status subresource (never the spec).
+async fn patch_status(
+    api: &Api<ClickHeatmapPipeline>,
+    name: &str,
+    status: &ClickHeatmapPipelineStatus,
+) -> Result<(), ControllerError> {
+    let patch = json!({
+        "apiVersion": "clickheatmap.io/v1alpha1",
+        "kind": "ClickHeatmapPipeline",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish<B>(ctx: &Context<B>, pipeline: &ClickHeatmapPipeline, reason: &str, note: &str) {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &pipeline.object_ref(&()))
+        .await
+    {
+        warn!(%error, "cannot publish an event");
+    }
+}
+
+async fn apply_child<K>(client: &Client, namespace: &str, object: &K) -> Result<(), ControllerError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or_else(|| ControllerError::Malformed("a child without a name".to_owned()))?;
+    let mut value = serde_json::to_value(object)
+        .map_err(|error| Error::internal(format!("serialising {name}: {error}")))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".to_owned(), K::api_version(&()).into());
+        map.insert("kind".to_owned(), K::kind(&()).into());
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delete_orphans<K>(
+    client: &Client,
+    namespace: &str,
+    pipeline_name: &str,
+) -> Result<usize, ControllerError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&workload::children_selector(pipeline_name));
+    let mut deleted = 0;
+    for child in api.list(&params).await? {
+        let name = child.name_any();
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Applies the aggregator workload (or removes it for another engine); the resulting condition.
+async fn reconcile_workload<B: PipelineBackend>(
+    pipeline: &ClickHeatmapPipeline,
+    ctx: &Context<B>,
+) -> Result<DesiredCondition, ControllerError> {
+    let namespace = pipeline
+        .namespace()
+        .ok_or_else(|| ControllerError::Malformed("a pipeline without a namespace".to_owned()))?;
+    let name = pipeline.name_any();
+    match workload::desired(pipeline, &ctx.aggregator_image)? {
+        Some(Workload {
+            config_map,
+            service_account,
+            stateful_set,
+        }) => {
+            apply_child(&ctx.client, &namespace, &config_map).await?;
+            apply_child(&ctx.client, &namespace, &service_account).await?;
+            apply_child(&ctx.client, &namespace, &stateful_set).await?;
+            Ok(DesiredCondition::new(
+                AGGREGATOR_CONDITION,
+                true,
+                Reason::Ready,
+                format!("StatefulSet {} applied", workload::aggregator_name(&name)),
+            ))
+        }
+        None => {
+            let mut deleted = 0;
+            deleted += delete_orphans::<StatefulSet>(&ctx.client, &namespace, &name).await?;
+            deleted += delete_orphans::<ConfigMap>(&ctx.client, &namespace, &name).await?;
+            deleted += delete_orphans::<ServiceAccount>(&ctx.client, &namespace, &name).await?;
+            Ok(DesiredCondition::new(
+                AGGREGATOR_CONDITION,
+                true,
+                Reason::Ready,
+                format!(
+                    "engine {:?} runs no aggregator in Kubernetes ({deleted} object(s) removed)",
+                    pipeline.spec.aggregation.engine
+                ),
+            ))
+        }
+    }
+}
+
+/// What to do after a failed reconcile.
+pub fn error_policy<B: PipelineBackend>(
+    pipeline: Arc<ClickHeatmapPipeline>,
+    error: &ControllerError,
+    ctx: Arc<Context<B>>,
+) -> Action {
+    ctx.metrics.observe_error(error.metric_label());
+    let key = object_key(&pipeline);
+    if let ControllerError::DeletionInProgress(_) = error.inner() {
+        return Action::requeue(Duration::from_secs(10));
+    }
+    if error.is_retryable() {
+        let failures = ctx.record_failure(&key);
+        let delay = backoff(failures);
+        warn!(pipeline = %key, %error, ?delay, "reconcile failed; retrying");
+        Action::requeue(delay)
+    } else {
+        warn!(pipeline = %key, %error, "reconcile failed (terminal)");
+        Action::requeue(TERMINAL_REQUEUE)
+    }
+}
+
+/// Runs one controller over `api` until the stream ends.
+async fn run_controller<B: PipelineBackend>(
+    pipelines: Api<ClickHeatmapPipeline>,
+    client: Client,
+    namespace: Option<String>,
+    ctx: Arc<Context<B>>,
+) {
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let (statefulsets, configmaps, accounts): (
+        Api<StatefulSet>,
+        Api<ConfigMap>,
+        Api<ServiceAccount>,
+    ) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    Controller::new(pipelines, watcher::Config::default().any_semantic())
+        .owns(statefulsets, owned.clone())
+        .owns(configmaps, owned.clone())
+        .owns(accounts, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => warn!(%error, "controller"),
+            }
+        })
+        .await;
+}
+
+/// The `run` subcommand.
+pub async fn run(args: RunArgs) -> Result<(), ControllerError> {
+    let metrics = Arc::new(Metrics::default());
+    let server = metrics::serve(args.metrics_port, metrics.clone());
+    let server = tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    });
+
+    let client = Client::try_default()
+        .await
+        .map_err(|error| ControllerError::Startup(format!("kubernetes client: {error}")))?;
+
+    if args.leader_election {
+        let namespace = std::env::var("POD_NAMESPACE").map_err(|_| {
+            ControllerError::Startup("--leader-election needs POD_NAMESPACE".to_owned())
+        })?;
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{MANAGER}-{}", std::process::id()));
+        let elector = leader::LeaderElector::new(client.clone(), &namespace, &identity);
+        info!(%identity, "waiting for the leader lease");
+        metrics.set_ready(true);
+        elector.acquire().await?;
+        info!(%identity, "leading");
+        let lost = tokio::spawn(elector.keep());
+        tokio::select! {
+            result = run_controllers(&args, client, metrics) => result,
+            result = lost => match result {
+                Ok(error) => Err(error),
+                Err(join) => Err(ControllerError::Startup(format!("lease task: {join}"))),
+            },
+        }
+    } else {
+        metrics.set_ready(true);
+        let result = run_controllers(&args, client, metrics).await;
+        server.abort();
+        result
+    }
+}
+
+async fn run_controllers(
+    args: &RunArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+) -> Result<(), ControllerError> {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        AwsBackend::default(),
+        args.aggregator_image.clone(),
+        metrics,
+    ));
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    if namespaces.is_empty() {
+        info!("watching ClickHeatmapPipelines in every namespace");
+        run_controller(Api::all(client.clone()), client, None, ctx).await;
+    } else {
+        info!(?namespaces, "watching ClickHeatmapPipelines");
+        let controllers = namespaces.into_iter().map(|ns| {
+            run_controller(
+                Api::namespaced(client.clone(), &ns),
+                client.clone(),
+                Some(ns),
+                ctx.clone(),
+            )
+        });
+        futures_util::future::join_all(controllers).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

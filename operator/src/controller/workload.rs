@@ -1,0 +1,582 @@
+//! The aggregator workload a pipeline wants in Kubernetes, as pure functions.
+//!
+//! With `spec.aggregation.engine: Deployment` a pipeline owns three objects, all named
+//! `<name>-aggregator` and all owned by the custom resource (`controller: true`), so that
+//! Kubernetes' garbage collector removes them with it:
+//!
+//! * a ConfigMap with `aggregator.json`, the serialised [`AggregatorConfig`];
+//! * a ServiceAccount (annotated with `eks.amazonaws.com/role-arn` when the spec names a role);
+//! * a StatefulSet: replicas split the shards by their stable ordinal (`POD_NAME` ends in it),
+//!   which a Deployment cannot give.
+//!
+//! With `ManagedFlink` none of them is wanted; [`desired`] returns an empty set and the controller
+//! deletes what is left by label.
+
+use std::collections::BTreeMap;
+
+use clickheatmap_crds::{
+    AggregationEngine, AggregatorConfig, ClickHeatmapPipeline, Duration, GridConfig,
+    KinesisSourceConfig, OutputConfig, ReplicasConfig, SourceConfig, WindowConfig,
+};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecurityContext, ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+use crate::error::Error;
+
+/// The key of the aggregator configuration in the ConfigMap.
+pub const CONFIG_KEY: &str = "aggregator.json";
+/// Where the ConfigMap is mounted in the aggregator container.
+pub const CONFIG_DIR: &str = "/etc/clickheatmap";
+/// The label every child of a pipeline carries (value: the pipeline's name).
+pub const PIPELINE_LABEL: &str = "clickheatmap.io/pipeline";
+/// The `app.kubernetes.io/managed-by` value, also the server-side apply field manager.
+pub const MANAGER: &str = "clickheatmap-operator";
+/// The metrics / health port of the aggregator.
+pub const METRICS_PORT: i32 = 9090;
+/// The non-root user the aggregator image runs as (distroless `nonroot`).
+pub const RUN_AS_USER: i64 = 65532;
+/// The annotation IRSA reads.
+pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+
+/// The pod-template annotation that holds a hash of `aggregator.json`.
+pub const CONFIG_HASH_ANNOTATION: &str = "clickheatmap.io/config-hash";
+
+/// FNV-1a (64 bit) as hex: stable across builds and platforms, enough to notice a change.
+fn fnv1a_hex(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+/// The aggregator objects of one pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub config_map: ConfigMap,
+    pub service_account: ServiceAccount,
+    pub stateful_set: StatefulSet,
+}
+
+/// The name of every aggregator object of a pipeline.
+pub fn aggregator_name(pipeline_name: &str) -> String {
+    format!("{pipeline_name}-aggregator")
+}
+
+/// The labels of every aggregator object (and its pods).
+pub fn labels(pipeline_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "clickheatmap-aggregator".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            pipeline_name.to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGER.to_owned(),
+        ),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "aggregator".to_owned(),
+        ),
+        (PIPELINE_LABEL.to_owned(), pipeline_name.to_owned()),
+    ])
+}
+
+/// The label selector that finds every child of a pipeline (for orphan deletion).
+pub fn children_selector(pipeline_name: &str) -> String {
+    format!("{PIPELINE_LABEL}={pipeline_name},app.kubernetes.io/managed-by={MANAGER}")
+}
+
+fn selector_labels(pipeline_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "clickheatmap-aggregator".to_owned(),
+        ),
+        (PIPELINE_LABEL.to_owned(), pipeline_name.to_owned()),
+    ])
+}
+
+/// The owner reference to the pipeline (controller, blocks owner deletion).
+pub fn owner_reference(pipeline: &ClickHeatmapPipeline) -> Result<OwnerReference, Error> {
+    pipeline.controller_owner_ref(&()).ok_or_else(|| {
+        Error::InvalidSpec("the pipeline has no name or uid to own its aggregator".to_owned())
+    })
+}
+
+fn metadata(
+    pipeline: &ClickHeatmapPipeline,
+    owner: &OwnerReference,
+    annotations: Option<BTreeMap<String, String>>,
+) -> Result<ObjectMeta, Error> {
+    let name = pipeline
+        .metadata
+        .name
+        .as_deref()
+        .ok_or_else(|| Error::InvalidSpec("the pipeline has no metadata.name".to_owned()))?;
+    Ok(ObjectMeta {
+        name: Some(aggregator_name(name)),
+        namespace: pipeline.metadata.namespace.clone(),
+        labels: Some(labels(name)),
+        annotations,
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn to_u16(value: i32, field: &str) -> Result<u16, Error> {
+    u16::try_from(value).map_err(|_| {
+        Error::InvalidSpec(format!("{field} must be between 0 and 65535, got {value}"))
+    })
+}
+
+/// The aggregator configuration for a pipeline (validated).
+pub fn aggregator_config(pipeline: &ClickHeatmapPipeline) -> Result<AggregatorConfig, Error> {
+    let spec = &pipeline.spec;
+    let name = pipeline
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| Error::InvalidSpec("the pipeline has no metadata.name".to_owned()))?;
+    let replicas = u32::try_from(spec.aggregation.replicas).map_err(|_| {
+        Error::InvalidSpec(format!(
+            "aggregation.replicas must not be negative, got {}",
+            spec.aggregation.replicas
+        ))
+    })?;
+    let defaults = AggregatorConfig::default();
+    let config = AggregatorConfig {
+        writer_id: name,
+        source: SourceConfig::Kinesis(KinesisSourceConfig {
+            stream_name: spec.stream.name.clone(),
+            region: Some(spec.region.clone()),
+            start_position: Default::default(),
+            max_records_per_call: 10_000,
+            idle_poll_interval: Duration::from_secs(1),
+            shard_discovery_interval: Duration::from_secs(30),
+            idle_watermark_delay: Duration::from_secs(5),
+        }),
+        window: WindowConfig {
+            size: spec.aggregation.window,
+            allowed_lateness: spec.aggregation.allowed_lateness,
+        },
+        grid: GridConfig {
+            columns: to_u16(spec.aggregation.grid.columns, "aggregation.grid.columns")?,
+            rows: to_u16(spec.aggregation.grid.rows, "aggregation.grid.rows")?,
+        },
+        output: OutputConfig {
+            root: format!("s3://{}/curated/", spec.buckets.curated),
+            table: spec.catalog.table.clone(),
+            dead_letter: None,
+        },
+        limits: defaults.limits,
+        checkpoint: defaults.checkpoint,
+        metrics_address: format!("0.0.0.0:{METRICS_PORT}"),
+        replicas: ReplicasConfig {
+            count: replicas.max(1),
+            index: 0,
+        },
+    };
+    config
+        .validate()
+        .map_err(|error| Error::InvalidSpec(format!("aggregator configuration: {error}")))?;
+    Ok(config)
+}
+
+/// The aggregator objects a pipeline wants; `None` when its engine is not `Deployment`.
+pub fn desired(
+    pipeline: &ClickHeatmapPipeline,
+    default_image: &str,
+) -> Result<Option<Workload>, Error> {
+    if pipeline.spec.aggregation.engine != AggregationEngine::Deployment {
+        return Ok(None);
+    }
+    let name = pipeline
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| Error::InvalidSpec("the pipeline has no metadata.name".to_owned()))?;
+    let owner = owner_reference(pipeline)?;
+    let config = aggregator_config(pipeline)?;
+    let json = serde_json::to_string_pretty(&config)
+        .map_err(|error| Error::internal(format!("serialising the aggregator config: {error}")))?;
+
+    let config_hash = fnv1a_hex(json.as_bytes());
+    let config_map = ConfigMap {
+        metadata: metadata(pipeline, &owner, None)?,
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), json)])),
+        ..ConfigMap::default()
+    };
+
+    let annotations = pipeline
+        .spec
+        .aggregation
+        .service_account_role_arn
+        .as_ref()
+        .map(|arn| BTreeMap::from([(ROLE_ARN_ANNOTATION.to_owned(), arn.clone())]));
+    let service_account = ServiceAccount {
+        metadata: metadata(pipeline, &owner, annotations)?,
+        ..ServiceAccount::default()
+    };
+
+    let image = pipeline
+        .spec
+        .aggregation
+        .image
+        .clone()
+        .unwrap_or_else(|| default_image.to_owned());
+    let probe = |path: &str, initial: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("metrics".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(10),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "aggregator".to_owned(),
+        image: Some(image),
+        args: Some(vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".to_owned(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".to_owned(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "AWS_REGION".to_owned(),
+                value: Some(pipeline.spec.region.clone()),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".to_owned()),
+            container_port: METRICS_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: pipeline.spec.aggregation.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".to_owned(),
+            mount_path: CONFIG_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let aggregator = aggregator_name(&name);
+    let stateful_set = StatefulSet {
+        metadata: metadata(pipeline, &owner, None)?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(pipeline.spec.aggregation.replicas.max(1)),
+            // Names the governing Service for pod DNS; the pods need none, so it is not created.
+            service_name: Some(aggregator.clone()),
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name)),
+                    // A changed configuration rolls the pods (the file is read at start).
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(aggregator.clone()),
+                    automount_service_account_token: Some(true),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        fs_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "config".to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: aggregator,
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+    Ok(Some(Workload {
+        config_map,
+        service_account,
+        stateful_set,
+    }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use clickheatmap_crds::ClickHeatmapPipeline;
+
+    /// An example manifest from `examples/`, as the API server would return it.
+    pub(crate) fn fixture(file: &str) -> ClickHeatmapPipeline {
+        let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("fixture readable");
+        let mut pipeline: ClickHeatmapPipeline =
+            serde_norway::from_str(&text).expect("fixture parses");
+        pipeline
+            .metadata
+            .namespace
+            .get_or_insert_with(|| "analytics".to_owned());
+        pipeline.metadata.uid = Some("0000-uid".to_owned());
+        pipeline.metadata.generation = Some(3);
+        pipeline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::fixture;
+    use super::*;
+
+    fn workload(file: &str) -> Workload {
+        desired(&fixture(file), "registry.example.com/agg:default")
+            .expect("desired")
+            .expect("Deployment engine")
+    }
+
+    #[test]
+    fn minimal_has_secure_defaults_labels_and_owner() {
+        let pipeline = fixture("pipeline-minimal.yaml");
+        let w = workload("pipeline-minimal.yaml");
+        let sts_spec = w.stateful_set.spec.as_ref().expect("spec");
+        assert_eq!(sts_spec.replicas, Some(1));
+        let pod = sts_spec.template.spec.as_ref().expect("pod spec");
+        let pod_sc = pod.security_context.as_ref().expect("pod sc");
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(pod_sc.run_as_user, Some(65532));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example.com/agg:default"));
+        assert_eq!(
+            c.args.as_deref(),
+            Some(
+                &[
+                    "run".to_owned(),
+                    "--config".to_owned(),
+                    "/etc/clickheatmap/aggregator.json".to_owned()
+                ][..]
+            )
+        );
+        let sc = c.security_context.as_ref().expect("sc");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        let env = c.env.as_ref().expect("env");
+        assert!(env.iter().any(|e| {
+            e.name == "POD_NAME"
+                && e.value_from
+                    .as_ref()
+                    .and_then(|v| v.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str())
+                    == Some("metadata.name")
+        }));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "AWS_REGION" && e.value.as_deref() == Some("ap-northeast-2"))
+        );
+        assert_eq!(c.ports.as_ref().expect("ports")[0].container_port, 9090);
+        let probe_path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(pod.service_account_name.as_deref(), Some("shop-aggregator"));
+        assert!(w.service_account.metadata.annotations.is_none());
+
+        for meta in [
+            &w.config_map.metadata,
+            &w.service_account.metadata,
+            &w.stateful_set.metadata,
+        ] {
+            assert_eq!(meta.name.as_deref(), Some("shop-aggregator"));
+            assert_eq!(meta.namespace.as_deref(), Some("analytics"));
+            let labels = meta.labels.as_ref().expect("labels");
+            for key in [
+                "app.kubernetes.io/name",
+                "app.kubernetes.io/instance",
+                "app.kubernetes.io/managed-by",
+                "app.kubernetes.io/component",
+            ] {
+                assert!(labels.contains_key(key), "{key}");
+            }
+            assert_eq!(labels.get(PIPELINE_LABEL).map(String::as_str), Some("shop"));
+            let owners = meta.owner_references.as_ref().expect("owners");
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "ClickHeatmapPipeline");
+            assert_eq!(owners[0].name, "shop");
+            assert_eq!(owners[0].uid, "0000-uid");
+            assert_eq!(owners[0].controller, Some(true));
+        }
+        // The selector is a subset of the pod labels.
+        let pod_labels = sts_spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("pod labels");
+        for (k, v) in sts_spec.selector.match_labels.as_ref().expect("selector") {
+            assert_eq!(pod_labels.get(k), Some(v));
+        }
+        let _ = pipeline;
+    }
+
+    #[test]
+    fn config_json_round_trips_and_validates() {
+        let w = workload("pipeline-minimal.yaml");
+        let json = &w.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+        let config = AggregatorConfig::from_json(json).expect("valid config");
+        assert_eq!(config.writer_id, "shop");
+        assert_eq!(config.metrics_address, "0.0.0.0:9090");
+        assert_eq!(
+            config.output.root,
+            "s3://shop-heatmap-curated-123456789012/curated/"
+        );
+        assert_eq!(config.output.table, "curated_heatmap");
+        assert_eq!(config.replicas.count, 1);
+        assert_eq!(config.window.size, Duration::from_secs(60));
+        assert_eq!((config.grid.columns, config.grid.rows), (20, 20));
+        match &config.source {
+            SourceConfig::Kinesis(k) => {
+                assert_eq!(k.stream_name, "shop-clicks");
+                assert_eq!(k.region.as_deref(), Some("ap-northeast-2"));
+            }
+            other => panic!("unexpected source {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_uses_spec_image_role_replicas_and_resources() {
+        let pipeline = fixture("pipeline-full.yaml");
+        let w = workload("pipeline-full.yaml");
+        let sts_spec = w.stateful_set.spec.as_ref().expect("spec");
+        assert_eq!(sts_spec.replicas, Some(2));
+        let c = &sts_spec.template.spec.as_ref().expect("pod").containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example.com/clickheatmap/aggregator:0.1.0")
+        );
+        assert_eq!(c.resources, pipeline.spec.aggregation.resources);
+        assert!(c.resources.is_some());
+        assert_eq!(
+            w.service_account
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ROLE_ARN_ANNOTATION))
+                .map(String::as_str),
+            Some("arn:aws:iam::123456789012:role/shop-heatmap-aggregator")
+        );
+        let json = &w.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+        let config = AggregatorConfig::from_json(json).expect("valid config");
+        assert_eq!(config.replicas.count, 2);
+        assert_eq!(config.window.size, Duration::from_secs(300));
+        assert_eq!(config.window.allowed_lateness, Duration::from_secs(60));
+        assert_eq!((config.grid.columns, config.grid.rows), (32, 18));
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template() {
+        let hash = |w: &Workload| {
+            w.stateful_set
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+                .expect("hash annotation")
+        };
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        let before = desired(&pipeline, "img").expect("ok").expect("some");
+        assert_eq!(
+            hash(&before),
+            hash(&desired(&pipeline, "img").expect("ok").expect("some"))
+        );
+        pipeline.spec.aggregation.grid.columns = 40;
+        let after = desired(&pipeline, "img").expect("ok").expect("some");
+        assert_ne!(hash(&before), hash(&after));
+    }
+
+    #[test]
+    fn managed_flink_wants_no_workload() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.spec.aggregation.engine = AggregationEngine::ManagedFlink;
+        assert_eq!(desired(&pipeline, "img").expect("ok"), None);
+    }
+
+    #[test]
+    fn missing_uid_is_an_error_not_a_panic() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.metadata.uid = None;
+        assert!(desired(&pipeline, "img").is_err());
+    }
+}
