@@ -110,6 +110,11 @@ impl Aggregator {
         self.windows.open_cells(page_id)
     }
 
+    /// [`Aggregator::live_cells`] of every page (for publishing to a live endpoint).
+    pub fn all_live_cells(&self) -> Vec<crate::window::PageCells> {
+        self.windows.all_open_cells()
+    }
+
     /// Moves a partition's watermark without a click (see [`Windows::advance_clock`]).
     pub fn advance_clock(&mut self, partition: usize, time_ms: i64) {
         self.windows.advance_clock(partition, time_ms);

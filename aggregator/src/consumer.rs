@@ -21,6 +21,7 @@ use crate::checkpoint::{
     CHECKPOINT_VERSION, CheckpointError, CheckpointStore, FlushIntent, ShardCheckpoint,
 };
 use crate::kinesis::{KinesisError, KinesisSource, ReadFrom, ShardInfo, ShardRecord};
+use crate::live::LiveBoard;
 use crate::location::{Location, LocationError};
 use crate::metrics::{Metrics, ShardGauges};
 use crate::sink::{CuratedSink, DeadLetterTarget, FlushPlan, SinkError};
@@ -186,6 +187,11 @@ impl ShardWorker {
         self.published = counters;
     }
 
+    /// Shows the shard's open windows on the live endpoint.
+    pub fn publish_live(&self, board: &LiveBoard) {
+        board.publish(&self.shard_id, &self.aggregator);
+    }
+
     /// The shard is caught up and quiet: nothing older than `time_ms` is expected any more.
     pub fn advance_watermark(&mut self, time_ms: i64) {
         self.aggregator.advance_clock(0, time_ms);
@@ -343,10 +349,12 @@ pub async fn run_shard(
     settings: KinesisSourceConfig,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    live: Arc<LiveBoard>,
 ) -> (String, Result<ShardOutcome, ConsumerError>) {
     let shard_id = worker.shard_id().to_owned();
-    let outcome = read_shard(&mut worker, &source, &settings, &mut stop, &metrics).await;
+    let outcome = read_shard(&mut worker, &source, &settings, &mut stop, &metrics, &live).await;
     metrics.remove_shard(&shard_id);
+    live.remove(&shard_id);
     (shard_id, outcome)
 }
 
@@ -359,10 +367,13 @@ async fn read_shard(
     settings: &KinesisSourceConfig,
     stop: &mut watch::Receiver<bool>,
     metrics: &Metrics,
+    live: &LiveBoard,
 ) -> Result<ShardOutcome, ConsumerError> {
     if worker.is_finished() {
         return Ok(ShardOutcome::Finished);
     }
+    // Windows restored from the checkpoint are open too.
+    worker.publish_live(live);
     let start = |worker: &ShardWorker| match worker.position() {
         Some(sequence) => ReadFrom::AfterSequenceNumber(sequence.to_owned()),
         None => ReadFrom::Start(settings.start_position.clone()),
@@ -411,6 +422,8 @@ async fn read_shard(
                     }
                 }
                 flush_with_retry(worker, stop, metrics, false).await?;
+                // After the flush: a window just written leaves the board as it lands.
+                worker.publish_live(live);
                 if quiet {
                     pause = settings.idle_poll_interval.as_std().max(MIN_POLL_SPACING);
                 }
@@ -508,13 +521,14 @@ pub async fn consume(
     config: &AggregatorConfig,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    live: Arc<LiveBoard>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let clickheatmap_crds::SourceConfig::Kinesis(settings) = &config.source else {
         return Err(ConsumerError::NotKinesis);
     };
     let source = KinesisSource::connect(settings).await;
-    consume_from(config, settings, source, metrics, ready, stop).await
+    consume_from(config, settings, source, metrics, ready, live, stop).await
 }
 
 pub async fn consume_from(
@@ -523,6 +537,7 @@ pub async fn consume_from(
     source: KinesisSource,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    live: Arc<LiveBoard>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let targets = Targets::open(config, source.stream())?;
@@ -625,6 +640,7 @@ pub async fn consume_from(
                 settings.clone(),
                 stop.clone(),
                 metrics.clone(),
+                live.clone(),
             ));
         }
     }

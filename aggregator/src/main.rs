@@ -7,6 +7,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clickheatmap_aggregator::live::LiveBoard;
 use clickheatmap_aggregator::metrics::Metrics;
 use clickheatmap_aggregator::pipeline::{Pipeline, RunReport};
 use clickheatmap_aggregator::query::{Heatmaps, TimeRange, read_rows};
@@ -257,11 +258,13 @@ async fn consume(config: AggregatorConfig) -> CliResult {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_sender, stop) = watch::channel(false);
+    let board = LiveBoard::new(config.grid.columns, config.grid.rows);
     let address: std::net::SocketAddr = config.metrics_address.parse()?;
     let server = tokio::spawn(server::serve(
         address,
         metrics.clone(),
         ready.clone(),
+        board.clone(),
         stop.clone(),
     ));
     tokio::spawn(async move {
@@ -269,7 +272,7 @@ async fn consume(config: AggregatorConfig) -> CliResult {
         tracing::info!("shutdown requested");
         let _ = stop_sender.send(true);
     });
-    consumer::consume(&config, metrics, ready, stop).await?;
+    consumer::consume(&config, metrics, ready, board, stop).await?;
     match server.await {
         Ok(result) => result?,
         Err(err) => tracing::error!(error = %err, "the metrics server task failed"),

@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz` and `/readyz` of a running aggregator.
+//! `/metrics`, `/healthz`, `/readyz` and the live endpoint `/v1/live` of a running aggregator.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::sync::watch;
 
+use crate::live::{self, LiveBoard};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -20,12 +21,13 @@ struct Health {
 }
 
 /// The router, separate from the listener so tests can drive it.
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>, board: Arc<LiveBoard>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
         .with_state(Health { metrics, ready })
+        .merge(live::router(board))
 }
 
 async fn render_metrics(State(health): State<Health>) -> impl IntoResponse {
@@ -55,11 +57,12 @@ pub async fn serve(
     address: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    board: Arc<LiveBoard>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, router(metrics, ready))
+    tracing::info!(%address, "serving /metrics, /healthz, /readyz and /v1/live");
+    axum::serve(listener, router(metrics, ready, board))
         .with_graceful_shutdown(async move {
             while !*stop.borrow() {
                 if stop.changed().await.is_err() {

@@ -75,6 +75,9 @@ impl PageTable {
     }
 }
 
+/// One page's cells as `(grid_x, grid_y, clicks)`.
+pub type PageCells = (Arc<str>, Vec<(u16, u16, i64)>);
+
 /// Whether a window output is the window's regular result or a later addition to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WindowKind {
@@ -225,6 +228,33 @@ impl Windows {
             .collect();
         cells.sort_unstable_by_key(|&(x, y, _)| (y, x));
         cells
+    }
+
+    /// [`Windows::open_cells`] for every page at once, in one pass over the open state.
+    pub fn all_open_cells(&self) -> Vec<PageCells> {
+        let mut by_page: FxHashMap<u32, FxHashMap<(u16, u16), i64>> = FxHashMap::default();
+        for (_, counts) in self.open.iter().chain(&self.corrections) {
+            for (key, clicks) in counts {
+                *by_page
+                    .entry(key.page())
+                    .or_default()
+                    .entry((key.grid_x(), key.grid_y()))
+                    .or_insert(0) += clicks;
+            }
+        }
+        let mut pages: Vec<PageCells> = by_page
+            .into_iter()
+            .map(|(page, cells)| {
+                let mut cells: Vec<(u16, u16, i64)> = cells
+                    .into_iter()
+                    .map(|((x, y), clicks)| (x, y, clicks))
+                    .collect();
+                cells.sort_unstable_by_key(|&(x, y, _)| (y, x));
+                (self.pages.name(page), cells)
+            })
+            .collect();
+        pages.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        pages
     }
 
     /// Hands out every window the watermark has closed, oldest first.
@@ -543,6 +573,11 @@ mod tests {
         assert_eq!(windows.open_cells("p"), vec![(0, 0, 2), (1, 2, 1)]);
         assert_eq!(windows.open_cells("q"), vec![(1, 2, 1)]);
         assert!(windows.open_cells("unknown").is_empty());
+        let all = windows.all_open_cells();
+        let names: Vec<&str> = all.iter().map(|(page, _)| &**page).collect();
+        assert_eq!(names, ["p", "q"]);
+        assert_eq!(all[0].1, windows.open_cells("p"));
+        assert_eq!(all[1].1, windows.open_cells("q"));
         windows.take_corrections();
         windows.close_all();
         assert!(windows.open_cells("p").is_empty());

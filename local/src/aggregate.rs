@@ -1,19 +1,13 @@
 //! The aggregator of local mode: the production [`Pipeline`] fed by the tail of the stream log,
-//! and the live endpoint (`GET /v1/live?page=`) that shows its still-open windows.
+//! publishing its still-open windows to the production live endpoint
+//! ([`clickheatmap_aggregator::live`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use clickheatmap_aggregator::live::LiveBoard;
 use clickheatmap_aggregator::pipeline::Pipeline;
 use clickheatmap_aggregator::time::now_ms;
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::{Mutex, watch};
 
 use crate::stream::LogTail;
@@ -25,31 +19,29 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// How far behind the wall clock an idle watermark is put.
 pub const IDLE_WATERMARK_LAG_MS: i64 = 2_000;
 
-/// The pipeline, shared by the tailing task and the live endpoint.
+/// The name local mode's one log has on the live board.
+const LIVE_PARTITION: &str = "local";
+
+/// The pipeline, shared by the tailing task and the status reports, and the live board it
+/// publishes to.
 #[derive(Clone)]
 pub struct SharedPipeline {
     pipeline: Arc<Mutex<Pipeline>>,
+    board: Arc<LiveBoard>,
 }
 
 impl SharedPipeline {
-    pub fn new(pipeline: Pipeline) -> Self {
+    pub fn new(mut pipeline: Pipeline) -> Self {
+        let grid = pipeline.aggregator().grid();
         SharedPipeline {
+            board: LiveBoard::new(grid.columns(), grid.rows()),
             pipeline: Arc::new(Mutex::new(pipeline)),
         }
     }
 
-    /// The live answer for one page.
-    pub async fn live(&self, page: &str) -> serde_json::Value {
-        let mut pipeline = self.pipeline.lock().await;
-        let aggregator = pipeline.aggregator();
-        let grid = aggregator.grid();
-        let cells = aggregator.live_cells(page);
-        json!({
-            "columns": grid.columns(),
-            "rows": grid.rows(),
-            "cells": cells,
-            "watermark_ms": aggregator.watermark(),
-        })
+    /// The board the live endpoint answers from.
+    pub fn board(&self) -> Arc<LiveBoard> {
+        self.board.clone()
     }
 
     /// Counters of the aggregator so far (records, clicks, rejections).
@@ -79,7 +71,7 @@ pub async fn run(shared: SharedPipeline, mut tail: LogTail, mut stop: watch::Rec
                         let mut pipeline = shared.pipeline.lock().await;
                         pipeline.aggregator().set_clock(now_ms());
                         pipeline.feed_lines(0, &lines);
-                        flush(&mut pipeline).await;
+                        flush(&mut pipeline, &shared.board).await;
                     }
                 }
                 Err(error) => {
@@ -107,7 +99,7 @@ pub async fn run(shared: SharedPipeline, mut tail: LogTail, mut stop: watch::Rec
             let aggregator = pipeline.aggregator();
             aggregator.set_clock(now_ms());
             aggregator.advance_clock(0, now_ms() - IDLE_WATERMARK_LAG_MS);
-            flush(&mut pipeline).await;
+            flush(&mut pipeline, &shared.board).await;
         }
         tokio::select! {
             () = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -116,32 +108,10 @@ pub async fn run(shared: SharedPipeline, mut tail: LogTail, mut stop: watch::Rec
     }
 }
 
-async fn flush(pipeline: &mut Pipeline) {
+async fn flush(pipeline: &mut Pipeline, board: &LiveBoard) {
     if let Err(error) = pipeline.flush_ready().await {
         // The windows are in the log: a restart rebuilds the curated data from it.
         tracing::error!(%error, "writing curated data failed; restart to rebuild it from the stream log");
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct LiveParams {
-    page: Option<String>,
-}
-
-/// `GET /v1/live?page=<id>`: `{"columns","rows","cells":[[x,y,clicks]],"watermark_ms"}`.
-pub fn live_router(shared: SharedPipeline) -> Router {
-    Router::new()
-        .route("/v1/live", get(live))
-        .with_state(shared)
-}
-
-async fn live(State(shared): State<SharedPipeline>, Query(params): Query<LiveParams>) -> Response {
-    match params.page.as_deref() {
-        Some(page) if !page.is_empty() => Json(shared.live(page).await).into_response(),
-        _ => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "give the page: /v1/live?page=<id>" })),
-        )
-            .into_response(),
-    }
+    board.publish(LIVE_PARTITION, pipeline.aggregator());
 }

@@ -307,8 +307,8 @@ pub async fn start(options: &Options) -> Result<Running, LocalError> {
         allow_raw_sql: false,
         table,
     };
-    let viewer_app =
-        clickheatmap_viewer::server::router(viewer).merge(aggregate::live_router(shared.clone()));
+    let viewer_app = clickheatmap_viewer::server::router(viewer)
+        .merge(clickheatmap_aggregator::live::router(shared.board()));
 
     // Collector: the demo page's origin (both spellings of loopback) may post.
     let port = collector_addr.port();

@@ -95,9 +95,10 @@ pub struct Config {
     pub rows: u16,
 
     /// The aggregator's live endpoint (e.g. http://127.0.0.1:9090/v1/live); live mode is off
-    /// without it.
-    #[arg(long, env = "CLICKHEATMAP_VIEWER_LIVE_URL")]
-    pub live_url: Option<String>,
+    /// without it. With several aggregator replicas, give each one's endpoint (repeat the flag,
+    /// or separate them with commas): their answers are summed.
+    #[arg(long, env = "CLICKHEATMAP_VIEWER_LIVE_URL", value_delimiter = ',')]
+    pub live_url: Vec<String>,
 
     /// Allow running raw SQL typed in the UI (POST /api/sql; Athena only). Off by default:
     /// anyone who can reach the viewer could then run any query the workgroup allows.
@@ -155,7 +156,11 @@ impl Config {
                 Arc::new(AthenaEngine::new(Arc::new(client), settings))
             }
         };
-        let live = self.live_url.as_deref().map(LiveClient::new).transpose()?;
+        let live = if self.live_url.is_empty() {
+            None
+        } else {
+            Some(LiveClient::with_endpoints(&self.live_url)?)
+        };
         Ok(Viewer {
             engine,
             live,
@@ -213,7 +218,7 @@ mod tests {
         );
         assert_eq!((config.columns, config.rows), (20, 20));
         assert!(!config.allow_raw_sql);
-        assert!(config.live_url.is_none());
+        assert!(config.live_url.is_empty());
         let settings = config
             .athena_settings(config.table_name().unwrap())
             .unwrap();
@@ -242,5 +247,24 @@ mod tests {
         );
         let config = parse(&["--allow-raw-sql", "--engine", "athena"]).unwrap();
         assert!(config.allow_raw_sql);
+    }
+
+    #[test]
+    fn one_live_endpoint_per_replica() {
+        let config = parse(&[
+            "--live-url",
+            "http://agg-0.agg:9090/v1/live,http://agg-1.agg:9090/v1/live",
+            "--live-url",
+            "http://agg-2.agg:9090/v1/live",
+        ])
+        .unwrap();
+        assert_eq!(config.live_url.len(), 3);
+        assert_eq!(
+            LiveClient::with_endpoints(&config.live_url)
+                .unwrap()
+                .urls()
+                .len(),
+            3
+        );
     }
 }

@@ -10,6 +10,10 @@
 //! `cells` are `[grid_x, grid_y, clicks]` of windows not yet written to the curated table, so
 //! adding them to a stored result shows clicks within seconds. Responses are checked (sizes,
 //! grid bounds, non-negative counts) before they reach the browser.
+//!
+//! Several aggregator replicas each hold the shards they read, so the client can ask several
+//! endpoints (one per replica) and sums their answers; a replica that does not answer leaves its
+//! shards out rather than taking live mode down, as long as one answers.
 
 use std::time::Duration;
 
@@ -57,38 +61,79 @@ pub enum LiveError {
     Invalid(String),
 }
 
-/// Fetches live snapshots from the aggregator.
+/// Fetches live snapshots from the aggregator replicas.
 #[derive(Debug, Clone)]
 pub struct LiveClient {
     http: reqwest::Client,
-    url: Url,
+    urls: Vec<Url>,
+}
+
+fn parse_endpoint(url: &str) -> Result<Url, LiveError> {
+    let bad = || LiveError::BadUrl {
+        url: url.to_owned(),
+    };
+    let parsed = Url::parse(url.trim()).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad());
+    }
+    Ok(parsed)
 }
 
 impl LiveClient {
     /// `url` is the endpoint itself, e.g. `http://aggregator:9090/v1/live`.
     pub fn new(url: &str) -> Result<LiveClient, LiveError> {
-        let bad = || LiveError::BadUrl {
-            url: url.to_owned(),
-        };
-        let parsed = Url::parse(url).map_err(|_| bad())?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(bad());
+        LiveClient::with_endpoints(&[url])
+    }
+
+    /// One endpoint per aggregator replica; at least one.
+    pub fn with_endpoints<S: AsRef<str>>(urls: &[S]) -> Result<LiveClient, LiveError> {
+        let urls = urls
+            .iter()
+            .map(|url| parse_endpoint(url.as_ref()))
+            .collect::<Result<Vec<Url>, LiveError>>()?;
+        if urls.is_empty() {
+            return Err(LiveError::BadUrl { url: String::new() });
         }
         let http = reqwest::Client::builder()
             .timeout(LIVE_TIMEOUT)
             .connect_timeout(LIVE_TIMEOUT)
             .build()
             .map_err(LiveError::Client)?;
-        Ok(LiveClient { http, url: parsed })
+        Ok(LiveClient { http, urls })
     }
 
-    pub fn url(&self) -> &Url {
-        &self.url
+    pub fn urls(&self) -> &[Url] {
+        &self.urls
     }
 
-    /// The open windows' counts for `page`.
+    /// The open windows' counts for `page`, summed over every endpoint that answered.
     pub async fn fetch(&self, page: &PageId) -> Result<LiveSnapshot, LiveError> {
-        let mut url = self.url.clone();
+        let answers =
+            futures_util::future::join_all(self.urls.iter().map(|url| self.fetch_one(url, page)))
+                .await;
+        let mut merged: Option<LiveSnapshot> = None;
+        let mut first_error = None;
+        for (url, answer) in self.urls.iter().zip(answers) {
+            match answer {
+                Ok(snapshot) => match merged.as_mut() {
+                    None => merged = Some(snapshot),
+                    Some(total) => total.merge(snapshot)?,
+                },
+                Err(error) => {
+                    tracing::warn!(%url, %error, "a live endpoint did not answer; its shards are left out");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match (merged, first_error) {
+            (Some(snapshot), _) => Ok(snapshot),
+            (None, Some(error)) => Err(error),
+            (None, None) => Err(LiveError::Invalid("no live endpoint".to_owned())),
+        }
+    }
+
+    async fn fetch_one(&self, endpoint: &Url, page: &PageId) -> Result<LiveSnapshot, LiveError> {
+        let mut url = endpoint.clone();
         url.query_pairs_mut().append_pair("page", page.as_str());
         let mut response = self
             .http
@@ -123,6 +168,31 @@ impl LiveClient {
 }
 
 impl LiveSnapshot {
+    /// Adds another replica's answer: counts of the same cell add up, the lower watermark wins.
+    pub fn merge(&mut self, other: LiveSnapshot) -> Result<(), LiveError> {
+        if (self.columns, self.rows) != (other.columns, other.rows) {
+            return Err(LiveError::Invalid(format!(
+                "replicas disagree on the grid: {}x{} and {}x{}",
+                self.columns, self.rows, other.columns, other.rows
+            )));
+        }
+        let mut cells: std::collections::BTreeMap<(i32, i32), i64> =
+            std::collections::BTreeMap::new();
+        for (x, y, clicks) in self.cells.drain(..).chain(other.cells) {
+            let total = cells.entry((y, x)).or_insert(0);
+            *total = total.saturating_add(clicks);
+        }
+        self.cells = cells
+            .into_iter()
+            .map(|((y, x), clicks)| (x, y, clicks))
+            .collect();
+        self.watermark_ms = match (self.watermark_ms, other.watermark_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(())
+    }
+
     /// Checks the grid size, that every cell lies on the grid and that counts are not negative.
     pub fn validate(&self) -> Result<(), LiveError> {
         let side = 1..=MAX_GRID_SIDE;
@@ -197,5 +267,35 @@ mod tests {
             serde_json::from_str(r#"{"columns":20,"rows":20,"cells":[[3,4,12]],"watermark_ms":1}"#)
                 .unwrap();
         assert_eq!(parsed.cells, vec![(3, 4, 12)]);
+    }
+
+    #[test]
+    fn replicas_answers_add_up() {
+        let mut total = LiveSnapshot {
+            columns: 4,
+            rows: 4,
+            cells: vec![(1, 0, 2), (0, 1, 1)],
+            watermark_ms: Some(50),
+        };
+        total
+            .merge(LiveSnapshot {
+                columns: 4,
+                rows: 4,
+                cells: vec![(1, 0, 3), (3, 3, 1)],
+                watermark_ms: Some(40),
+            })
+            .unwrap();
+        assert_eq!(total.cells, vec![(1, 0, 5), (0, 1, 1), (3, 3, 1)]);
+        assert_eq!(total.watermark_ms, Some(40));
+        let other_grid = LiveSnapshot {
+            columns: 5,
+            ..total.clone()
+        };
+        assert!(total.merge(other_grid).is_err());
+        assert!(LiveClient::with_endpoints::<&str>(&[]).is_err());
+        assert!(
+            LiveClient::with_endpoints(&["http://a:9090/v1/live", "http://b:9090/v1/live"]).is_ok()
+        );
+        assert!(LiveClient::with_endpoints(&["http://a:9090/v1/live", "nope"]).is_err());
     }
 }
