@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 #
-# The clickheatmap image: both binaries in one distroless image,
+# The clickheatmap image: every server binary in one distroless image,
 #   /usr/local/bin/clickheatmap-operator    the Kubernetes operator (the chart's entrypoint)
-#   /usr/local/bin/clickheatmap-aggregator  the aggregator the operator runs as Deployments
+#   /usr/local/bin/clickheatmap-aggregator  the aggregator the operator runs as a StatefulSet
+#   /usr/local/bin/clickheatmap-collector   the click collector (a pipeline's collector.enabled)
+#   /usr/local/bin/clickheatmap-viewer      the heatmap viewer (a pipeline's viewer.enabled)
 # running as the non-root user 65532, with no shell and no package manager.
 #
 #   docker build -t registry.example.com/clickheatmap/clickheatmap:0.1.0 .
@@ -27,20 +29,24 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p clickheatmap-operator -p clickheatmap-aggregator \
+      -p clickheatmap-collector -p clickheatmap-viewer \
  && mkdir -p /out \
- && cp target/release/clickheatmap-operator target/release/clickheatmap-aggregator /out/
+ && cp target/release/clickheatmap-operator target/release/clickheatmap-aggregator \
+       target/release/clickheatmap-collector target/release/clickheatmap-viewer /out/
 
 # ---- runtime -------------------------------------------------------------------------------
 # glibc + libgcc + CA certificates, no shell; Debian 12 like the builder, so glibc matches.
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 LABEL org.opencontainers.image.title="clickheatmap" \
-      org.opencontainers.image.description="clickheatmap operator and aggregator" \
+      org.opencontainers.image.description="clickheatmap operator, aggregator, collector and viewer" \
       org.opencontainers.image.source="https://github.com/clickheatmap/clickheatmap" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 COPY --from=builder --chown=0:0 --chmod=0755 /out/clickheatmap-operator /usr/local/bin/clickheatmap-operator
 COPY --from=builder --chown=0:0 --chmod=0755 /out/clickheatmap-aggregator /usr/local/bin/clickheatmap-aggregator
+COPY --from=builder --chown=0:0 --chmod=0755 /out/clickheatmap-collector /usr/local/bin/clickheatmap-collector
+COPY --from=builder --chown=0:0 --chmod=0755 /out/clickheatmap-viewer /usr/local/bin/clickheatmap-viewer
 
 USER 65532:65532
 # Operator metrics/health port (the aggregator uses 9090).

@@ -30,7 +30,8 @@ pub use duration::{Duration, DurationParseError};
 #[cfg(feature = "resource")]
 pub use pipeline::{
     AggregationEngine, AggregationSpec, BucketsSpec, CatalogSpec, ClickHeatmapPipeline,
-    ClickHeatmapPipelineSpec, ClickHeatmapPipelineStatus, Compression, CrawlerSpec, DeletionPolicy,
-    FlinkSpec, GridSpec, PartitionDiscovery, PipelineResources, QuerySpec, READY_CONDITION,
-    RawArchiveSpec, StreamEncryption, StreamMode, StreamSpec, crd_yaml,
+    ClickHeatmapPipelineSpec, ClickHeatmapPipelineStatus, CollectorSpec, Compression, CrawlerSpec,
+    DeletionPolicy, FlinkSpec, GridSpec, PartitionDiscovery, PipelineResources, QuerySpec,
+    READY_CONDITION, RawArchiveSpec, StreamEncryption, StreamMode, StreamSpec, ViewerSpec,
+    crd_yaml,
 };

@@ -146,6 +146,16 @@ pub struct ClickHeatmapPipelineSpec {
     /// The Athena workgroup the heatmap is queried through.
     #[serde(default)]
     pub query: QuerySpec,
+
+    /// The click collector: an HTTP service in the cluster that browsers send clicks to, so that
+    /// no AWS credentials ever live in a web page. Off by default.
+    #[serde(default)]
+    pub collector: CollectorSpec,
+
+    /// The heatmap viewer: a web UI that queries the curated table through Athena, with a live
+    /// mode fed by the aggregator replicas. Off by default.
+    #[serde(default)]
+    pub viewer: ViewerSpec,
 }
 
 /// What happens to the AWS resources when the pipeline is deleted.
@@ -601,6 +611,124 @@ fn default_results_prefix() -> String {
     "athena-results/".to_owned()
 }
 
+/// The click collector Deployment and Service (`<pipeline name>-collector`, port 80).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.enabled || size(self.allowedOrigins) > 0",
+    "message": "collector.allowedOrigins is required when collector.enabled is true: list the sites whose pages send clicks (https://shop.example.com), or [\"*\"] to accept any origin"
+}]))]
+pub struct CollectorSpec {
+    /// Whether the pipeline runs a collector.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Collector replicas; each batches clicks into Kinesis PutRecords calls on its own.
+    #[serde(default = "default_frontend_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+
+    /// Browser origins allowed to post clicks (CORS), exact, like `https://shop.example.com`;
+    /// `*` allows every origin.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub allowed_origins: Vec<String>,
+
+    /// Clicks per second each client address may send (token bucket); 0 turns the limit off.
+    #[serde(default = "default_rate_limit")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub rate_limit_per_second: i32,
+
+    /// Container image. Defaults to the image that matches the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// IAM role for the collector's service account (IRSA annotation): `kinesis:PutRecords` on
+    /// the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
+    pub service_account_role_arn: Option<String>,
+
+    /// Compute resources of the collector container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for CollectorSpec {
+    fn default() -> Self {
+        CollectorSpec {
+            enabled: false,
+            replicas: default_frontend_replicas(),
+            allowed_origins: Vec::new(),
+            rate_limit_per_second: default_rate_limit(),
+            image: None,
+            service_account_role_arn: None,
+            resources: None,
+        }
+    }
+}
+
+fn default_frontend_replicas() -> i32 {
+    1
+}
+
+fn default_rate_limit() -> i32 {
+    50
+}
+
+/// The heatmap viewer Deployment and Service (`<pipeline name>-viewer`, port 80).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewerSpec {
+    /// Whether the pipeline runs a viewer.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Viewer replicas.
+    #[serde(default = "default_frontend_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+
+    /// Live mode: add the counts the aggregator replicas still hold open (engine `Deployment`).
+    #[serde(default = "default_true")]
+    pub live: bool,
+
+    /// Let users run their own SQL on Athena from the UI. Off by default: only the viewer's
+    /// parameterised queries run.
+    #[serde(default)]
+    pub allow_raw_sql: bool,
+
+    /// Container image. Defaults to the image that matches the operator's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// IAM role for the viewer's service account (IRSA annotation): Athena queries in the
+    /// workgroup, Glue reads of the table, S3 reads of the curated data and the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
+    pub service_account_role_arn: Option<String>,
+
+    /// Compute resources of the viewer container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ViewerSpec {
+    fn default() -> Self {
+        ViewerSpec {
+            enabled: false,
+            replicas: default_frontend_replicas(),
+            live: true,
+            allow_raw_sql: false,
+            image: None,
+            service_account_role_arn: None,
+            resources: None,
+        }
+    }
+}
+
 /// What the operator observed and made.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -659,6 +787,12 @@ pub struct PipelineResources {
     /// Managed Flink application ARN (engine `ManagedFlink`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flink_application_arn: Option<String>,
+    /// Collector Service name (`collector.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_service: Option<String>,
+    /// Viewer Service name (`viewer.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewer_service: Option<String>,
 }
 
 impl PipelineResources {

@@ -22,6 +22,7 @@ RECONCILE_RULES = {
     ("clickheatmap.io", "clickheatmappipelines/status"): {"get", "patch", "update"},
     ("clickheatmap.io", "clickheatmappipelines/finalizers"): {"update"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},

@@ -56,20 +56,21 @@ def test_builder_stage():
     rust_version = CARGO["workspace"]["package"]["rust-version"]
     assert builder[0] == ("FROM", f"rust:{rust_version}-bookworm AS builder")
     runs = " ".join(rest for keyword, rest in builder if keyword == "RUN")
-    assert "cargo build --release --locked -p clickheatmap-operator -p clickheatmap-aggregator" in runs
+    build = " ".join(runs.replace("\\", " ").split())
+    assert "cargo build --release --locked -p clickheatmap-operator -p clickheatmap-aggregator -p clickheatmap-collector -p clickheatmap-viewer" in build
     # The whole context goes in (every workspace member must be there for Cargo to resolve the
     # workspace); .dockerignore decides what the context holds.
     assert ("COPY", ". .") in builder
 
 
-def test_runtime_stage_is_distroless_nonroot_with_both_binaries():
+def test_runtime_stage_is_distroless_nonroot_with_every_binary():
     assert len(stages()) == 2
     runtime = stages()[-1]
     assert runtime[0] == ("FROM", "gcr.io/distroless/cc-debian12:nonroot")
     # No shell in the image, so no RUN (and no shell-form CMD/ENTRYPOINT) in the final stage.
     assert not [rest for keyword, rest in runtime if keyword == "RUN"]
     copies = [rest for keyword, rest in runtime if keyword == "COPY"]
-    for binary in ("clickheatmap-operator", "clickheatmap-aggregator"):
+    for binary in ("clickheatmap-operator", "clickheatmap-aggregator", "clickheatmap-collector", "clickheatmap-viewer"):
         assert any(c.startswith("--from=builder") and c.endswith(f"/usr/local/bin/{binary}") for c in copies), binary
     assert ("USER", "65532:65532") in runtime
     entrypoint = [rest for keyword, rest in runtime if keyword == "ENTRYPOINT"]
@@ -223,6 +224,8 @@ def test_iam_documents_are_well_formed():
     assert set(documents) == {
         "operator-policy.json", "operator-trust-irsa.json", "operator-trust-pod-identity.json",
         "aggregator-policy.json", "aggregator-trust-irsa.json", "aggregator-trust-pod-identity.json",
+        "collector-policy.json", "collector-trust-irsa.json", "collector-trust-pod-identity.json",
+        "viewer-policy.json", "viewer-trust-irsa.json", "viewer-trust-pod-identity.json",
         "firehose-role-policy.json", "firehose-role-trust.json",
         "glue-crawler-role-policy.json", "glue-crawler-role-trust.json",
         "managed-flink-role-policy.json", "managed-flink-role-trust.json",
@@ -302,7 +305,27 @@ def test_aggregator_policy_reads_the_stream_and_writes_only_its_prefixes():
                 assert statement["Condition"]["StringLike"]["s3:prefix"] == ["curated/*", "checkpoints/*"]
 
 
-@pytest.mark.parametrize("who", ["operator", "aggregator"])
+def test_collector_policy_only_writes_the_stream():
+    assert actions_of(iam_documents()["collector-policy.json"]) == {
+        "kinesis:DescribeStreamSummary", "kinesis:PutRecords",
+    }
+
+
+def test_viewer_policy_queries_its_workgroup_and_reads_the_table():
+    document = iam_documents()["viewer-policy.json"]
+    assert actions_of(document) == {
+        "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults",
+        "athena:StopQueryExecution",
+        "glue:GetDatabase", "glue:GetTable", "glue:GetPartition", "glue:GetPartitions",
+        "s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:PutObject",
+        "s3:AbortMultipartUpload",
+    }
+    for statement in document["Statement"]:
+        if "s3:PutObject" in statement["Action"]:
+            assert statement["Resource"] == "arn:aws:s3:::<QUERY_RESULTS_BUCKET>/<RESULTS_PREFIX>*"
+
+
+@pytest.mark.parametrize("who", ["operator", "aggregator", "collector", "viewer"])
 def test_pod_trust_policies(who):
     documents = iam_documents()
     (irsa,) = documents[f"{who}-trust-irsa.json"]["Statement"]

@@ -129,7 +129,7 @@ namespace). Exactly the API calls the operator makes; no wildcards. It creates n
   resources: ["clickheatmappipelines/finalizers"]
   verbs: ["update"]
 - apiGroups: ["apps"]
-  resources: ["statefulsets"]
+  resources: ["statefulsets", "deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
 - apiGroups: [""]
   resources: ["configmaps", "serviceaccounts", "services"]

@@ -3,12 +3,14 @@
 //! A thin loop over the AWS library: every `ClickHeatmapPipeline` is reconciled behind the
 //! finalizer `clickheatmap.io/cleanup`.
 //!
-//! * **Apply**: [`PipelineBackend::apply`] (the AWS side, [`crate::apply_pipeline`]), then — when
-//!   the engine is `Deployment` — the aggregator's ConfigMap, ServiceAccount and StatefulSet by
-//!   server-side apply (field manager `clickheatmap-operator`, forced); children of another
-//!   engine are deleted by label. Last, the status subresource is server-side applied:
-//!   `observedGeneration`, `Ready`, one condition per part plus `AggregatorReady`, and
-//!   `resources`. The spec is never written.
+//! * **Apply**: [`PipelineBackend::apply`] (the AWS side, [`crate::apply_pipeline`]), then the
+//!   Kubernetes children by server-side apply (field manager `clickheatmap-operator`, forced):
+//!   the aggregator's ConfigMap, ServiceAccount, headless Service and StatefulSet when the engine
+//!   is `Deployment` ([`workload`]), and the collector's and viewer's ServiceAccount, Service and
+//!   Deployment when the spec enables them ([`frontends`]). Children the spec no longer wants are
+//!   found by label and deleted. Last, the status subresource is server-side applied:
+//!   `observedGeneration`, `Ready`, one condition per part plus `AggregatorReady` (and
+//!   `CollectorReady` / `ViewerReady` when enabled), and `resources`. The spec is never written.
 //! * **Cleanup**: [`PipelineBackend::delete`] until it is finished (`deletionPolicy: Retain`
 //!   makes no AWS call); Kubernetes children go with their owner references.
 //!
@@ -16,11 +18,12 @@
 //! condition and a Warning Event and are retried slowly. One bad object never stops the others:
 //! every error stays with its object.
 
+pub mod frontends;
 pub mod leader;
 pub mod metrics;
 pub mod workload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +32,8 @@ use clickheatmap_crds::{
     AggregationEngine, ClickHeatmapPipeline, ClickHeatmapPipelineStatus, READY_CONDITION,
 };
 use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -47,6 +50,7 @@ use tracing::{info, warn};
 use crate::aws::AwsClients;
 use crate::error::{Error, Reason};
 use crate::pipeline::{DeleteOutcome, PipelineOutcome};
+use frontends::Frontend;
 use metrics::Metrics;
 use workload::{MANAGER, Workload};
 
@@ -54,6 +58,10 @@ use workload::{MANAGER, Workload};
 pub const FINALIZER: &str = "clickheatmap.io/cleanup";
 /// The condition about the aggregator workload in Kubernetes.
 pub const AGGREGATOR_CONDITION: &str = "AggregatorReady";
+/// The condition about the collector (only while `collector.enabled`).
+pub const COLLECTOR_CONDITION: &str = "CollectorReady";
+/// The condition about the viewer (only while `viewer.enabled`).
+pub const VIEWER_CONDITION: &str = "ViewerReady";
 
 /// The options of the `run` subcommand (the Helm chart's contract, see docs/install.md).
 #[derive(Clone, Debug, clap::Args)]
@@ -67,7 +75,8 @@ pub struct RunArgs {
     /// Take the Lease `clickheatmap-operator` in POD_NAMESPACE before reconciling.
     #[arg(long)]
     pub leader_election: bool,
-    /// Image of the aggregator workloads (a pipeline's spec.aggregation.image overrides it).
+    /// Image of the workloads the operator runs — aggregator, collector and viewer — which holds
+    /// their binaries in /usr/local/bin (a pipeline's `image` fields override it).
     #[arg(long, default_value = "ghcr.io/clickheatmap/clickheatmap:latest")]
     pub aggregator_image: String,
     /// Log format.
@@ -336,20 +345,22 @@ pub fn build_status(
     }
 }
 
-/// The conditions of an apply: `Ready` first, then every part, then the aggregator.
+/// The conditions of an apply: `Ready` first, then every AWS part, then the Kubernetes
+/// workloads (aggregator, collector, viewer).
 pub fn conditions_of(
     outcome: &PipelineOutcome,
-    aggregator: &DesiredCondition,
+    workloads: &[DesiredCondition],
 ) -> Vec<DesiredCondition> {
     let summary = outcome.ready_summary();
+    let failed_workload = workloads.iter().find(|condition| !condition.ready);
     let ready = if !summary.ready {
         DesiredCondition::new(READY_CONDITION, false, summary.reason, summary.message)
-    } else if !aggregator.ready {
+    } else if let Some(failed) = failed_workload {
         DesiredCondition {
             type_: READY_CONDITION.to_owned(),
             ready: false,
-            reason: aggregator.reason.clone(),
-            message: format!("aggregator: {}", aggregator.message),
+            reason: failed.reason.clone(),
+            message: format!("{}: {}", failed.type_, failed.message),
         }
     } else {
         DesiredCondition::new(READY_CONDITION, true, Reason::Ready, summary.message)
@@ -361,7 +372,7 @@ pub fn conditions_of(
         reason: part.reason.as_str().to_owned(),
         message: part.message.clone(),
     }));
-    conditions.push(aggregator.clone());
+    conditions.extend(workloads.iter().cloned());
     conditions
 }
 
@@ -399,25 +410,20 @@ async fn apply<B: PipelineBackend>(
         }
     };
 
-    let aggregator = match reconcile_workload(pipeline, ctx).await {
-        Ok(condition) => condition,
-        Err(ControllerError::Pipeline(error)) if !error.is_retryable() => DesiredCondition::new(
-            AGGREGATOR_CONDITION,
-            false,
-            error.reason(),
-            error.to_string(),
-        ),
-        Err(other) => return Err(other),
-    };
-    let conditions = conditions_of(&outcome, &aggregator);
+    let workloads = reconcile_children(pipeline, ctx).await?;
+    let conditions = conditions_of(&outcome, &workloads);
     let mut resources = outcome.resources.clone();
+    let ready = |type_: &str| workloads.iter().any(|c| c.type_ == type_ && c.ready);
     // `aggregatorDeployment` names the aggregator workload (a StatefulSet since the controller
     // exists; the field name predates it).
-    if pipeline.spec.aggregation.engine != AggregationEngine::Deployment {
-        resources.aggregator_deployment = None;
-    } else if aggregator.ready {
-        resources.aggregator_deployment = Some(workload::aggregator_name(&name));
-    }
+    resources.aggregator_deployment = (pipeline.spec.aggregation.engine
+        == AggregationEngine::Deployment
+        && ready(AGGREGATOR_CONDITION))
+    .then(|| workload::aggregator_name(&name));
+    resources.collector_service = (pipeline.spec.collector.enabled && ready(COLLECTOR_CONDITION))
+        .then(|| format!("{name}-{}", frontends::COLLECTOR));
+    resources.viewer_service = (pipeline.spec.viewer.enabled && ready(VIEWER_CONDITION))
+        .then(|| format!("{name}-{}", frontends::VIEWER));
     let status = build_status(
         previous,
         generation,
@@ -442,7 +448,7 @@ async fn apply<B: PipelineBackend>(
         }
     }
     let mut requeue = outcome.requeue_after();
-    if !aggregator.ready {
+    if workloads.iter().any(|condition| !condition.ready) {
         requeue = requeue.max(TERMINAL_REQUEUE);
     }
     info!(pipeline = %object_key(pipeline), ready = outcome.is_ready(), ?requeue, "reconciled");
@@ -539,10 +545,12 @@ where
     Ok(())
 }
 
+/// Deletes the pipeline's children of kind `K` (found by label) whose names are not in `keep`.
 async fn delete_orphans<K>(
     client: &Client,
     namespace: &str,
     pipeline_name: &str,
+    keep: &BTreeSet<String>,
 ) -> Result<usize, ControllerError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -553,6 +561,10 @@ where
     let mut deleted = 0;
     for child in api.list(&params).await? {
         let name = child.name_any();
+        if keep.contains(&name) {
+            continue;
+        }
+        info!(kind = %K::kind(&()), %name, "deleting a child the pipeline no longer wants");
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => deleted += 1,
             Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -562,47 +574,154 @@ where
     Ok(deleted)
 }
 
-/// Applies the aggregator workload (or removes it for another engine); the resulting condition.
-async fn reconcile_workload<B: PipelineBackend>(
+/// The names to keep, per kind, while deleting children the pipeline no longer wants.
+#[derive(Default)]
+struct Keep {
+    stateful_sets: BTreeSet<String>,
+    deployments: BTreeSet<String>,
+    services: BTreeSet<String>,
+    config_maps: BTreeSet<String>,
+    service_accounts: BTreeSet<String>,
+}
+
+impl Keep {
+    /// Keeps every object a component may have, e.g. when its spec is invalid: what runs stays
+    /// until the spec is fixed.
+    fn component(&mut self, name: &str) {
+        for set in [
+            &mut self.stateful_sets,
+            &mut self.deployments,
+            &mut self.services,
+            &mut self.config_maps,
+            &mut self.service_accounts,
+        ] {
+            set.insert(name.to_owned());
+        }
+    }
+}
+
+fn name_of<K: Resource>(object: &K) -> String {
+    object.meta().name.clone().unwrap_or_default()
+}
+
+/// The condition of a component whose desired state could not be built.
+fn invalid(type_: &str, error: Error) -> Result<DesiredCondition, ControllerError> {
+    if error.is_retryable() {
+        return Err(error.into());
+    }
+    Ok(DesiredCondition::new(
+        type_,
+        false,
+        error.reason(),
+        error.to_string(),
+    ))
+}
+
+/// Applies the Kubernetes children the spec wants — aggregator, collector, viewer — and deletes
+/// the ones it no longer wants; one condition per component.
+async fn reconcile_children<B: PipelineBackend>(
     pipeline: &ClickHeatmapPipeline,
     ctx: &Context<B>,
-) -> Result<DesiredCondition, ControllerError> {
+) -> Result<Vec<DesiredCondition>, ControllerError> {
     let namespace = pipeline
         .namespace()
         .ok_or_else(|| ControllerError::Malformed("a pipeline without a namespace".to_owned()))?;
     let name = pipeline.name_any();
-    match workload::desired(pipeline, &ctx.aggregator_image)? {
-        Some(Workload {
+    let client = &ctx.client;
+    let image = &ctx.aggregator_image;
+    let mut keep = Keep::default();
+    let mut conditions = Vec::new();
+
+    let aggregator = match workload::desired(pipeline, image) {
+        Ok(Some(Workload {
             config_map,
             service_account,
+            service,
             stateful_set,
-        }) => {
-            apply_child(&ctx.client, &namespace, &config_map).await?;
-            apply_child(&ctx.client, &namespace, &service_account).await?;
-            apply_child(&ctx.client, &namespace, &stateful_set).await?;
-            Ok(DesiredCondition::new(
+        })) => {
+            apply_child(client, &namespace, &config_map).await?;
+            apply_child(client, &namespace, &service_account).await?;
+            apply_child(client, &namespace, &service).await?;
+            apply_child(client, &namespace, &stateful_set).await?;
+            keep.config_maps.insert(name_of(&config_map));
+            keep.service_accounts.insert(name_of(&service_account));
+            keep.services.insert(name_of(&service));
+            keep.stateful_sets.insert(name_of(&stateful_set));
+            DesiredCondition::new(
                 AGGREGATOR_CONDITION,
                 true,
                 Reason::Ready,
                 format!("StatefulSet {} applied", workload::aggregator_name(&name)),
-            ))
+            )
         }
-        None => {
-            let mut deleted = 0;
-            deleted += delete_orphans::<StatefulSet>(&ctx.client, &namespace, &name).await?;
-            deleted += delete_orphans::<ConfigMap>(&ctx.client, &namespace, &name).await?;
-            deleted += delete_orphans::<ServiceAccount>(&ctx.client, &namespace, &name).await?;
-            Ok(DesiredCondition::new(
-                AGGREGATOR_CONDITION,
-                true,
-                Reason::Ready,
-                format!(
-                    "engine {:?} runs no aggregator in Kubernetes ({deleted} object(s) removed)",
-                    pipeline.spec.aggregation.engine
-                ),
-            ))
+        Ok(None) => DesiredCondition::new(
+            AGGREGATOR_CONDITION,
+            true,
+            Reason::Ready,
+            format!(
+                "engine {:?} runs no aggregator in Kubernetes",
+                pipeline.spec.aggregation.engine
+            ),
+        ),
+        Err(error) => {
+            keep.component(&workload::aggregator_name(&name));
+            invalid(AGGREGATOR_CONDITION, error)?
+        }
+    };
+    conditions.push(aggregator);
+
+    let components = [
+        (
+            COLLECTOR_CONDITION,
+            frontends::COLLECTOR,
+            frontends::desired_collector(pipeline, image),
+        ),
+        (
+            VIEWER_CONDITION,
+            frontends::VIEWER,
+            frontends::desired_viewer(pipeline, image),
+        ),
+    ];
+    for (type_, component, desired) in components {
+        match desired {
+            Ok(Some(Frontend {
+                service_account,
+                service,
+                deployment,
+            })) => {
+                apply_child(client, &namespace, &service_account).await?;
+                apply_child(client, &namespace, &service).await?;
+                apply_child(client, &namespace, &deployment).await?;
+                keep.service_accounts.insert(name_of(&service_account));
+                keep.services.insert(name_of(&service));
+                keep.deployments.insert(name_of(&deployment));
+                conditions.push(DesiredCondition::new(
+                    type_,
+                    true,
+                    Reason::Ready,
+                    format!("Deployment and Service {} applied", name_of(&deployment)),
+                ));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                keep.component(&format!("{name}-{component}"));
+                conditions.push(invalid(type_, error)?);
+            }
         }
     }
+
+    let mut deleted = 0;
+    deleted +=
+        delete_orphans::<StatefulSet>(client, &namespace, &name, &keep.stateful_sets).await?;
+    deleted += delete_orphans::<Deployment>(client, &namespace, &name, &keep.deployments).await?;
+    deleted += delete_orphans::<Service>(client, &namespace, &name, &keep.services).await?;
+    deleted += delete_orphans::<ConfigMap>(client, &namespace, &name, &keep.config_maps).await?;
+    deleted +=
+        delete_orphans::<ServiceAccount>(client, &namespace, &name, &keep.service_accounts).await?;
+    if deleted > 0 {
+        info!(pipeline = %object_key(pipeline), deleted, "removed children the spec no longer wants");
+    }
+    Ok(conditions)
 }
 
 /// What to do after a failed reconcile.
@@ -636,26 +755,22 @@ async fn run_controller<B: PipelineBackend>(
 ) {
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    let (statefulsets, configmaps, accounts): (
-        Api<StatefulSet>,
-        Api<ConfigMap>,
-        Api<ServiceAccount>,
-    ) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    // A child changed or deleted by hand is put back at once.
     Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .owns(statefulsets, owned.clone())
-        .owns(configmaps, owned.clone())
-        .owns(accounts, owned)
+        .owns(scoped::<StatefulSet>(&client, &namespace), owned.clone())
+        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
+        .owns(scoped::<Service>(&client, &namespace), owned.clone())
+        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
+        .owns(scoped::<ServiceAccount>(&client, &namespace), owned)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

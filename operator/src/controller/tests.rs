@@ -118,6 +118,60 @@ impl ApiServer {
         .await
     }
 
+    /// A LIST of a pipeline's children by label, answered with objects of these names.
+    async fn expect_children(self, path: &str, kind: &str, names: &[&str]) -> Self {
+        let api_version = if path.starts_with("/apis/apps/") {
+            "apps/v1"
+        } else {
+            "v1"
+        };
+        let items: Vec<Value> = names
+            .iter()
+            .map(|name| {
+                json!({"apiVersion": api_version, "kind": kind,
+                       "metadata": {"name": name, "namespace": "analytics"}})
+            })
+            .collect();
+        self.expect(
+            "GET",
+            path,
+            |request, _| {
+                let query = request.uri().query().unwrap_or_default();
+                assert!(
+                    query.contains("labelSelector=clickheatmap.io%2Fpipeline%3Dshop"),
+                    "{query}"
+                );
+            },
+            json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {}, "items": items}),
+        )
+        .await
+    }
+
+    /// The orphan sweep after the applies: one LIST per kind, answered with these names.
+    async fn expect_sweep(self, existing: [&[&str]; 5]) -> Self {
+        let [stateful_sets, deployments, services, config_maps, accounts] = existing;
+        self.expect_children(STATEFULSETS, "StatefulSet", stateful_sets)
+            .await
+            .expect_children(DEPLOYMENTS, "Deployment", deployments)
+            .await
+            .expect_children(SERVICES, "Service", services)
+            .await
+            .expect_children(CONFIGMAPS, "ConfigMap", config_maps)
+            .await
+            .expect_children(ACCOUNTS, "ServiceAccount", accounts)
+            .await
+    }
+
+    async fn expect_delete(self, path: &str) -> Self {
+        self.expect(
+            "DELETE",
+            path,
+            |_, _| {},
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}}),
+        )
+        .await
+    }
+
     fn done(self) -> ApiHandle {
         self.handle
     }
@@ -152,6 +206,11 @@ fn context(apply: Result<PipelineOutcome, Error>) -> (Arc<Context<FakeBackend>>,
 }
 
 const PIPELINES: &str = "/apis/clickheatmap.io/v1alpha1/namespaces/analytics/clickheatmappipelines";
+const STATEFULSETS: &str = "/apis/apps/v1/namespaces/analytics/statefulsets";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/analytics/deployments";
+const SERVICES: &str = "/api/v1/namespaces/analytics/services";
+const CONFIGMAPS: &str = "/api/v1/namespaces/analytics/configmaps";
+const ACCOUNTS: &str = "/api/v1/namespaces/analytics/serviceaccounts";
 
 async fn within<T>(future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), future)
@@ -211,9 +270,23 @@ async fn applies_the_workload_and_the_status() {
             )
             .await
             .expect_apply(
+                "/api/v1/namespaces/analytics/services/shop-aggregator",
+                "Service",
+            )
+            .await
+            .expect_apply(
                 "/apis/apps/v1/namespaces/analytics/statefulsets/shop-aggregator",
                 "StatefulSet",
             )
+            .await
+            // What exists is exactly what is wanted: nothing is deleted.
+            .expect_sweep([
+                &["shop-aggregator"],
+                &[],
+                &["shop-aggregator"],
+                &["shop-aggregator"],
+                &["shop-aggregator"],
+            ])
             .await
             .expect(
                 "PATCH",
@@ -257,47 +330,21 @@ async fn managed_flink_deletes_orphans_by_label() {
     let mut object = pipeline(true);
     object.spec.aggregation.engine = AggregationEngine::ManagedFlink;
     let reply = serde_json::to_value(&object).expect("json");
-    let label_check = |request: &Request<Body>, _: &Value| {
-        let query = request.uri().query().unwrap_or_default();
-        assert!(
-            query.contains("labelSelector=clickheatmap.io%2Fpipeline%3Dshop"),
-            "{query}"
-        );
-    };
-    let empty_list =
-        |kind: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {}, "items": []});
     let server = tokio::spawn(async move {
         server
-            .expect(
-                "GET",
-                "/apis/apps/v1/namespaces/analytics/statefulsets",
-                label_check,
-                json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {}, "items": [
-                    {"apiVersion": "apps/v1", "kind": "StatefulSet",
-                     "metadata": {"name": "shop-aggregator", "namespace": "analytics"}}
-                ]}),
-            )
+            .expect_children(STATEFULSETS, "StatefulSet", &["shop-aggregator"])
             .await
-            .expect(
-                "DELETE",
-                "/apis/apps/v1/namespaces/analytics/statefulsets/shop-aggregator",
-                |_, _| {},
-                json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}}),
-            )
+            .expect_delete(&format!("{STATEFULSETS}/shop-aggregator"))
             .await
-            .expect(
-                "GET",
-                "/api/v1/namespaces/analytics/configmaps",
-                label_check,
-                empty_list("ConfigMapList"),
-            )
+            .expect_children(DEPLOYMENTS, "Deployment", &[])
             .await
-            .expect(
-                "GET",
-                "/api/v1/namespaces/analytics/serviceaccounts",
-                label_check,
-                empty_list("ServiceAccountList"),
-            )
+            .expect_children(SERVICES, "Service", &["shop-aggregator"])
+            .await
+            .expect_delete(&format!("{SERVICES}/shop-aggregator"))
+            .await
+            .expect_children(CONFIGMAPS, "ConfigMap", &[])
+            .await
+            .expect_children(ACCOUNTS, "ServiceAccount", &[])
             .await
             .expect(
                 "PATCH",
@@ -308,12 +355,111 @@ async fn managed_flink_deletes_orphans_by_label() {
                         .iter()
                         .find(|c| c["type"] == AGGREGATOR_CONDITION)
                         .expect("aggregator condition");
+                    assert_eq!(aggregator["status"], "True");
                     assert!(
                         aggregator["message"]
                             .as_str()
                             .unwrap_or_default()
-                            .contains("1 object(s) removed")
+                            .contains("ManagedFlink")
                     );
+                },
+                reply,
+            )
+            .await
+            .done()
+    });
+    within(reconcile(Arc::new(object), ctx))
+        .await
+        .expect("reconcile");
+    within(server).await.expect("server");
+}
+
+#[tokio::test]
+async fn collector_applied_and_a_disabled_viewer_removed() {
+    let (ctx, server) = context(Ok(ready_outcome()));
+    let mut object = pipeline(true);
+    object.spec.collector.enabled = true;
+    object.spec.collector.allowed_origins = vec!["https://shop.example.com".to_owned()];
+    let reply = serde_json::to_value(&object).expect("json");
+    let server = tokio::spawn(async move {
+        server
+            .expect_apply(&format!("{CONFIGMAPS}/shop-aggregator"), "ConfigMap")
+            .await
+            .expect_apply(&format!("{ACCOUNTS}/shop-aggregator"), "ServiceAccount")
+            .await
+            .expect_apply(&format!("{SERVICES}/shop-aggregator"), "Service")
+            .await
+            .expect_apply(&format!("{STATEFULSETS}/shop-aggregator"), "StatefulSet")
+            .await
+            .expect_apply(&format!("{ACCOUNTS}/shop-collector"), "ServiceAccount")
+            .await
+            .expect_apply(&format!("{SERVICES}/shop-collector"), "Service")
+            .await
+            .expect(
+                "PATCH",
+                &format!("{DEPLOYMENTS}/shop-collector"),
+                |request, body| {
+                    assert_ssa(request);
+                    assert_eq!(body["kind"], "Deployment");
+                    let container = &body["spec"]["template"]["spec"]["containers"][0];
+                    assert_eq!(container["command"][0], frontends::COLLECTOR_BINARY);
+                    assert_eq!(container["image"], "registry.example.com/agg:test");
+                },
+                Value::Null,
+            )
+            .await
+            // The viewer was enabled before: its objects go.
+            .expect_children(STATEFULSETS, "StatefulSet", &["shop-aggregator"])
+            .await
+            .expect_children(
+                DEPLOYMENTS,
+                "Deployment",
+                &["shop-collector", "shop-viewer"],
+            )
+            .await
+            .expect_delete(&format!("{DEPLOYMENTS}/shop-viewer"))
+            .await
+            .expect_children(
+                SERVICES,
+                "Service",
+                &["shop-aggregator", "shop-collector", "shop-viewer"],
+            )
+            .await
+            .expect_delete(&format!("{SERVICES}/shop-viewer"))
+            .await
+            .expect_children(CONFIGMAPS, "ConfigMap", &["shop-aggregator"])
+            .await
+            .expect_children(
+                ACCOUNTS,
+                "ServiceAccount",
+                &["shop-aggregator", "shop-collector", "shop-viewer"],
+            )
+            .await
+            .expect_delete(&format!("{ACCOUNTS}/shop-viewer"))
+            .await
+            .expect(
+                "PATCH",
+                &format!("{PIPELINES}/shop/status"),
+                |_, body| {
+                    let status = &body["status"];
+                    let types: Vec<&str> = status["conditions"]
+                        .as_array()
+                        .expect("conditions")
+                        .iter()
+                        .filter_map(|c| c["type"].as_str())
+                        .collect();
+                    assert_eq!(
+                        types,
+                        [
+                            "Ready",
+                            "StreamReady",
+                            AGGREGATOR_CONDITION,
+                            COLLECTOR_CONDITION
+                        ]
+                    );
+                    assert_eq!(status["conditions"][0]["status"], "True");
+                    assert_eq!(status["resources"]["collectorService"], "shop-collector");
+                    assert!(status["resources"].get("viewerService").is_none());
                 },
                 reply,
             )

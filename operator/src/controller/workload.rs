@@ -1,15 +1,18 @@
-//! The aggregator workload a pipeline wants in Kubernetes, as pure functions.
+//! The aggregator workload a pipeline wants in Kubernetes, as pure functions, and the building
+//! blocks (labels, owner, restricted security contexts) that the collector and viewer share.
 //!
-//! With `spec.aggregation.engine: Deployment` a pipeline owns three objects, all named
+//! With `spec.aggregation.engine: Deployment` a pipeline owns four objects, all named
 //! `<name>-aggregator` and all owned by the custom resource (`controller: true`), so that
 //! Kubernetes' garbage collector removes them with it:
 //!
 //! * a ConfigMap with `aggregator.json`, the serialised [`AggregatorConfig`];
 //! * a ServiceAccount (annotated with `eks.amazonaws.com/role-arn` when the spec names a role);
+//! * a headless Service that gives every replica a stable DNS name, which the viewer's live mode
+//!   uses to ask each replica for the windows it holds open;
 //! * a StatefulSet: replicas split the shards by their stable ordinal (`POD_NAME` ends in it),
 //!   which a Deployment cannot give.
 //!
-//! With `ManagedFlink` none of them is wanted; [`desired`] returns an empty set and the controller
+//! With `ManagedFlink` none of them is wanted; [`desired`] returns `None` and the controller
 //! deletes what is left by label.
 
 use std::collections::BTreeMap;
@@ -22,7 +25,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecurityContext, ServiceAccount, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,6 +49,10 @@ pub const RUN_AS_USER: i64 = 65532;
 /// The annotation IRSA reads.
 pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 
+/// Where the image keeps the aggregator binary (one image holds every binary; its entrypoint is
+/// the operator).
+pub const AGGREGATOR_BINARY: &str = "/usr/local/bin/clickheatmap-aggregator";
+
 /// The pod-template annotation that holds a hash of `aggregator.json`.
 pub const CONFIG_HASH_ANNOTATION: &str = "clickheatmap.io/config-hash";
 
@@ -61,20 +69,29 @@ fn fnv1a_hex(bytes: &[u8]) -> String {
 pub struct Workload {
     pub config_map: ConfigMap,
     pub service_account: ServiceAccount,
+    pub service: Service,
     pub stateful_set: StatefulSet,
 }
 
 /// The name of every aggregator object of a pipeline.
 pub fn aggregator_name(pipeline_name: &str) -> String {
-    format!("{pipeline_name}-aggregator")
+    format!("{pipeline_name}-{AGGREGATOR}")
 }
+
+/// The component name of the aggregator (label value and name suffix).
+pub const AGGREGATOR: &str = "aggregator";
 
 /// The labels of every aggregator object (and its pods).
 pub fn labels(pipeline_name: &str) -> BTreeMap<String, String> {
+    component_labels(pipeline_name, AGGREGATOR)
+}
+
+/// The labels of every object of one component (`aggregator`, `collector`, `viewer`).
+pub fn component_labels(pipeline_name: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
-            "clickheatmap-aggregator".to_owned(),
+            format!("clickheatmap-{component}"),
         ),
         (
             "app.kubernetes.io/instance".to_owned(),
@@ -86,7 +103,7 @@ pub fn labels(pipeline_name: &str) -> BTreeMap<String, String> {
         ),
         (
             "app.kubernetes.io/component".to_owned(),
-            "aggregator".to_owned(),
+            component.to_owned(),
         ),
         (PIPELINE_LABEL.to_owned(), pipeline_name.to_owned()),
     ])
@@ -97,11 +114,12 @@ pub fn children_selector(pipeline_name: &str) -> String {
     format!("{PIPELINE_LABEL}={pipeline_name},app.kubernetes.io/managed-by={MANAGER}")
 }
 
-fn selector_labels(pipeline_name: &str) -> BTreeMap<String, String> {
+/// The labels a component's selectors match (a stable subset of [`component_labels`]).
+pub(crate) fn selector_labels(pipeline_name: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
-            "clickheatmap-aggregator".to_owned(),
+            format!("clickheatmap-{component}"),
         ),
         (PIPELINE_LABEL.to_owned(), pipeline_name.to_owned()),
     ])
@@ -114,24 +132,130 @@ pub fn owner_reference(pipeline: &ClickHeatmapPipeline) -> Result<OwnerReference
     })
 }
 
+/// The pipeline's name, which every child's name starts with.
+pub(crate) fn pipeline_name(pipeline: &ClickHeatmapPipeline) -> Result<String, Error> {
+    pipeline
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| Error::InvalidSpec("the pipeline has no metadata.name".to_owned()))
+}
+
+/// Metadata of the child `<pipeline>-<component>`: labels, namespace, owner.
+pub(crate) fn child_metadata(
+    pipeline: &ClickHeatmapPipeline,
+    owner: &OwnerReference,
+    component: &str,
+    annotations: Option<BTreeMap<String, String>>,
+) -> Result<ObjectMeta, Error> {
+    let name = pipeline_name(pipeline)?;
+    Ok(ObjectMeta {
+        name: Some(format!("{name}-{component}")),
+        namespace: pipeline.metadata.namespace.clone(),
+        labels: Some(component_labels(&name, component)),
+        annotations,
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    })
+}
+
 fn metadata(
     pipeline: &ClickHeatmapPipeline,
     owner: &OwnerReference,
     annotations: Option<BTreeMap<String, String>>,
 ) -> Result<ObjectMeta, Error> {
-    let name = pipeline
-        .metadata
-        .name
-        .as_deref()
-        .ok_or_else(|| Error::InvalidSpec("the pipeline has no metadata.name".to_owned()))?;
-    Ok(ObjectMeta {
-        name: Some(aggregator_name(name)),
-        namespace: pipeline.metadata.namespace.clone(),
-        labels: Some(labels(name)),
-        annotations,
-        owner_references: Some(vec![owner.clone()]),
-        ..ObjectMeta::default()
+    child_metadata(pipeline, owner, AGGREGATOR, annotations)
+}
+
+/// A component's ServiceAccount, annotated for IRSA when a role is given.
+pub(crate) fn service_account(
+    pipeline: &ClickHeatmapPipeline,
+    owner: &OwnerReference,
+    component: &str,
+    role_arn: Option<&String>,
+) -> Result<ServiceAccount, Error> {
+    let annotations =
+        role_arn.map(|arn| BTreeMap::from([(ROLE_ARN_ANNOTATION.to_owned(), arn.clone())]));
+    Ok(ServiceAccount {
+        metadata: child_metadata(pipeline, owner, component, annotations)?,
+        ..ServiceAccount::default()
     })
+}
+
+/// The restricted Pod Security Standard for a container: non-root, read-only root filesystem,
+/// no privilege escalation, no capabilities, RuntimeDefault seccomp.
+pub(crate) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The restricted Pod Security Standard for a pod.
+pub(crate) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// An HTTP GET probe on a named container port.
+pub(crate) fn http_probe(port: &str, path: &str, initial_delay_seconds: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay_seconds),
+        period_seconds: Some(10),
+        ..Probe::default()
+    }
+}
+
+/// A named TCP container port.
+pub(crate) fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+/// A plain environment variable.
+pub(crate) fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// The DNS name of aggregator replica `ordinal` through the headless Service.
+pub fn aggregator_pod_host(pipeline_name: &str, namespace: &str, ordinal: i32) -> String {
+    let aggregator = aggregator_name(pipeline_name);
+    format!("{aggregator}-{ordinal}.{aggregator}.{namespace}.svc")
 }
 
 fn to_u16(value: i32, field: &str) -> Result<u16, Error> {
@@ -201,11 +325,7 @@ pub fn desired(
     if pipeline.spec.aggregation.engine != AggregationEngine::Deployment {
         return Ok(None);
     }
-    let name = pipeline
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| Error::InvalidSpec("the pipeline has no metadata.name".to_owned()))?;
+    let name = pipeline_name(pipeline)?;
     let owner = owner_reference(pipeline)?;
     let config = aggregator_config(pipeline)?;
     let json = serde_json::to_string_pretty(&config)
@@ -218,15 +338,29 @@ pub fn desired(
         ..ConfigMap::default()
     };
 
-    let annotations = pipeline
-        .spec
-        .aggregation
-        .service_account_role_arn
-        .as_ref()
-        .map(|arn| BTreeMap::from([(ROLE_ARN_ANNOTATION.to_owned(), arn.clone())]));
-    let service_account = ServiceAccount {
-        metadata: metadata(pipeline, &owner, annotations)?,
-        ..ServiceAccount::default()
+    let service_account = service_account(
+        pipeline,
+        &owner,
+        AGGREGATOR,
+        pipeline.spec.aggregation.service_account_role_arn.as_ref(),
+    )?;
+    let service = Service {
+        metadata: metadata(pipeline, &owner, None)?,
+        spec: Some(ServiceSpec {
+            // Headless: one DNS name per replica, no load balancing (each holds other shards).
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(&name, AGGREGATOR)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".to_owned()),
+                port: METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     };
 
     let image = pipeline
@@ -235,19 +369,10 @@ pub fn desired(
         .image
         .clone()
         .unwrap_or_else(|| default_image.to_owned());
-    let probe = |path: &str, initial: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String("metrics".to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        initial_delay_seconds: Some(initial),
-        period_seconds: Some(10),
-        ..Probe::default()
-    };
     let container = Container {
-        name: "aggregator".to_owned(),
+        name: AGGREGATOR.to_owned(),
         image: Some(image),
+        command: Some(vec![AGGREGATOR_BINARY.to_owned()]),
         args: Some(vec![
             "run".to_owned(),
             "--config".to_owned(),
@@ -265,38 +390,14 @@ pub fn desired(
                 }),
                 ..EnvVar::default()
             },
-            EnvVar {
-                name: "AWS_REGION".to_owned(),
-                value: Some(pipeline.spec.region.clone()),
-                ..EnvVar::default()
-            },
+            env("AWS_REGION", pipeline.spec.region.clone()),
+            env("CLICKHEATMAP_LOG_FORMAT", "json"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("metrics".to_owned()),
-            container_port: METRICS_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        liveness_probe: Some(probe("/healthz", 10)),
-        readiness_probe: Some(probe("/readyz", 5)),
+        ports: Some(vec![container_port("metrics", METRICS_PORT)]),
+        liveness_probe: Some(http_probe("metrics", "/healthz", 10)),
+        readiness_probe: Some(http_probe("metrics", "/readyz", 5)),
         resources: pipeline.spec.aggregation.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_owned(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![VolumeMount {
             name: "config".to_owned(),
             mount_path: CONFIG_DIR.to_owned(),
@@ -310,11 +411,11 @@ pub fn desired(
         metadata: metadata(pipeline, &owner, None)?,
         spec: Some(StatefulSetSpec {
             replicas: Some(pipeline.spec.aggregation.replicas.max(1)),
-            // Names the governing Service for pod DNS; the pods need none, so it is not created.
+            // The headless Service above: stable DNS names for the live endpoint.
             service_name: Some(aggregator.clone()),
             pod_management_policy: Some("Parallel".to_owned()),
             selector: LabelSelector {
-                match_labels: Some(selector_labels(&name)),
+                match_labels: Some(selector_labels(&name, AGGREGATOR)),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
@@ -330,17 +431,7 @@ pub fn desired(
                 spec: Some(PodSpec {
                     service_account_name: Some(aggregator.clone()),
                     automount_service_account_token: Some(true),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS_USER),
-                        run_as_group: Some(RUN_AS_USER),
-                        fs_group: Some(RUN_AS_USER),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     containers: vec![container],
                     volumes: Some(vec![Volume {
                         name: "config".to_owned(),
@@ -360,6 +451,7 @@ pub fn desired(
     Ok(Some(Workload {
         config_map,
         service_account,
+        service,
         stateful_set,
     }))
 }
