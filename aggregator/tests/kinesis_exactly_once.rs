@@ -190,18 +190,48 @@ fn start_replica(moto: &MotoServer, config: &std::path::Path, index: Option<u32>
 }
 
 async fn scrape(port: u16) -> String {
+    get(port, "/metrics").await.unwrap()
+}
+
+/// A GET on the aggregator's port; the whole response (head and body), or `None` when nothing
+/// listens yet.
+async fn get(port: u16, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
         let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
+        stream.read_to_string(&mut text).ok()?;
+        Some(text)
     })
     .await
     .unwrap()
+}
+
+/// The cells of `/v1/live?page=` as `(x, y) -> clicks` (empty while the replica is not up).
+async fn live_cells(port: u16, page: &str) -> BTreeMap<(i64, i64), i64> {
+    let Some(response) = get(port, &format!("/v1/live?page={page}")).await else {
+        return BTreeMap::new();
+    };
+    let Some((_, body)) = response.split_once("\r\n\r\n") else {
+        return BTreeMap::new();
+    };
+    let Ok(view) = serde_json::from_str::<serde_json::Value>(body) else {
+        return BTreeMap::new();
+    };
+    view["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|cell| Some(((cell[0].as_i64()?, cell[1].as_i64()?), cell[2].as_i64()?)))
+        .collect()
+}
+
+fn add_cells(total: &mut BTreeMap<(i64, i64), i64>, cells: BTreeMap<(i64, i64), i64>) {
+    for (cell, clicks) in cells {
+        *total.entry(cell).or_insert(0) += clicks;
+    }
 }
 
 /// The shards a running aggregator reads, from its per-shard gauge.
@@ -257,9 +287,20 @@ fn terminate(child: &mut Child) {
 }
 
 fn write_config(path: &std::path::Path, metrics_port: u16, max_records: u32, replicas: u32) {
+    write_config_with_window(path, metrics_port, max_records, replicas, "1m");
+}
+
+fn write_config_with_window(
+    path: &std::path::Path,
+    metrics_port: u16,
+    max_records: u32,
+    replicas: u32,
+    window: &str,
+) {
     std::fs::write(
         path,
         serde_json::json!({
+            "window": { "size": window },
             "writerId": "agg",
             "source": {
                 "type": "kinesis",
@@ -374,4 +415,104 @@ async fn two_replicas_split_the_shards() {
         terminate(child);
     }
     assert_eq!(curated_sums(&store).await, expected);
+}
+
+/// The live endpoint of two replicas: each shows the open windows of the shards it reads, their
+/// sum is every click not yet written, and a replica stopped with SIGTERM shows its windows
+/// again after a restart (restored from its checkpoint), without having written them as final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_endpoints_show_every_open_click_across_replicas_and_restarts() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let client = kinesis_client(&moto);
+    client
+        .create_stream()
+        .stream_name(STREAM)
+        .shard_count(4)
+        .send()
+        .await
+        .unwrap();
+    // Day-long windows, and every click in the middle of tomorrow's: nothing closes during the
+    // test, whatever the time of day.
+    const DAY: i64 = 86_400_000;
+    let noon_tomorrow = now_ms() - now_ms().rem_euclid(DAY) + DAY + DAY / 2;
+    let mut expected: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    let mut entries = Vec::new();
+    let mut rng = Rng::new(11);
+    for index in 0..300 {
+        let (x, y) = (rng.below(1000), rng.below(500));
+        *expected.entry((x as i64 / 50, y as i64 / 25)).or_insert(0) += 1;
+        let event = serde_json::json!({
+            "event_type": "click", "page_id": "live-page", "x": x, "y": y,
+            "viewport_width": 1000, "viewport_height": 500,
+            "event_time_ms": noon_tomorrow + index,
+        });
+        entries.push(
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(event.to_string()))
+                .partition_key(format!("key-{index}"))
+                .build()
+                .unwrap(),
+        );
+    }
+    let output = client
+        .put_records()
+        .stream_name(STREAM)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.failed_record_count(), Some(0));
+
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let paths: Vec<_> = (0..2)
+        .map(|index| dir.path().join(format!("replica-{index}.json")))
+        .collect();
+    let mut children: Vec<Child> = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        write_config_with_window(&paths[index], *port, 100, 2, "1d");
+        children.push(start_replica(&moto, &paths[index], Some(index as u32)));
+    }
+
+    let wait_for_live = |expected: BTreeMap<(i64, i64), i64>| async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let first = live_cells(ports[0], "live-page").await;
+            let second = live_cells(ports[1], "live-page").await;
+            let mut total = BTreeMap::new();
+            add_cells(&mut total, first.clone());
+            add_cells(&mut total, second.clone());
+            if total == expected {
+                return (first, second);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "live cells {total:?} never reached {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let (first, second) = wait_for_live(expected.clone()).await;
+    // Each replica shows only its own shards' clicks.
+    let clicks = |cells: &BTreeMap<(i64, i64), i64>| cells.values().sum::<i64>();
+    assert!(
+        clicks(&first) > 0 && clicks(&second) > 0,
+        "{first:?} {second:?}"
+    );
+    assert_eq!(clicks(&first) + clicks(&second), 300);
+    assert!(live_cells(ports[0], "another-page").await.is_empty());
+
+    // A graceful stop checkpoints the open windows; the restarted replica shows them again.
+    terminate(&mut children[1]);
+    children[1] = start_replica(&moto, &paths[1], Some(1));
+    wait_for_live(expected).await;
+    let store = s3(&moto);
+    assert!(
+        curated_sums(&store).await.is_empty(),
+        "open windows were written as final"
+    );
+    for child in &mut children {
+        terminate(child);
+    }
 }

@@ -538,7 +538,8 @@
 
   // ---------------------------------------------------------------------------------------
   // Live mode: poll the aggregator's open windows every second and add them on top; re-run the
-  // stored query now and then so windows that closed (and left the live feed) are counted.
+  // stored query as soon as a window leaves the live feed (and now and then anyway, for clicks
+  // other aggregator replicas or a backfill wrote).
   // ---------------------------------------------------------------------------------------
   async function pollLive() {
     if (!state.liveOn || state.liveInFlight || !state.page) return;
@@ -547,6 +548,13 @@
     try {
       const snapshot = await api(`api/live?page=${encodeURIComponent(page)}`);
       if (page !== state.page || !state.liveOn) return;
+      if (state.live && state.range !== 'custom' && liveShrank(state.live, snapshot)) {
+        // A window closed: its clicks left the live feed because they are in the table now
+        // (the aggregator writes before it forgets). Re-read the table before showing the
+        // smaller live counts, so the total never dips.
+        await loadHeatmap({ quiet: true });
+        if (page !== state.page || !state.liveOn) return;
+      }
       state.live = snapshot;
       state.liveError = '';
     } catch (error) {
@@ -555,6 +563,13 @@
       state.liveInFlight = false;
     }
     draw();
+  }
+
+  // Whether some cell of `before` has fewer clicks (or none) in `after`.
+  function liveShrank(before, after) {
+    if (before.columns !== after.columns || before.rows !== after.rows) return false;
+    const now = new Map(after.cells.map(([x, y, clicks]) => [`${x},${y}`, clicks]));
+    return before.cells.some(([x, y, clicks]) => (now.get(`${x},${y}`) || 0) < clicks);
   }
 
   function setLive(on) {
