@@ -14,12 +14,20 @@ use axum::routing::get;
 
 use super::ControllerError;
 
+/// Upper bounds (seconds) of the reconcile duration histogram: a resync that makes only reads
+/// takes tens of milliseconds; creating a stream or waiting on AWS takes seconds.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The controller's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
     reconciles_ok: AtomicU64,
     reconciles_failed: AtomicU64,
     duration_micros: AtomicU64,
+    /// Reconciles per bucket of [`DURATION_BUCKETS`] (not cumulative; the last is +Inf).
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     errors: Mutex<BTreeMap<&'static str, u64>>,
     ready: AtomicBool,
 }
@@ -34,6 +42,12 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.duration_micros.fetch_add(micros, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn observe_error(&self, label: &'static str) {
@@ -63,8 +77,22 @@ impl Metrics {
              clickheatmap_operator_reconciles_total{{result=\"ok\"}} {ok}\n\
              clickheatmap_operator_reconciles_total{{result=\"error\"}} {failed}\n\
              # HELP clickheatmap_operator_reconcile_duration_seconds Time spent reconciling.\n\
-             # TYPE clickheatmap_operator_reconcile_duration_seconds summary\n\
-             clickheatmap_operator_reconcile_duration_seconds_sum {seconds}\n\
+             # TYPE clickheatmap_operator_reconcile_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (index, count) in self.duration_buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let bound = DURATION_BUCKETS
+                .get(index)
+                .map_or_else(|| "+Inf".to_owned(), |bound| bound.to_string());
+            let _ = writeln!(
+                text,
+                "clickheatmap_operator_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "clickheatmap_operator_reconcile_duration_seconds_sum {seconds}\n\
              clickheatmap_operator_reconcile_duration_seconds_count {}\n\
              # HELP clickheatmap_operator_reconcile_errors_total Reconcile errors by class.\n\
              # TYPE clickheatmap_operator_reconcile_errors_total counter",
@@ -122,10 +150,25 @@ mod tests {
         let metrics = Metrics::default();
         metrics.observe_reconcile(Duration::from_millis(500), true);
         metrics.observe_reconcile(Duration::from_millis(500), false);
+        metrics.observe_reconcile(Duration::from_millis(3), true);
+        metrics.observe_reconcile(Duration::from_secs(60), true);
         metrics.observe_error("throttled");
         let text = metrics.render();
-        assert!(text.contains("clickheatmap_operator_reconciles_total{result=\"ok\"} 1"));
-        assert!(text.contains("clickheatmap_operator_reconcile_duration_seconds_count 2"));
+        assert!(text.contains("# TYPE clickheatmap_operator_reconcile_duration_seconds histogram"));
+        for (bound, count) in [
+            ("0.005", 1),
+            ("0.25", 1),
+            ("0.5", 3),
+            ("10", 3),
+            ("+Inf", 4),
+        ] {
+            let line = format!(
+                "clickheatmap_operator_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(text.contains("clickheatmap_operator_reconcile_duration_seconds_count 4"));
+        assert!(text.contains("clickheatmap_operator_reconciles_total{result=\"ok\"} 3"));
         assert!(
             text.contains("clickheatmap_operator_reconcile_errors_total{error=\"throttled\"} 1")
         );
