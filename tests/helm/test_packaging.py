@@ -291,9 +291,7 @@ def test_operator_pass_role_is_limited_to_the_spec_roles_and_their_services():
 def test_aggregator_policy_reads_the_stream_and_writes_only_its_prefixes():
     document = iam_documents()["aggregator-policy.json"]
     assert actions_of(document) == {
-        "kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator",
-        "kinesis:GetRecords", "kinesis:SubscribeToShard", "kinesis:DescribeStreamConsumer",
-        "kinesis:RegisterStreamConsumer",
+        "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
     }
     for statement in document["Statement"]:
