@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clickheatmap_crds::{AggregatorConfig, KinesisSourceConfig, ReplicasConfig};
+use clickheatmap_crds::{AggregatorConfig, KinesisSourceConfig, ReplicasConfig, ShardAssignment};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -21,6 +21,7 @@ use crate::checkpoint::{
     CHECKPOINT_VERSION, CheckpointError, CheckpointStore, FlushIntent, ShardCheckpoint,
 };
 use crate::kinesis::{KinesisError, KinesisSource, ReadFrom, ShardInfo, ShardRecord};
+use crate::lease::ShardLeases;
 use crate::live::LiveBoard;
 use crate::location::{Location, LocationError};
 use crate::metrics::{Metrics, ShardGauges};
@@ -47,6 +48,8 @@ pub struct Targets {
     pub output: Location,
     pub dead_letters: Option<Location>,
     pub checkpoints: CheckpointStore,
+    /// The stream's folder in the checkpoint location, where shard leases live.
+    pub coordination: Location,
 }
 
 impl Targets {
@@ -68,10 +71,15 @@ impl Targets {
                 prefix: output.child("_checkpoints"),
             },
         };
+        let coordination = Location {
+            store: checkpoints.store.clone(),
+            prefix: checkpoints.child(stream),
+        };
         Ok(Targets {
             output,
             dead_letters,
             checkpoints: CheckpointStore::new(checkpoints, stream),
+            coordination,
         })
     }
 }
@@ -541,11 +549,30 @@ pub async fn consume_from(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let targets = Targets::open(config, source.stream())?;
+    let mut leases = match config.replicas.assignment {
+        ShardAssignment::Ordinal => None,
+        ShardAssignment::Leases => {
+            let holder = replica_identity(&config.writer_id);
+            tracing::info!(%holder, "splitting shards by leases");
+            Some(ShardLeases::new(
+                &targets.coordination,
+                &holder,
+                i64::try_from(config.replicas.lease_duration.as_millis()).unwrap_or(i64::MAX),
+            ))
+        }
+    };
+    let mut tick = settings.shard_discovery_interval.as_std();
+    if leases.is_some() {
+        tick = tick.min(config.replicas.lease_duration.as_std() / 3);
+    }
+    let tick_ms = i64::try_from(tick.as_millis()).unwrap_or(i64::MAX);
     let mut tasks: JoinSet<(String, Result<ShardOutcome, ConsumerError>)> = JoinSet::new();
-    let mut running: BTreeSet<String> = BTreeSet::new();
+    // Each running shard's own stop switch (a shard can be handed to another replica).
+    let mut running: BTreeMap<String, watch::Sender<bool>> = BTreeMap::new();
     let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut releasing: BTreeSet<String> = BTreeSet::new();
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut discovery = tokio::time::interval(settings.shard_discovery_interval.as_std());
+    let mut discovery = tokio::time::interval(tick);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -555,28 +582,40 @@ pub async fn consume_from(
                     Ok((shard_id, outcome)) => {
                         running.remove(&shard_id);
                         match outcome {
-                            Ok(ShardOutcome::Finished) => { finished.insert(shard_id); }
+                            Ok(ShardOutcome::Finished) => { finished.insert(shard_id.clone()); }
                             Ok(ShardOutcome::Stopped) => {}
                             Err(err) => {
                                 tracing::error!(shard = %shard_id, error = %err, "shard task failed; restarting it from its checkpoint");
-                                retry_at.insert(shard_id, Instant::now() + backoff.next_delay());
+                                retry_at.insert(shard_id.clone(), Instant::now() + backoff.next_delay());
                             }
+                        }
+                        if releasing.remove(&shard_id)
+                            && let Some(leases) = leases.as_mut()
+                            && let Err(err) = leases.release(&shard_id).await
+                        {
+                            // It expires by itself; another replica then takes it.
+                            tracing::warn!(shard = %shard_id, error = %err, "giving the lease back failed");
                         }
                     }
                     Err(err) => tracing::error!(error = %err, "a shard task panicked"),
                 }
                 if *stop.borrow() && tasks.is_empty() {
+                    resign(&mut leases).await;
                     return Ok(());
                 }
             }
             _ = stop.changed() => {
                 if *stop.borrow() {
                     tracing::info!(shards = running.len(), "stopping: checkpointing every shard");
+                    for switch in running.values() {
+                        switch.send_replace(true);
+                    }
                     while let Some(joined) = tasks.join_next().await {
                         if let Ok((shard_id, Err(err))) = joined {
                             tracing::error!(shard = %shard_id, error = %err, "checkpoint at shutdown failed; the last committed one stands");
                         }
                     }
+                    resign(&mut leases).await;
                     return Ok(());
                 }
             }
@@ -592,13 +631,16 @@ pub async fn consume_from(
             Err(err) => {
                 metrics.source_error();
                 tracing::warn!(error = %err, "listing shards failed; retrying at the next tick");
+                if let Some(leases) = leases.as_mut() {
+                    stop_fenced(leases, now_ms(), tick_ms, &running, &mut releasing);
+                }
                 continue;
             }
         };
         // A parent read by another replica counts as finished once its checkpoint says so.
         for shard in &shards {
             if !finished.contains(&shard.shard_id)
-                && !owns_shard(&shard.shard_id, config.replicas)
+                && !running.contains_key(&shard.shard_id)
                 && shards
                     .iter()
                     .any(|child| child.parents().any(|p| p == shard.shard_id))
@@ -607,43 +649,131 @@ pub async fn consume_from(
                 finished.insert(shard.shard_id.clone());
             }
         }
+        let running_ids: BTreeSet<String> = running.keys().cloned().collect();
+        let startable = startable_shards(&shards, &running_ids, &finished);
+        // What this replica should be reading now.
+        let wanted: BTreeSet<String> = match leases.as_mut() {
+            None => startable
+                .iter()
+                .filter(|shard| owns_shard(&shard.shard_id, config.replicas))
+                .map(|shard| shard.shard_id.clone())
+                .chain(running_ids.iter().cloned())
+                .collect(),
+            Some(leases) => {
+                let readable: Vec<String> = startable
+                    .iter()
+                    .map(|shard| shard.shard_id.clone())
+                    .chain(running_ids.iter().cloned())
+                    .collect();
+                match leases.tick(&readable, now_ms()).await {
+                    Ok(assignment) => {
+                        for shard_id in assignment.release {
+                            if running.contains_key(&shard_id) {
+                                // Given back once its reader has stopped and checkpointed.
+                                releasing.insert(shard_id);
+                            } else if let Err(err) = leases.release(&shard_id).await {
+                                tracing::warn!(shard = %shard_id, error = %err, "giving the lease back failed");
+                            }
+                        }
+                        assignment.owned
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "renewing shard leases failed; retrying at the next tick");
+                        stop_fenced(leases, now_ms(), tick_ms, &running, &mut releasing);
+                        running_ids.clone()
+                    }
+                }
+            }
+        };
+        // Shards this replica must let go of: stop their readers (they checkpoint first).
+        for (shard_id, switch) in &running {
+            if !wanted.contains(shard_id) || releasing.contains(shard_id) {
+                if !*switch.borrow() {
+                    tracing::info!(shard = %shard_id, "handing the shard over");
+                }
+                switch.send_replace(true);
+            }
+        }
         let now = Instant::now();
-        let startable: Vec<&ShardInfo> = startable_shards(&shards, &running, &finished)
-            .into_iter()
-            .filter(|shard| owns_shard(&shard.shard_id, config.replicas))
-            .collect();
         for shard in startable {
-            if retry_at.get(&shard.shard_id).is_some_and(|at| *at > now) {
+            let shard_id = &shard.shard_id;
+            if !wanted.contains(shard_id) || releasing.contains(shard_id) {
                 continue;
             }
-            retry_at.remove(&shard.shard_id);
+            if retry_at.get(shard_id).is_some_and(|at| *at > now) {
+                continue;
+            }
+            retry_at.remove(shard_id);
             let worker = match ShardWorker::recover(
                 config,
                 &targets,
                 source.stream(),
-                &shard.shard_id,
+                shard_id,
                 metrics.clone(),
             )
             .await
             {
                 Ok(worker) => worker,
                 Err(err) => {
-                    tracing::error!(shard = %shard.shard_id, error = %err, "recovering the shard failed; retrying later");
-                    retry_at.insert(shard.shard_id.clone(), now + backoff.next_delay());
+                    tracing::error!(shard = %shard_id, error = %err, "recovering the shard failed; retrying later");
+                    retry_at.insert(shard_id.clone(), now + backoff.next_delay());
                     continue;
                 }
             };
-            running.insert(shard.shard_id.clone());
+            let (switch, shard_stop) = watch::channel(false);
+            running.insert(shard_id.clone(), switch);
             tasks.spawn(run_shard(
                 worker,
                 source.clone(),
                 settings.clone(),
-                stop.clone(),
+                shard_stop,
                 metrics.clone(),
                 live.clone(),
             ));
         }
     }
+}
+
+/// Stops the readers of shards whose lease may expire before it can be renewed.
+fn stop_fenced(
+    leases: &mut ShardLeases,
+    now: i64,
+    tick_ms: i64,
+    running: &BTreeMap<String, watch::Sender<bool>>,
+    releasing: &mut BTreeSet<String>,
+) {
+    for shard_id in leases.fence(now, tick_ms) {
+        tracing::warn!(shard = %shard_id, "the lease could not be renewed in time; stopping the reader");
+        if let Some(switch) = running.get(&shard_id) {
+            switch.send_replace(true);
+        }
+        releasing.remove(&shard_id);
+    }
+}
+
+async fn resign(leases: &mut Option<ShardLeases>) {
+    if let Some(leases) = leases.as_mut()
+        && let Err(err) = leases.resign().await
+    {
+        tracing::warn!(error = %err, "giving the leases back at shutdown failed; they expire by themselves");
+    }
+}
+
+/// A name for this replica among the others: the pod name in Kubernetes, else host-less but
+/// unique enough for processes on one machine.
+pub fn replica_identity(writer_id: &str) -> String {
+    let raw = std::env::var("CLICKHEATMAP_REPLICA_ID")
+        .or_else(|_| std::env::var("POD_NAME"))
+        .unwrap_or_else(|_| format!("{writer_id}-{}-{}", std::process::id(), now_ms()));
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -813,7 +943,16 @@ mod tests {
             for n in 0..200 {
                 let shard = format!("shardId-{n:012}");
                 let owners = (0..count)
-                    .filter(|&index| owns_shard(&shard, ReplicasConfig { count, index }))
+                    .filter(|&index| {
+                        owns_shard(
+                            &shard,
+                            ReplicasConfig {
+                                count,
+                                index,
+                                ..ReplicasConfig::default()
+                            },
+                        )
+                    })
                     .count();
                 assert_eq!(owners, 1, "{shard} with {count} replicas");
             }

@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod event;
 pub mod grid;
 pub mod kinesis;
+pub mod lease;
 pub mod live;
 pub mod location;
 pub mod metrics;

@@ -79,7 +79,10 @@ impl Location {
                 location: location.to_owned(),
             });
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // Conditional writes (If-Match) for shard leases; S3 has them natively.
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
         // A plain-HTTP endpoint is an emulator or an on-premises S3; allow what was asked for.
         let plain_http = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()

@@ -516,3 +516,144 @@ async fn live_endpoints_show_every_open_click_across_replicas_and_restarts() {
         terminate(child);
     }
 }
+
+/// Shard leases in S3 (conditional writes on moto): one replica takes every shard; a second one
+/// joins and receives half; the first is killed with SIGKILL and the second takes its shards
+/// over once their leases expire. The curated table holds exactly the input in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_move_shards_when_a_replica_joins_or_dies() {
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    let client = kinesis_client(&moto);
+    client
+        .create_stream()
+        .stream_name(STREAM)
+        .shard_count(4)
+        .send()
+        .await
+        .unwrap();
+    let (mut expected, _) = fill_stream(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let start = |index: usize| {
+        let path = dir.path().join(format!("replica-{index}.json"));
+        write_config(&path, ports[index], 100, 1);
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["replicas"] = serde_json::json!({ "assignment": "leases", "leaseDuration": "3s" });
+        std::fs::write(&path, config.to_string()).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clickheatmap-aggregator"));
+        command
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&path)
+            .envs(moto.aws_env())
+            .env("CLICKHEATMAP_REPLICA_ID", format!("replica-{index}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("AGGREGATOR_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let shards_of = |index: usize| async move {
+        match get(ports[index], "/metrics").await {
+            Some(metrics) => shards_in(&metrics),
+            None => BTreeSet::new(),
+        }
+    };
+    let wait_for = |what: &'static str, check: Box<SplitCheck>| async move {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (first, second) = (shards_of(0).await, shards_of(1).await);
+            if check(&first, &second) {
+                return (first, second);
+            }
+            if Instant::now() >= deadline {
+                for port in ports {
+                    eprintln!("{}", get(port, "/metrics").await.unwrap_or_default());
+                }
+                panic!("{what}: {first:?} / {second:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+
+    let mut first = KillOnDrop(start(0));
+    wait_for(
+        "one replica takes every shard",
+        Box::new(|a, _| a.len() == 4),
+    )
+    .await;
+    let mut second = KillOnDrop(start(1));
+    let (a, b) = wait_for(
+        "a second replica receives half",
+        Box::new(|a, b| a.len() == 2 && b.len() == 2 && a.is_disjoint(b)),
+    )
+    .await;
+    assert_eq!(a.union(&b).count(), 4);
+
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    // Fresh clicks after the death, for the survivor to count.
+    put_live_clicks(&client, 300, &mut expected).await;
+    wait_for(
+        "the survivor takes the dead replica's shards",
+        Box::new(|_, b| b.len() == 4),
+    )
+    .await;
+    let store = s3(&moto);
+    wait_for_sums(&store, &expected, std::slice::from_mut(&mut second.0)).await;
+    terminate(&mut second.0);
+    assert_eq!(curated_sums(&store).await, expected);
+}
+
+/// A condition on the shards two replicas read.
+type SplitCheck = dyn Fn(&BTreeSet<String>, &BTreeSet<String>) -> bool + Send;
+
+/// Puts `count` clicks stamped like live traffic (the last second), one per record, and adds them
+/// to `expected` (one-minute windows, the 20×20 grid).
+async fn put_live_clicks(client: &aws_sdk_kinesis::Client, count: u32, expected: &mut Sums) {
+    let mut rng = Rng::new(now_ms() as u64);
+    let start = now_ms() - 1_000;
+    let mut entries = Vec::new();
+    for index in 0..count {
+        let (x, y) = (rng.below(1000) as u32, rng.below(500) as u32);
+        let time = start + i64::from(index);
+        let (gx, gy) = cell(f64::from(x), f64::from(y), 1000, 500);
+        *expected
+            .entry(("after".to_owned(), time - time.rem_euclid(60_000), gx, gy))
+            .or_insert(0) += 1;
+        let event = serde_json::json!({
+            "event_type": "click", "page_id": "after", "x": x, "y": y,
+            "viewport_width": 1000, "viewport_height": 500, "event_time_ms": time,
+        });
+        entries.push(
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(event.to_string()))
+                .partition_key(format!("after-{index}"))
+                .build()
+                .unwrap(),
+        );
+    }
+    let output = client
+        .put_records()
+        .stream_name(STREAM)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.failed_record_count(), Some(0));
+}
+
+/// Kills the process when dropped (a failed assertion must not leave it running).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

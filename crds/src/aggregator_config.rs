@@ -37,8 +37,16 @@ pub struct AggregatorConfig {
     pub replicas: ReplicasConfig,
 }
 
-/// Stable-ordinal scale-out (a StatefulSet): replica `index` of `count` reads the shards whose
-/// stable hash modulo `count` is `index`. With one replica it reads every shard.
+/// How replicas split the shards.
+///
+/// * `ordinal` (default): replica `index` of `count` reads the shards whose stable hash modulo
+///   `count` is `index` — no coordination, but a dead replica's shards wait for it to come back.
+/// * `leases`: replicas take leases on shards in the checkpoint store (conditional writes) and
+///   share them evenly among the replicas alive; a dead replica's shards are taken over once its
+///   leases expire, and a new replica receives its share from the others. `count` and `index` are
+///   not used.
+///
+/// With one replica it reads every shard either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReplicasConfig {
@@ -47,6 +55,20 @@ pub struct ReplicasConfig {
     /// This replica's ordinal; usually set per pod from the environment rather than here.
     #[serde(default)]
     pub index: u32,
+    #[serde(default)]
+    pub assignment: ShardAssignment,
+    /// How long a shard lease lasts without renewal (`leases`); renewed every third of it.
+    #[serde(default = "default_lease_duration")]
+    pub lease_duration: Duration,
+}
+
+/// How replicas split the shards (see [`ReplicasConfig`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ShardAssignment {
+    #[default]
+    Ordinal,
+    Leases,
 }
 
 impl Default for ReplicasConfig {
@@ -54,8 +76,14 @@ impl Default for ReplicasConfig {
         ReplicasConfig {
             count: default_replica_count(),
             index: 0,
+            assignment: ShardAssignment::default(),
+            lease_duration: default_lease_duration(),
         }
     }
+}
+
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_replica_count() -> u32 {
@@ -439,6 +467,11 @@ impl AggregatorConfig {
                 ),
             ));
         }
+        if self.replicas.assignment == ShardAssignment::Leases
+            && self.replicas.lease_duration.as_millis() < 3000
+        {
+            return Err(invalid("replicas.leaseDuration", "must be at least 3s"));
+        }
         if self.checkpoint.interval.as_millis() < 1000 {
             return Err(invalid("checkpoint.interval", "must be at least 1s"));
         }
@@ -496,7 +529,11 @@ mod tests {
             limits: LimitsConfig::default(),
             checkpoint: CheckpointConfig::default(),
             metrics_address: "0.0.0.0:9090".into(),
-            replicas: ReplicasConfig { count: 3, index: 2 },
+            replicas: ReplicasConfig {
+                count: 3,
+                index: 2,
+                ..ReplicasConfig::default()
+            },
         };
         let text = serde_json::to_string(&config).unwrap();
         assert!(text.contains(r#""size":"5m""#), "{text}");
@@ -542,6 +579,10 @@ mod tests {
             (r#"{"metricsAddress":"nowhere"}"#, "metricsAddress"),
             (r#"{"replicas":{"count":2,"index":2}}"#, "replicas"),
             (r#"{"replicas":{"count":0}}"#, "replicas"),
+            (
+                r#"{"replicas":{"assignment":"leases","leaseDuration":"1s"}}"#,
+                "replicas.leaseDuration",
+            ),
         ] {
             match AggregatorConfig::from_json(doc) {
                 Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field, "{doc}"),

@@ -24,7 +24,7 @@ pub mod pipeline;
 
 pub use aggregator_config::{
     AggregatorConfig, CheckpointConfig, ConfigError, GridConfig, KinesisSourceConfig, LimitsConfig,
-    OutputConfig, ReplicasConfig, SourceConfig, StartPosition, WindowConfig,
+    OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig, StartPosition, WindowConfig,
 };
 pub use duration::{Duration, DurationParseError};
 #[cfg(feature = "resource")]

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use clickheatmap_crds::{
     AggregationEngine, AggregatorConfig, ClickHeatmapPipeline, Duration, GridConfig,
-    KinesisSourceConfig, OutputConfig, ReplicasConfig, SourceConfig, WindowConfig,
+    KinesisSourceConfig, OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig, WindowConfig,
 };
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -306,9 +306,13 @@ pub fn aggregator_config(pipeline: &ClickHeatmapPipeline) -> Result<AggregatorCo
         limits: defaults.limits,
         checkpoint: defaults.checkpoint,
         metrics_address: format!("0.0.0.0:{METRICS_PORT}"),
+        // Leases: a replica that dies has its shards taken over by the others within
+        // `leaseDuration`, instead of waiting for its pod to come back.
         replicas: ReplicasConfig {
             count: replicas.max(1),
             index: 0,
+            assignment: ShardAssignment::Leases,
+            ..ReplicasConfig::default()
         },
     };
     config
