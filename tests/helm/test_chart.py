@@ -28,7 +28,6 @@ RECONCILE_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"},
 }
 
 LEASE_NAME = "clickheatmap-operator"

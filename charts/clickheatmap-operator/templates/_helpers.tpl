@@ -140,8 +140,4 @@ namespace). Exactly the API calls the operator makes; no wildcards. It creates n
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# Shard leases of the aggregators of the pipelines in this scope.
-- apiGroups: ["coordination.k8s.io"]
-  resources: ["leases"]
-  verbs: ["get", "list", "watch", "create", "update", "patch"]
 {{- end }}
