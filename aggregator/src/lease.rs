@@ -274,7 +274,8 @@ impl ShardLeases {
     /// Held shards whose lease could expire before the next tick renews it (the store has not
     /// answered for a while): their readers must stop now. They are no longer held.
     pub fn fence(&mut self, now_ms: i64, tick_ms: i64) -> Vec<String> {
-        let margin = self.duration_ms - tick_ms.saturating_mul(2);
+        // Stop while a full tick is still left before the lease can expire.
+        let margin = self.duration_ms - tick_ms;
         let fenced: Vec<String> = self
             .held
             .iter()
@@ -335,6 +336,19 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn held_leases_are_fenced_a_tick_before_they_could_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let mut leases = ShardLeases::new(&location, "a", 3_000);
+        leases.held.insert("s1".to_owned(), 10_000);
+        leases.held.insert("s2".to_owned(), 11_000);
+        assert!(leases.fence(11_999, 1_000).is_empty());
+        assert_eq!(leases.fence(12_000, 1_000), vec!["s1".to_owned()]);
+        assert_eq!(leases.fence(13_500, 1_000), vec!["s2".to_owned()]);
+        assert!(leases.held.is_empty());
     }
 
     #[test]
