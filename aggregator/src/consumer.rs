@@ -97,6 +97,8 @@ pub struct ShardWorker {
     committed_position: Option<String>,
     finished: bool,
     last_commit: Instant,
+    /// When the live board last got this shard's cells, and the flush count then.
+    live_published: Option<(Instant, u64)>,
     checkpoint_interval: Duration,
     /// A flush whose files are not all written yet; retried as it is.
     pending: Option<(Flush, FlushPlan)>,
@@ -164,6 +166,7 @@ impl ShardWorker {
             position,
             finished,
             last_commit: Instant::now(),
+            live_published: None,
             checkpoint_interval: config.checkpoint.interval.as_std(),
             pending: None,
             published,
@@ -195,9 +198,19 @@ impl ShardWorker {
         self.published = counters;
     }
 
-    /// Shows the shard's open windows on the live endpoint.
-    pub fn publish_live(&self, board: &LiveBoard) {
-        board.publish(&self.shard_id, &self.aggregator);
+    /// Shows the shard's open windows on the live endpoint: right after a flush (so written
+    /// windows leave the board as they land in the table), otherwise at most every
+    /// [`LIVE_PUBLISH_INTERVAL`] — summing the open cells is not free with many pages.
+    pub fn publish_live(&mut self, board: &LiveBoard) {
+        let flushes = self.sink.flush_sequence();
+        let due = match self.live_published {
+            None => true,
+            Some((at, seen)) => seen != flushes || at.elapsed() >= LIVE_PUBLISH_INTERVAL,
+        };
+        if due {
+            board.publish(&self.shard_id, &self.aggregator);
+            self.live_published = Some((Instant::now(), flushes));
+        }
     }
 
     /// The shard is caught up and quiet: nothing older than `time_ms` is expected any more.
@@ -365,6 +378,10 @@ pub async fn run_shard(
     live.remove(&shard_id);
     (shard_id, outcome)
 }
+
+/// How often a shard's open cells reach the live board when nothing was flushed (the viewer polls
+/// every second).
+pub const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Kinesis allows five GetRecords calls per second per shard, shared by all its consumers.
 const MIN_POLL_SPACING: Duration = Duration::from_millis(200);

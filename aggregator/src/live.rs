@@ -6,9 +6,9 @@
 //! {"columns":20,"rows":20,"cells":[[3,4,12],[0,0,1]],"watermark_ms":1766919060000}
 //! ```
 //!
-//! Each shard's reader publishes its open cells to a [`LiveBoard`] after every poll (at most five
-//! times a second per shard, the GetRecords limit) and right after a flush, so cells of a window
-//! that was just written leave the board at the same time as they land in the table. The answer
+//! Each shard's reader publishes its open cells to a [`LiveBoard`] right after a flush, so cells of
+//! a window that was just written leave the board at the same time as they land in the table, and
+//! otherwise at most twice a second. The answer
 //! sums the shards this replica reads; a viewer sums the answers of every replica.
 
 use std::collections::BTreeMap;

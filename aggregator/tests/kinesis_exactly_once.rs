@@ -436,33 +436,13 @@ async fn live_endpoints_show_every_open_click_across_replicas_and_restarts() {
     // test, whatever the time of day.
     const DAY: i64 = 86_400_000;
     let noon_tomorrow = now_ms() - now_ms().rem_euclid(DAY) + DAY + DAY / 2;
+    let mut sums = Sums::new();
+    put_clicks(&client, "live-page", 300, noon_tomorrow, DAY, &mut sums).await;
+    // Every window stays open: the live answer is the sum over windows, per cell.
     let mut expected: BTreeMap<(i64, i64), i64> = BTreeMap::new();
-    let mut entries = Vec::new();
-    let mut rng = Rng::new(11);
-    for index in 0..300 {
-        let (x, y) = (rng.below(1000), rng.below(500));
-        *expected.entry((x as i64 / 50, y as i64 / 25)).or_insert(0) += 1;
-        let event = serde_json::json!({
-            "event_type": "click", "page_id": "live-page", "x": x, "y": y,
-            "viewport_width": 1000, "viewport_height": 500,
-            "event_time_ms": noon_tomorrow + index,
-        });
-        entries.push(
-            PutRecordsRequestEntry::builder()
-                .data(Blob::new(event.to_string()))
-                .partition_key(format!("key-{index}"))
-                .build()
-                .unwrap(),
-        );
+    for ((_, _, x, y), clicks) in sums {
+        *expected.entry((i64::from(x), i64::from(y))).or_insert(0) += clicks;
     }
-    let output = client
-        .put_records()
-        .stream_name(STREAM)
-        .set_records(Some(entries))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(output.failed_record_count(), Some(0));
 
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
@@ -598,7 +578,15 @@ async fn leases_move_shards_when_a_replica_joins_or_dies() {
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     // Fresh clicks after the death, for the survivor to count.
-    put_live_clicks(&client, 300, &mut expected).await;
+    put_clicks(
+        &client,
+        "after",
+        300,
+        now_ms() - 1_000,
+        60_000,
+        &mut expected,
+    )
+    .await;
     wait_for(
         "the survivor takes the dead replica's shards",
         Box::new(|_, b| b.len() == 4),
@@ -613,27 +601,33 @@ async fn leases_move_shards_when_a_replica_joins_or_dies() {
 /// A condition on the shards two replicas read.
 type SplitCheck = dyn Fn(&BTreeSet<String>, &BTreeSet<String>) -> bool + Send;
 
-/// Puts `count` clicks stamped like live traffic (the last second), one per record, and adds them
-/// to `expected` (one-minute windows, the 20×20 grid).
-async fn put_live_clicks(client: &aws_sdk_kinesis::Client, count: u32, expected: &mut Sums) {
-    let mut rng = Rng::new(now_ms() as u64);
-    let start = now_ms() - 1_000;
+/// Puts `count` clicks of `page`, one per record, at `first_ms`, `first_ms + 1`... and adds
+/// them to `expected` (windows of `window_ms`, the 20×20 grid over a 1000×500 viewport).
+async fn put_clicks(
+    client: &aws_sdk_kinesis::Client,
+    page: &str,
+    count: u32,
+    first_ms: i64,
+    window_ms: i64,
+    expected: &mut Sums,
+) {
+    let mut rng = Rng::new(first_ms as u64);
     let mut entries = Vec::new();
     for index in 0..count {
         let (x, y) = (rng.below(1000) as u32, rng.below(500) as u32);
-        let time = start + i64::from(index);
+        let time = first_ms + i64::from(index);
         let (gx, gy) = cell(f64::from(x), f64::from(y), 1000, 500);
         *expected
-            .entry(("after".to_owned(), time - time.rem_euclid(60_000), gx, gy))
+            .entry((page.to_owned(), time - time.rem_euclid(window_ms), gx, gy))
             .or_insert(0) += 1;
         let event = serde_json::json!({
-            "event_type": "click", "page_id": "after", "x": x, "y": y,
+            "event_type": "click", "page_id": page, "x": x, "y": y,
             "viewport_width": 1000, "viewport_height": 500, "event_time_ms": time,
         });
         entries.push(
             PutRecordsRequestEntry::builder()
                 .data(Blob::new(event.to_string()))
-                .partition_key(format!("after-{index}"))
+                .partition_key(format!("{page}-{index}"))
                 .build()
                 .unwrap(),
         );

@@ -10,8 +10,6 @@
 //!   (engine `Deployment`) adds the open windows of every aggregator replica, which it reaches
 //!   through the aggregator's headless Service.
 
-use std::collections::BTreeMap;
-
 use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipeline};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -264,39 +262,40 @@ pub fn desired_viewer(
     .map(Some)
 }
 
-/// The value of one environment variable of a Deployment's first container (tests, `plan`).
-pub fn env_value<'a>(deployment: &'a Deployment, name: &str) -> Option<&'a str> {
-    deployment
-        .spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .first()?
-        .env
-        .as_ref()?
-        .iter()
-        .find(|var| var.name == name)?
-        .value
-        .as_deref()
-}
-
-/// Every label of a component, for tests that compare selectors with pod labels.
-pub fn labels_of(deployment: &Deployment) -> BTreeMap<String, String> {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.template.metadata.as_ref())
-        .and_then(|meta| meta.labels.clone())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::workload::tests_support::fixture;
     use crate::controller::workload::{PIPELINE_LABEL, ROLE_ARN_ANNOTATION};
+    use std::collections::BTreeMap;
+
+    /// The value of one environment variable of a Deployment's first container.
+    fn env_value<'a>(deployment: &'a Deployment, name: &str) -> Option<&'a str> {
+        deployment
+            .spec
+            .as_ref()?
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .first()?
+            .env
+            .as_ref()?
+            .iter()
+            .find(|var| var.name == name)?
+            .value
+            .as_deref()
+    }
+
+    /// Every label of a component, for tests that compare selectors with pod labels.
+    fn labels_of(deployment: &Deployment) -> BTreeMap<String, String> {
+        deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.metadata.as_ref())
+            .and_then(|meta| meta.labels.clone())
+            .unwrap_or_default()
+    }
 
     fn with_frontends() -> ClickHeatmapPipeline {
         let mut pipeline = fixture("pipeline-minimal.yaml");
