@@ -119,20 +119,33 @@ impl MotoServer {
         let binary = std::env::var_os("MOTO_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| python_venv().join("bin/moto_server"));
-        let port = free_port();
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        let mut server = MotoServer { child, port };
-        if !wait_for_port(port, Duration::from_secs(60)) {
-            let _ = server.child.kill();
-            panic!("moto_server did not listen on 127.0.0.1:{port} within 60 s");
+        // Tests start servers in parallel: two may be handed the same free port, and then only
+        // one binds it while the other's wait sees that one listening. So the port counts only
+        // when our own process is still alive after it answers; otherwise try another port.
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&binary)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+            let mut server = MotoServer { child, port };
+            let listening = wait_for_port(port, Duration::from_secs(60));
+            // A server that lost the port exits at once; give it a moment to do so.
+            std::thread::sleep(Duration::from_millis(300));
+            match server.child.try_wait() {
+                Ok(None) if listening => return server,
+                Ok(None) => {
+                    let _ = server.child.kill();
+                    panic!("moto_server did not listen on 127.0.0.1:{port} within 60 s");
+                }
+                // Exited: the port was taken by another server; `server` is dropped.
+                _ => continue,
+            }
         }
-        server
+        panic!("moto_server could not get a free port on 127.0.0.1 in 5 tries");
     }
 
     pub fn port(&self) -> u16 {
