@@ -72,7 +72,9 @@ pub fn encode_parquet(outputs: &[&WindowOutput]) -> Result<Bytes, SinkError> {
             .iter()
             .flat_map(|o| o.cells.iter().map(move |c| (*o, c)))
     };
-    let page_ids = StringArray::from_iter_values(cells().map(|(_, c)| &*c.page_id));
+    // Collected first: the string builder needs an exact length, which a flat map cannot give.
+    let page_ids: Vec<&str> = cells().map(|(_, c)| &*c.page_id).collect();
+    let page_ids = StringArray::from(page_ids);
     let grid_x = Int32Array::from_iter_values(cells().map(|(_, c)| i32::from(c.grid_x)));
     let grid_y = Int32Array::from_iter_values(cells().map(|(_, c)| i32::from(c.grid_y)));
     let starts = Int64Array::from_iter_values(cells().map(|(o, _)| o.window_start));

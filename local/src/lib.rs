@@ -36,7 +36,7 @@ use clickheatmap_collector::{
 };
 use clickheatmap_crds::AggregatorConfig;
 use clickheatmap_crds::aggregator_config::{OutputConfig, WindowConfig};
-use clickheatmap_viewer::engine::local::LocalEngine;
+use clickheatmap_viewer::engine::local::{LocalEngine, LocalSettings};
 use clickheatmap_viewer::live::{LiveClient, LiveError};
 use clickheatmap_viewer::server::Viewer;
 use clickheatmap_viewer::sql::{Identifier, IdentifierError, TableName};
@@ -87,6 +87,11 @@ pub struct Options {
     /// own page runs); repeatable. The demo page's origin is always allowed.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+
+    /// Let the viewer run SQL typed in its page (one query at a time, on the embedded engine,
+    /// over the curated table `"heatmap_demo"."curated_heatmap"`).
+    #[arg(long)]
+    pub allow_raw_sql: bool,
 }
 
 impl Options {
@@ -124,7 +129,7 @@ pub enum LocalError {
     #[error("viewer: {0}")]
     ViewerLive(#[from] LiveError),
     #[error("viewer: {0}")]
-    ViewerCurated(#[from] clickheatmap_aggregator::location::LocationError),
+    ViewerEngine(#[from] clickheatmap_viewer::engine::local::LocalEngineError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
@@ -300,11 +305,18 @@ pub async fn start(options: &Options) -> Result<Running, LocalError> {
         table: Identifier::parse("--table", &config.output.table)?,
     };
     let viewer = Viewer {
-        engine: Arc::new(LocalEngine::open(&config.output.root, table.clone())?),
+        engine: Arc::new(LocalEngine::open(
+            &config.output.root,
+            table.clone(),
+            LocalSettings {
+                max_window_ms: i64::try_from(config.window.size.as_millis()).unwrap_or(86_400_000),
+                ..LocalSettings::default()
+            },
+        )?),
         live: Some(LiveClient::new(&format!("{viewer_url}/v1/live"))?),
         columns: config.grid.columns,
         rows: config.grid.rows,
-        allow_raw_sql: false,
+        allow_raw_sql: options.allow_raw_sql,
         table,
     };
     let viewer_app = clickheatmap_viewer::server::router(viewer)

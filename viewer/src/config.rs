@@ -8,14 +8,15 @@ use clickheatmap_crds::Duration;
 
 use crate::engine::HeatmapEngine;
 use crate::engine::athena::{AthenaEngine, AthenaSettings, SdkAthenaClient, valid_workgroup};
-use crate::engine::local::LocalEngine;
+use crate::engine::local::{LocalEngine, LocalEngineError, LocalSettings};
 use crate::live::{LiveClient, LiveError, MAX_GRID_SIDE};
 use crate::server::Viewer;
 use crate::sql::{Identifier, IdentifierError, TableName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
-    /// Read the curated Parquet table directly (a local folder or s3://).
+    /// Run SQL with the embedded engine (DataFusion) on the curated Parquet files (a local
+    /// folder or s3://).
     Local,
     /// Run SQL on Amazon Athena against the Glue table.
     Athena,
@@ -100,19 +101,26 @@ pub struct Config {
     #[arg(long, env = "CLICKHEATMAP_VIEWER_LIVE_URL", value_delimiter = ',')]
     pub live_url: Vec<String>,
 
-    /// Allow running raw SQL typed in the UI (POST /api/sql; Athena only). Off by default:
-    /// anyone who can reach the viewer could then run any query the workgroup allows.
+    /// Allow running raw SQL typed in the UI (POST /api/sql): one query at a time, on either
+    /// engine. Off by default: anyone who can reach the viewer could then read the whole table
+    /// (and on Athena run any query the workgroup allows).
     #[arg(long, env = "CLICKHEATMAP_VIEWER_ALLOW_RAW_SQL")]
     pub allow_raw_sql: bool,
 
-    /// Athena: how long a query may take before it is stopped.
+    /// How long a query may take before it is stopped.
     #[arg(long, env = "CLICKHEATMAP_VIEWER_QUERY_TIMEOUT", default_value = "60s")]
     pub query_timeout: Duration,
 
-    /// Athena: the longest aggregation window in use. Partitions are named after the window
-    /// start, so the scan begins this much before the range.
+    /// The longest aggregation window in use. Partitions are named after the window start, so
+    /// the scan begins this much before the range.
     #[arg(long, env = "CLICKHEATMAP_VIEWER_MAX_WINDOW", default_value = "1h")]
     pub max_window: Duration,
+
+    /// Local engine: memory one query may use for its aggregations and sorts (bytes; k, M, G
+    /// suffixes).
+    #[arg(long, env = "CLICKHEATMAP_VIEWER_MEMORY_LIMIT", default_value = "512M",
+          value_parser = parse_bytes)]
+    pub memory_limit: usize,
 
     /// Log format.
     #[arg(long, value_enum, env = "CLICKHEATMAP_LOG_FORMAT", default_value_t = LogFormat::Text)]
@@ -132,7 +140,7 @@ pub enum ConfigError {
     #[error("--max-window must be at most 1d")]
     MaxWindow,
     #[error("--curated: {0}")]
-    Curated(#[from] clickheatmap_aggregator::location::LocationError),
+    Curated(#[from] LocalEngineError),
     #[error(transparent)]
     Live(#[from] LiveError),
 }
@@ -149,7 +157,11 @@ impl Config {
     pub async fn build(&self) -> Result<Viewer, ConfigError> {
         let table = self.table_name()?;
         let engine: Arc<dyn HeatmapEngine> = match self.engine {
-            EngineKind::Local => Arc::new(LocalEngine::open(&self.curated, table.clone())?),
+            EngineKind::Local => Arc::new(LocalEngine::open(
+                &self.curated,
+                table.clone(),
+                self.local_settings()?,
+            )?),
             EngineKind::Athena => {
                 let settings = self.athena_settings(table.clone())?;
                 let client = SdkAthenaClient::from_env(self.region.clone()).await;
@@ -171,6 +183,27 @@ impl Config {
         })
     }
 
+    fn checked_limits(&self) -> Result<(std::time::Duration, i64), ConfigError> {
+        if self.query_timeout.as_millis() < 1000 {
+            return Err(ConfigError::QueryTimeout);
+        }
+        if self.max_window.as_millis() > 86_400_000 {
+            return Err(ConfigError::MaxWindow);
+        }
+        let max_window_ms = i64::try_from(self.max_window.as_millis()).unwrap_or(86_400_000);
+        Ok((self.query_timeout.as_std(), max_window_ms))
+    }
+
+    pub fn local_settings(&self) -> Result<LocalSettings, ConfigError> {
+        let (query_timeout, max_window_ms) = self.checked_limits()?;
+        Ok(LocalSettings {
+            max_window_ms,
+            query_timeout,
+            memory_limit_bytes: self.memory_limit,
+            ..LocalSettings::default()
+        })
+    }
+
     pub fn athena_settings(&self, table: TableName) -> Result<AthenaSettings, ConfigError> {
         if !valid_workgroup(&self.workgroup) {
             return Err(ConfigError::Workgroup(self.workgroup.clone()));
@@ -180,18 +213,33 @@ impl Config {
         {
             return Err(ConfigError::OutputLocation(location.clone()));
         }
-        if self.query_timeout.as_millis() < 1000 {
-            return Err(ConfigError::QueryTimeout);
-        }
-        if self.max_window.as_millis() > 86_400_000 {
-            return Err(ConfigError::MaxWindow);
-        }
+        let (query_timeout, max_window_ms) = self.checked_limits()?;
         let mut settings = AthenaSettings::new(table, self.workgroup.clone());
         settings.output_location = self.output_location.clone();
-        settings.query_timeout = self.query_timeout.as_std();
-        settings.max_window_ms = i64::try_from(self.max_window.as_millis()).unwrap_or(86_400_000);
+        settings.query_timeout = query_timeout;
+        settings.max_window_ms = max_window_ms;
         Ok(settings)
     }
+}
+
+/// `536870912`, `512M`, `2G`, `64k` (powers of 1024); at least 16 MiB.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&text[..at], 10),
+        Some((at, 'm' | 'M')) => (&text[..at], 20),
+        Some((at, 'g' | 'G')) => (&text[..at], 30),
+        _ => (text, 0),
+    };
+    let bytes = digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1_usize << shift))
+        .ok_or_else(|| format!("{text:?} is not a size (e.g. 512M, 2G)"))?;
+    if bytes < 16 << 20 {
+        return Err(format!("{text:?} is below the 16M minimum"));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -224,6 +272,18 @@ mod tests {
             .unwrap();
         assert_eq!(settings.query_timeout.as_secs(), 60);
         assert_eq!(settings.max_window_ms, 3_600_000);
+        let local = config.local_settings().unwrap();
+        assert_eq!(local.memory_limit_bytes, 512 << 20);
+        assert_eq!(local.max_window_ms, 3_600_000);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert_eq!(parse_bytes("16777216"), Ok(16 << 20));
+        for bad in ["", "M", "-1M", "1.5G", "1M", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

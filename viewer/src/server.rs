@@ -9,7 +9,7 @@
 //! | `GET /api/heatmap?page=&from=&to=` | `SUM(clicks)` per cell, and the query that ran |
 //! | `GET /api/heatmap.png?page=&from=&to=&width=&height=&live=` | the same, rendered as PNG |
 //! | `GET /api/live?page=` | the aggregator's open windows (with `--live-url`) |
-//! | `POST /api/sql` | `{"sql": "..."}` on Athena (with `--allow-raw-sql`) |
+//! | `POST /api/sql` | `{"sql": "..."}`: one query, on either engine (with `--allow-raw-sql`) |
 //!
 //! Every response carries a Content-Security-Policy that allows scripts and styles from this
 //! origin only, `X-Content-Type-Options: nosniff` and friends; API errors are JSON
@@ -31,13 +31,13 @@ use clickheatmap_aggregator::render::{
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::engine::athena::check_raw_sql;
 use crate::engine::{EngineError, HeatmapEngine, HeatmapQuery};
 use crate::live::{LiveClient, LiveError, LiveSnapshot};
 use crate::params::{
     DEFAULT_RANGE_MS, ImageSize, MAX_RANGE_MS, PageId, ParamError, QueryRange, now_ms, parse_flag,
 };
 use crate::sql::TableName;
+use crate::sql::check_raw_sql;
 
 /// Scripts and styles from this origin only, no inline code, no framing; images from anywhere
 /// (the optional page screenshot may live on another host).
@@ -157,7 +157,7 @@ pub enum ApiError {
     Live(#[from] LiveError),
     #[error("live mode is off; start the viewer with --live-url")]
     LiveOff,
-    #[error("raw SQL is off; start the viewer with --allow-raw-sql (and --engine athena)")]
+    #[error("raw SQL is off; start the viewer with --allow-raw-sql")]
     RawSqlOff,
     #[error("rendering the PNG: {0}")]
     Render(#[from] RenderError),
@@ -178,6 +178,7 @@ impl ApiError {
                 EngineError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 EngineError::TooManyRows { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 EngineError::Local(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                EngineError::InvalidSql(_) => StatusCode::BAD_REQUEST,
                 EngineError::Failed { .. }
                 | EngineError::Cancelled { .. }
                 | EngineError::Athena(_)
@@ -475,7 +476,9 @@ async fn raw_sql(
         .raw_sql(&statement)
         .await
         .map_err(|error| match error {
-            EngineError::Failed { reason, .. } => ApiError::SqlFailed(reason),
+            EngineError::Failed { reason, .. } | EngineError::InvalidSql(reason) => {
+                ApiError::SqlFailed(reason)
+            }
             other => ApiError::Engine(other),
         })?;
     Ok(Json(result).into_response())

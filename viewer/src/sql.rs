@@ -1,12 +1,12 @@
-//! The SQL the viewer runs (Athena) or shows (local engine), and the names that go into it.
+//! The SQL the viewer runs, on Athena and on the local engine alike, and the names in it.
 //!
-//! User input never becomes SQL text: values travel as Athena execution parameters (`?`), and
-//! the only names spliced into the text — database and table — come from flags and are checked
-//! by [`Identifier::parse`] at start-up.
+//! User input never becomes SQL text: values travel as placeholders (`?` on Athena, as execution
+//! parameters; `$1, $2, ...` on the local engine), and the only names spliced into the text —
+//! database and table — come from flags and are checked by [`Identifier::parse`] at start-up.
 
 use std::fmt;
 
-use clickheatmap_aggregator::time::{civil_from_millis, iso8601};
+use clickheatmap_aggregator::time::civil_from_millis;
 
 use crate::params::{PageId, QueryRange};
 
@@ -64,12 +64,88 @@ impl TableName {
     }
 }
 
-/// A SQL text and the values of its `?` placeholders, in order, as Athena execution parameters
-/// (strings already quoted as SQL literals).
+/// Longest raw SQL statement accepted.
+pub const MAX_RAW_SQL_BYTES: usize = 64 * 1024;
+
+/// Checks a raw statement: one read-only statement (`SELECT` or `WITH`), within the size limit.
+/// Not a security boundary — on Athena the workgroup's IAM permissions are, locally the engine
+/// refuses anything but queries — but it turns DDL and DML typed by mistake away early.
+pub fn check_raw_sql(sql: &str) -> Result<String, String> {
+    if sql.len() > MAX_RAW_SQL_BYTES {
+        return Err(format!(
+            "the statement is {} bytes; at most {MAX_RAW_SQL_BYTES} are allowed",
+            sql.len()
+        ));
+    }
+    let statement = sql.trim().trim_end_matches(';').trim_end();
+    let mut rest = statement;
+    loop {
+        rest = rest.trim_start();
+        if let Some(comment) = rest.strip_prefix("--") {
+            rest = comment.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(comment) = rest.strip_prefix("/*") {
+            rest = comment.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let keyword: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if keyword != "SELECT" && keyword != "WITH" {
+        return Err("only one SELECT (or WITH ... SELECT) statement can be run".into());
+    }
+    Ok(statement.to_owned())
+}
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlValue {
+    Text(String),
+    Integer(i64),
+}
+
+impl SqlValue {
+    /// The value as a SQL literal: how Athena takes execution parameters.
+    pub fn literal(&self) -> String {
+        match self {
+            SqlValue::Text(text) => string_literal(text),
+            SqlValue::Integer(number) => number.to_string(),
+        }
+    }
+}
+
+/// A SQL text with `?` placeholders and their values, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     pub sql: String,
-    pub parameters: Vec<String>,
+    pub values: Vec<SqlValue>,
+}
+
+impl Statement {
+    /// The values as SQL literals (Athena execution parameters).
+    pub fn literals(&self) -> Vec<String> {
+        self.values.iter().map(SqlValue::literal).collect()
+    }
+
+    /// The text with numbered placeholders (`$1`, `$2`, ...), as the local engine binds them.
+    /// Every `?` is a placeholder: the generated text has no string literals.
+    pub fn numbered_sql(&self) -> String {
+        let mut numbered = String::with_capacity(self.sql.len() + 2 * self.values.len());
+        let mut next = 0;
+        for c in self.sql.chars() {
+            if c == '?' {
+                next += 1;
+                numbered.push('$');
+                numbered.push_str(&next.to_string());
+            } else {
+                numbered.push(c);
+            }
+        }
+        numbered
+    }
 }
 
 /// A SQL string literal: `'text'`, with quotes doubled.
@@ -105,87 +181,53 @@ impl PartitionBounds {
     }
 }
 
-/// The `WHERE` terms shared by the Athena queries: partitions first (so Athena prunes them),
-/// then the exact window filter.
-fn athena_range_terms(
-    range: &QueryRange,
-    max_window_ms: i64,
-    parameters: &mut Vec<String>,
-) -> String {
+/// The `WHERE` terms shared by the queries: partitions first (so that the engine prunes them
+/// before opening a file), then the exact window filter.
+fn range_terms(range: &QueryRange, max_window_ms: i64, values: &mut Vec<SqlValue>) -> String {
     let bounds = PartitionBounds::new(range, max_window_ms);
-    parameters.extend([
-        string_literal(&bounds.first_dt),
-        string_literal(&bounds.last_dt),
-        string_literal(&bounds.first_dt),
-        string_literal(&bounds.first_hour),
-        string_literal(&bounds.last_dt),
-        string_literal(&bounds.last_hour),
-        range.from_ms.to_string(),
-        range.to_ms.to_string(),
+    values.extend([
+        SqlValue::Text(bounds.first_dt.clone()),
+        SqlValue::Text(bounds.last_dt.clone()),
+        SqlValue::Text(bounds.first_dt),
+        SqlValue::Text(bounds.first_hour),
+        SqlValue::Text(bounds.last_dt),
+        SqlValue::Text(bounds.last_hour),
+        SqlValue::Integer(range.from_ms),
+        SqlValue::Integer(range.to_ms),
     ]);
     "dt BETWEEN ? AND ?\n  AND (dt > ? OR hour >= ?)\n  AND (dt < ? OR hour <= ?)\n  AND window_end >= ? AND window_end < ?"
         .to_owned()
 }
 
-/// The heatmap of one page on Athena: the demo query, per page, with partition predicates.
-pub fn athena_heatmap(
+/// The heatmap of one page: the demo query, per page, with partition predicates.
+pub fn heatmap(
     table: &TableName,
     page: &PageId,
     range: &QueryRange,
     max_window_ms: i64,
 ) -> Statement {
-    let mut parameters = vec![string_literal(page.as_str())];
-    let terms = athena_range_terms(range, max_window_ms, &mut parameters);
+    let mut values = vec![SqlValue::Text(page.as_str().to_owned())];
+    let terms = range_terms(range, max_window_ms, &mut values);
     Statement {
         sql: format!(
             "SELECT grid_x, grid_y, SUM(clicks) AS clicks\nFROM {}\nWHERE page_id = ?\n  AND {terms}\nGROUP BY 1, 2\nORDER BY clicks DESC",
             table.quoted()
         ),
-        parameters,
+        values,
     }
 }
 
-/// The pages with clicks in the range on Athena, busiest first.
-pub fn athena_pages(table: &TableName, range: &QueryRange, max_window_ms: i64) -> Statement {
-    let mut parameters = Vec::new();
-    let terms = athena_range_terms(range, max_window_ms, &mut parameters);
+/// The pages with clicks in the range, busiest first.
+pub fn pages(table: &TableName, range: &QueryRange, max_window_ms: i64) -> Statement {
+    let mut values = Vec::new();
+    let terms = range_terms(range, max_window_ms, &mut values);
     Statement {
         sql: format!(
             "SELECT page_id, SUM(clicks) AS clicks\nFROM {}\nWHERE {terms}\nGROUP BY 1\nORDER BY clicks DESC, page_id\nLIMIT {MAX_PAGES}",
             table.quoted()
         ),
-        parameters,
+        values,
     }
-}
-
-fn local_range_terms(range: &QueryRange) -> String {
-    format!(
-        "window_end >= {}  -- {}\n  AND window_end < {}  -- {}",
-        range.from_ms,
-        iso8601(range.from_ms),
-        range.to_ms,
-        iso8601(range.to_ms)
-    )
-}
-
-/// What the local engine computes for a heatmap, written as the equivalent SQL (values inlined:
-/// the text is only shown, never parsed or run).
-pub fn local_heatmap(table: &TableName, page: &PageId, range: &QueryRange) -> String {
-    format!(
-        "SELECT grid_x, grid_y, SUM(clicks) AS clicks\nFROM {}\nWHERE page_id = {}\n  AND {}\nGROUP BY 1, 2\nORDER BY clicks DESC;",
-        table.quoted(),
-        string_literal(page.as_str()),
-        local_range_terms(range)
-    )
-}
-
-/// What the local engine computes for the page list, as the equivalent SQL.
-pub fn local_pages(table: &TableName, range: &QueryRange) -> String {
-    format!(
-        "SELECT page_id, SUM(clicks) AS clicks\nFROM {}\nWHERE {}\nGROUP BY 1\nORDER BY clicks DESC, page_id\nLIMIT {MAX_PAGES};",
-        table.quoted(),
-        local_range_terms(range)
-    )
 }
 
 #[cfg(test)]
@@ -244,20 +286,17 @@ mod tests {
     }
 
     #[test]
-    fn athena_statements_use_placeholders_only() {
+    fn statements_use_placeholders_only() {
         let page = PageId::parse(Some("demo-page")).unwrap();
         let range = QueryRange {
             from_ms: 1_766_916_000_000,
             to_ms: 1_766_919_600_000,
         };
-        let statement = athena_heatmap(&table(), &page, &range, 3_600_000);
+        let statement = heatmap(&table(), &page, &range, 3_600_000);
         assert!(!statement.sql.contains("demo-page"));
+        assert_eq!(statement.sql.matches('?').count(), statement.values.len());
         assert_eq!(
-            statement.sql.matches('?').count(),
-            statement.parameters.len()
-        );
-        assert_eq!(
-            statement.parameters,
+            statement.literals(),
             [
                 "'demo-page'",
                 "'2025-12-28'",
@@ -270,8 +309,8 @@ mod tests {
                 "1766919600000"
             ]
         );
-        let pages = athena_pages(&table(), &range, 3_600_000);
-        assert_eq!(pages.sql.matches('?').count(), pages.parameters.len());
+        let pages = pages(&table(), &range, 3_600_000);
+        assert_eq!(pages.sql.matches('?').count(), pages.values.len());
         assert!(
             pages
                 .sql
@@ -280,15 +319,32 @@ mod tests {
     }
 
     #[test]
-    fn local_text_names_the_range() {
+    fn numbered_placeholders_for_the_local_engine() {
         let page = PageId::parse(Some("home")).unwrap();
         let range = QueryRange {
             from_ms: 1_766_916_000_000,
             to_ms: 1_766_919_600_000,
         };
-        let sql = local_heatmap(&table(), &page, &range);
-        assert!(sql.contains("WHERE page_id = 'home'"));
-        assert!(sql.contains("window_end >= 1766916000000  -- 2025-12-28T10:00:00.000Z"));
-        assert!(local_pages(&table(), &range).contains("GROUP BY 1"));
+        let statement = heatmap(&table(), &page, &range, 60_000);
+        let numbered = statement.numbered_sql();
+        assert!(!numbered.contains('?'));
+        assert!(numbered.contains("WHERE page_id = $1\n"));
+        assert!(numbered.contains("window_end >= $8 AND window_end < $9"));
+        assert_eq!(statement.values[8], SqlValue::Integer(1_766_919_600_000));
+    }
+
+    #[test]
+    fn raw_sql_must_be_a_query() {
+        assert_eq!(check_raw_sql("  select 1;  ").as_deref(), Ok("select 1"));
+        assert!(check_raw_sql("-- note\n/* x */ WITH t AS (SELECT 1) SELECT * FROM t").is_ok());
+        for bad in [
+            "",
+            "DROP TABLE x",
+            "-- SELECT\nDELETE FROM x",
+            "INSERT INTO x SELECT 1",
+        ] {
+            assert!(check_raw_sql(bad).is_err(), "{bad}");
+        }
+        assert!(check_raw_sql(&format!("SELECT '{}'", "x".repeat(MAX_RAW_SQL_BYTES))).is_err());
     }
 }

@@ -3,6 +3,11 @@
 
 mod common;
 
+use std::time::Duration;
+
+use clickheatmap_viewer::engine::local::LocalSettings;
+use clickheatmap_viewer::engine::{EngineError, HeatmapEngine};
+
 use common::*;
 
 /// Clicks around 2025-12-28T10:00Z; the first hour after T0 holds the windows ending in
@@ -82,18 +87,23 @@ async fn pages_and_heatmaps_sum_the_curated_rows() {
     assert_eq!(query["engine"], "local");
     assert_eq!(query["rows"], 3);
     assert!(query["elapsed_ms"].as_u64().is_some());
-    assert!(query["files_read"].as_u64().unwrap() >= 2);
+    // The partition predicates pruned hour=12: only the four windows of hour 10 were opened.
+    assert_eq!(query["files_read"], 4);
     let sql = query["sql"].as_str().unwrap();
     assert!(
         sql.contains("FROM \"heatmap_demo\".\"curated_heatmap\""),
         "{sql}"
     );
-    assert!(sql.contains("WHERE page_id = 'home'"), "{sql}");
-    assert!(sql.contains(&format!("window_end >= {T0}")), "{sql}");
+    // The statement Athena runs, with numbered placeholders; values never enter the text.
+    assert!(sql.contains("WHERE page_id = $1"), "{sql}");
+    assert!(sql.contains("dt BETWEEN $2 AND $3"), "{sql}");
     assert!(
-        sql.contains(&format!("window_end < {}", T0 + HOUR)),
+        sql.contains("window_end >= $8 AND window_end < $9"),
         "{sql}"
     );
+    assert_eq!(query["parameters"][0], "'home'");
+    assert_eq!(query["parameters"][7], T0.to_string());
+    assert_eq!(query["parameters"][8], (T0 + HOUR).to_string());
 
     // One more minute takes in the window ending at 11:00.
     let (_, body) = get_json(&server.url(&format!(
@@ -251,46 +261,92 @@ async fn bad_parameters_are_clear_400s() {
     assert_eq!(status, 404, "{body}");
 }
 
-#[tokio::test]
-async fn raw_sql_is_off_by_default_and_local_cannot_run_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("curated");
-    let server = serve_viewer(local_viewer(&root)).await;
-    let client = reqwest::Client::new();
-    let response = client
+async fn post_sql(server: &TestServer, sql: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
         .post(server.url("/api/sql"))
         .header("content-type", "application/json")
-        .body(r#"{"sql":"SELECT 1"}"#)
+        .body(serde_json::json!({ "sql": sql }).to_string())
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 403);
-    let body: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
-    assert!(body["error"].as_str().unwrap().contains("--allow-raw-sql"));
+    let status = response.status().as_u16();
+    let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (status, body)
+}
 
-    let mut viewer = local_viewer(&root);
-    viewer.allow_raw_sql = true;
-    let server = serve_viewer(viewer).await;
-    // The UI does not offer what the local engine cannot do.
+#[tokio::test]
+async fn raw_sql_is_off_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve_viewer(local_viewer(&dir.path().join("curated"))).await;
+    let (status, body) = post_sql(&server, "SELECT 1").await;
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("--allow-raw-sql"));
     let (_, config) = get_json(&server.url("/api/config")).await;
     assert_eq!(config["raw_sql"], false);
-    let response = client
-        .post(server.url("/api/sql"))
-        .header("content-type", "application/json")
-        .body(r#"{"sql":"SELECT 1"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 501);
-    let response = client
-        .post(server.url("/api/sql"))
-        .header("content-type", "application/json")
-        .body(r#"{"sql":"DROP TABLE curated_heatmap"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let response = client
+}
+
+#[tokio::test]
+async fn raw_sql_runs_queries_on_the_embedded_engine() {
+    let (dir, _) = setup().await;
+    let mut viewer = local_viewer(&dir.path().join("curated"));
+    viewer.allow_raw_sql = true;
+    let server = serve_viewer(viewer).await;
+    let (_, config) = get_json(&server.url("/api/config")).await;
+    assert_eq!(config["raw_sql"], true);
+
+    // The whole table, as the demo's first query reads it, with its partition columns.
+    let (status, body) = post_sql(
+        &server,
+        r#"SELECT page_id, dt, hour, SUM(clicks) AS clicks FROM "heatmap_demo"."curated_heatmap"
+           GROUP BY 1, 2, 3 ORDER BY 1, 3"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["columns"],
+        serde_json::json!(["page_id", "dt", "hour", "clicks"])
+    );
+    assert_eq!(
+        body["rows"],
+        serde_json::json!([
+            ["home", "2025-12-28", "10", "7"],
+            ["home", "2025-12-28", "12", "1"],
+            ["pricing", "2025-12-28", "10", "1"]
+        ])
+    );
+    assert_eq!(body["query"]["engine"], "local");
+    assert_eq!(body["query"]["rows"], 3);
+    assert_eq!(body["query"]["files_read"], 5);
+
+    // The unqualified name resolves in the default database, as in the Athena workgroup; NULL
+    // stays NULL.
+    let (status, body) = post_sql(
+        &server,
+        "SELECT COUNT(*) AS n, MAX(CASE WHEN page_id = 'none' THEN 1 END) AS missing FROM curated_heatmap",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], serde_json::json!([["6", null]]));
+
+    // An empty result still names its columns.
+    let (status, body) = post_sql(
+        &server,
+        "SELECT grid_x, grid_y FROM curated_heatmap WHERE page_id = 'nobody'",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["columns"], serde_json::json!(["grid_x", "grid_y"]));
+    assert_eq!(body["rows"], serde_json::json!([]));
+
+    // Mistakes are the user's: 400 with the engine's reason.
+    let (status, body) = post_sql(&server, "SELECT nope FROM curated_heatmap").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
+    let (status, _) = post_sql(&server, "SELEC 1").await;
+    assert_eq!(status, 400);
+    let (status, _) = post_sql(&server, "DROP TABLE curated_heatmap").await;
+    assert_eq!(status, 400);
+    let response = reqwest::Client::new()
         .post(server.url("/api/sql"))
         .header("content-type", "application/json")
         .body("not json")
@@ -298,6 +354,75 @@ async fn raw_sql_is_off_by_default_and_local_cannot_run_it() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn the_engine_itself_refuses_everything_but_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("curated");
+    write_curated(&root, &input(), T0).await;
+    let engine = local_engine(&root, LocalSettings::default());
+    let copied = dir.path().join("copied.csv");
+    // These get past the first-keyword check only when called directly: the engine's own
+    // guard must refuse them.
+    for statement in [
+        "CREATE TABLE t AS SELECT 1".to_owned(),
+        "CREATE EXTERNAL TABLE etc STORED AS CSV LOCATION '/etc/passwd'".to_owned(),
+        format!("COPY (SELECT 1) TO '{}'", copied.display()),
+        "INSERT INTO curated_heatmap VALUES ('x', 0, 0, 0, 0, 1, '2025-12-28', '10')".to_owned(),
+        "SET datafusion.execution.batch_size = 1".to_owned(),
+        "DROP TABLE curated_heatmap".to_owned(),
+    ] {
+        let error = engine.raw_sql(&statement).await.expect_err(&statement);
+        assert!(
+            matches!(error, EngineError::InvalidSql(_)),
+            "{statement}: {error}"
+        );
+    }
+    assert!(!copied.exists());
+    // The table is still there and unchanged.
+    let result = engine
+        .raw_sql("SELECT SUM(clicks) FROM curated_heatmap")
+        .await
+        .unwrap();
+    assert_eq!(result.rows, vec![vec![Some("9".to_owned())]]);
+}
+
+#[tokio::test]
+async fn raw_sql_limits_rows_and_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("curated");
+    let engine = local_engine(
+        &root,
+        LocalSettings {
+            max_raw_rows: 10,
+            query_timeout: Duration::from_secs(1),
+            ..LocalSettings::default()
+        },
+    );
+    let error = engine.raw_sql("SELECT * FROM range(11)").await.unwrap_err();
+    assert!(
+        matches!(error, EngineError::TooManyRows { limit: 10 }),
+        "{error}"
+    );
+    assert_eq!(
+        engine
+            .raw_sql("SELECT * FROM range(10)")
+            .await
+            .unwrap()
+            .rows
+            .len(),
+        10
+    );
+    // Hundreds of billions of rows: far more than a second's work, so it is stopped.
+    let error = engine
+        .raw_sql("SELECT SUM(value % 7) FROM range(500000000000)")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, EngineError::Timeout { seconds: 1, .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -319,6 +444,45 @@ async fn the_default_range_is_the_last_hour() {
     assert_eq!(
         body["pages"],
         serde_json::json!([{"page_id": "recent", "clicks": 1}])
+    );
+}
+
+#[tokio::test]
+async fn the_demo_query_runs_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("curated");
+    let now = clickheatmap_viewer::params::now_ms();
+    let lines = vec![
+        click("demo", now - 10 * MINUTE, 500.0, 250.0),
+        click("demo", now - 10 * MINUTE + 1, 510.0, 255.0),
+        click("demo", now - 3 * HOUR, 0.0, 0.0),
+    ];
+    write_curated(&root, &lines, now).await;
+    let mut viewer = local_viewer(&root);
+    viewer.allow_raw_sql = true;
+    let server = serve_viewer(viewer).await;
+    // The original post's Athena query, Trino functions and all.
+    let demo = r#"SELECT grid_x, grid_y, SUM(clicks) AS clicks
+FROM "heatmap_demo"."curated_heatmap"
+WHERE from_unixtime(window_end / 1000) >= date_add('hour', -1, current_timestamp)
+GROUP BY 1, 2
+ORDER BY clicks DESC;"#;
+    let (status, body) = post_sql(&server, demo).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], serde_json::json!([["10", "10", "2"]]));
+    // Its half-hour variant, and a longer look back that takes in the old click.
+    let (_, body) = post_sql(&server, &demo.replace("'hour', -1", "'minute', -30")).await;
+    assert_eq!(body["rows"], serde_json::json!([["10", "10", "2"]]));
+    let (_, body) = post_sql(&server, &demo.replace("'hour', -1", "'day', -1")).await;
+    assert_eq!(
+        body["rows"],
+        serde_json::json!([["10", "10", "2"], ["0", "0", "1"]])
+    );
+    let (status, body) = post_sql(&server, &demo.replace("'hour'", "'fortnight'")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("unknown unit"),
+        "{body}"
     );
 }
 

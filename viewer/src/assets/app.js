@@ -377,7 +377,10 @@
     $('query-sql').textContent = query.sql;
     const params = $('query-params');
     if (query.parameters && query.parameters.length) {
-      params.textContent = `execution parameters (in order of ?): ${query.parameters.join(', ')}`;
+      params.textContent = query.parameters
+        .map((value, i) => `${query.sql.includes('$1') ? `$${i + 1}` : `?${i + 1}`} = ${value}`)
+        .join(', ');
+      params.textContent = `parameters: ${params.textContent}`;
       params.classList.remove('hidden');
     } else {
       params.textContent = '';

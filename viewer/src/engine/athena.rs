@@ -31,9 +31,6 @@ use crate::sql::{self, Statement, TableName};
 /// Rows asked for per `GetQueryResults` call (Athena's maximum).
 pub const RESULT_PAGE_SIZE: i32 = 1000;
 
-/// Longest raw SQL statement accepted.
-pub const MAX_RAW_SQL_BYTES: usize = 64 * 1024;
-
 /// How long a `StopQueryExecution` may take before the engine gives up on it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -416,7 +413,7 @@ impl AthenaEngine {
         let deadline = tokio::time::Instant::now() + self.settings.query_timeout;
         let request = StartRequest {
             sql: statement.sql.clone(),
-            parameters: statement.parameters.clone(),
+            parameters: statement.literals(),
             database: self.settings.table.database.as_str().to_owned(),
             workgroup: self.settings.workgroup.clone(),
             output_location: self.settings.output_location.clone(),
@@ -442,7 +439,7 @@ impl AthenaEngine {
             info: QueryInfo {
                 engine: "athena",
                 sql: statement.sql.clone(),
-                parameters: statement.parameters.clone(),
+                parameters: statement.literals(),
                 elapsed_ms: elapsed_ms(started),
                 rows: rows.len(),
                 execution_id: Some(execution_id),
@@ -593,39 +590,6 @@ fn cell(row: &[Option<String>]) -> Result<(i32, i32, i64), EngineError> {
     ))
 }
 
-/// Checks a raw statement: one read-only statement (`SELECT` or `WITH`), within the size limit.
-/// Not a security boundary — the workgroup's IAM permissions are — but it refuses DDL and DML
-/// typed by mistake.
-pub fn check_raw_sql(sql: &str) -> Result<String, String> {
-    if sql.len() > MAX_RAW_SQL_BYTES {
-        return Err(format!(
-            "the statement is {} bytes; at most {MAX_RAW_SQL_BYTES} are allowed",
-            sql.len()
-        ));
-    }
-    let statement = sql.trim().trim_end_matches(';').trim_end();
-    let mut rest = statement;
-    loop {
-        rest = rest.trim_start();
-        if let Some(comment) = rest.strip_prefix("--") {
-            rest = comment.split_once('\n').map_or("", |(_, after)| after);
-        } else if let Some(comment) = rest.strip_prefix("/*") {
-            rest = comment.split_once("*/").map_or("", |(_, after)| after);
-        } else {
-            break;
-        }
-    }
-    let keyword: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    if keyword != "SELECT" && keyword != "WITH" {
-        return Err("only one SELECT (or WITH ... SELECT) statement can be run".into());
-    }
-    Ok(statement.to_owned())
-}
-
 impl HeatmapEngine for AthenaEngine {
     fn name(&self) -> &'static str {
         "athena"
@@ -633,8 +597,7 @@ impl HeatmapEngine for AthenaEngine {
 
     fn pages(&self, range: QueryRange) -> BoxFuture<'_, Result<PagesResult, EngineError>> {
         Box::pin(async move {
-            let statement =
-                sql::athena_pages(&self.settings.table, &range, self.settings.max_window_ms);
+            let statement = sql::pages(&self.settings.table, &range, self.settings.max_window_ms);
             let execution = self.execute(&statement, self.settings.max_rows).await?;
             let pages = execution
                 .rows
@@ -662,7 +625,7 @@ impl HeatmapEngine for AthenaEngine {
         query: &'a HeatmapQuery,
     ) -> BoxFuture<'a, Result<HeatmapResult, EngineError>> {
         Box::pin(async move {
-            let statement = sql::athena_heatmap(
+            let statement = sql::heatmap(
                 &self.settings.table,
                 &query.page,
                 &query.range,
@@ -689,7 +652,7 @@ impl HeatmapEngine for AthenaEngine {
         Box::pin(async move {
             let statement = Statement {
                 sql: sql.to_owned(),
-                parameters: Vec::new(),
+                values: Vec::new(),
             };
             let execution = self.execute(&statement, self.settings.max_raw_rows).await?;
             Ok(TableResult {
@@ -704,21 +667,6 @@ impl HeatmapEngine for AthenaEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn raw_sql_must_be_a_query() {
-        assert_eq!(check_raw_sql("  select 1;  ").as_deref(), Ok("select 1"));
-        assert!(check_raw_sql("-- note\n/* x */ WITH t AS (SELECT 1) SELECT * FROM t").is_ok());
-        for bad in [
-            "",
-            "DROP TABLE x",
-            "-- SELECT\nDELETE FROM x",
-            "INSERT INTO x SELECT 1",
-        ] {
-            assert!(check_raw_sql(bad).is_err(), "{bad}");
-        }
-        assert!(check_raw_sql(&format!("SELECT '{}'", "x".repeat(MAX_RAW_SQL_BYTES))).is_err());
-    }
 
     #[test]
     fn header_rows() {

@@ -1,8 +1,9 @@
 //! Query engines: where the viewer gets `SUM(clicks)` per cell from.
 //!
-//! [`HeatmapEngine`] is the one interface the HTTP layer uses. [`local::LocalEngine`] reads the
-//! curated Parquet table directly (a local folder or `s3://`); [`athena::AthenaEngine`] runs SQL
-//! on Athena against the Glue table over the same files.
+//! [`HeatmapEngine`] is the one interface the HTTP layer uses. Both engines run the same SQL
+//! over the same files: [`local::LocalEngine`] with an embedded DataFusion over the curated
+//! Parquet table (a local folder or `s3://`), [`athena::AthenaEngine`] on Athena against the
+//! Glue table.
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -17,9 +18,10 @@ pub mod local;
 pub struct QueryInfo {
     /// `local` or `athena`.
     pub engine: &'static str,
-    /// The SQL text: what Athena ran, or the local engine's equivalent.
+    /// The SQL text that ran.
     pub sql: String,
-    /// Values of the `?` placeholders, in order (Athena execution parameters).
+    /// Values of the placeholders (`?` on Athena, `$1, $2, ...` locally), in order, as SQL
+    /// literals.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parameters: Vec<String>,
     /// Wall time of the whole query, including polling and paging.
@@ -96,8 +98,10 @@ pub enum EngineError {
     BadResult(String),
     #[error("the result has more than {limit} rows; narrow the query")]
     TooManyRows { limit: usize },
-    #[error("reading the curated table: {0}")]
-    Local(#[from] clickheatmap_aggregator::query::QueryError),
+    #[error("the local engine: {0}")]
+    Local(String),
+    #[error("the statement cannot run: {0}")]
+    InvalidSql(String),
 }
 
 /// A source of heatmap data. Futures are boxed so the HTTP layer can hold any engine as
@@ -126,7 +130,7 @@ pub trait HeatmapEngine: Send + Sync + 'static {
         let _ = sql;
         Box::pin(async move {
             Err(EngineError::Unsupported(format!(
-                "the {} engine runs parameterised queries only; raw SQL needs --engine athena",
+                "the {} engine runs parameterised queries only",
                 self.name()
             )))
         })

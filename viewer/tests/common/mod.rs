@@ -16,7 +16,7 @@ use clickheatmap_viewer::engine::HeatmapEngine;
 use clickheatmap_viewer::engine::athena::{
     AthenaCallError, AthenaClient, ExecutionStatus, QueryState, ResultPage, StartRequest,
 };
-use clickheatmap_viewer::engine::local::LocalEngine;
+use clickheatmap_viewer::engine::local::{LocalEngine, LocalSettings};
 use clickheatmap_viewer::live::LiveClient;
 use clickheatmap_viewer::server::{self, Viewer};
 use clickheatmap_viewer::sql::{Identifier, TableName};
@@ -57,8 +57,11 @@ pub fn table_name() -> TableName {
 }
 
 pub fn local_viewer(root: &Path) -> Viewer {
-    let engine = LocalEngine::open(root.to_str().expect("utf-8"), table_name()).expect("opens");
-    viewer_with(Arc::new(engine))
+    viewer_with(Arc::new(local_engine(root, LocalSettings::default())))
+}
+
+pub fn local_engine(root: &Path, settings: LocalSettings) -> LocalEngine {
+    LocalEngine::open(root.to_str().expect("utf-8"), table_name(), settings).expect("opens")
 }
 
 pub fn viewer_with(engine: Arc<dyn HeatmapEngine>) -> Viewer {
