@@ -363,17 +363,38 @@ pub enum ShardOutcome {
     Stopped,
 }
 
+/// How a shard is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// GetRecords polling.
+    Poll,
+    /// Enhanced fan-out: SubscribeToShard through the registered consumer.
+    Subscribe { consumer_arn: String },
+}
+
 /// Reads one shard until it ends or `stop` turns true.
 pub async fn run_shard(
     mut worker: ShardWorker,
     source: KinesisSource,
     settings: KinesisSourceConfig,
+    mode: ReadMode,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     live: Arc<LiveBoard>,
 ) -> (String, Result<ShardOutcome, ConsumerError>) {
     let shard_id = worker.shard_id().to_owned();
-    let outcome = read_shard(&mut worker, &source, &settings, &mut stop, &metrics, &live).await;
+    let mut reader = ShardReader {
+        worker: &mut worker,
+        source: &source,
+        settings: &settings,
+        stop: &mut stop,
+        metrics: &metrics,
+        live: &live,
+    };
+    let outcome = match &mode {
+        ReadMode::Poll => reader.poll().await,
+        ReadMode::Subscribe { consumer_arn } => reader.subscribe(consumer_arn).await,
+    };
     metrics.remove_shard(&shard_id);
     live.remove(&shard_id);
     (shard_id, outcome)
@@ -386,93 +407,209 @@ pub const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// Kinesis allows five GetRecords calls per second per shard, shared by all its consumers.
 const MIN_POLL_SPACING: Duration = Duration::from_millis(200);
 
-async fn read_shard(
-    worker: &mut ShardWorker,
-    source: &KinesisSource,
-    settings: &KinesisSourceConfig,
-    stop: &mut watch::Receiver<bool>,
-    metrics: &Metrics,
-    live: &LiveBoard,
-) -> Result<ShardOutcome, ConsumerError> {
-    if worker.is_finished() {
-        return Ok(ShardOutcome::Finished);
+/// What reading one shard needs, whichever way it is read.
+struct ShardReader<'a> {
+    worker: &'a mut ShardWorker,
+    source: &'a KinesisSource,
+    settings: &'a KinesisSourceConfig,
+    stop: &'a mut watch::Receiver<bool>,
+    metrics: &'a Metrics,
+    live: &'a LiveBoard,
+}
+
+impl ShardReader<'_> {
+    /// Where reading resumes: after the last record taken, or at the configured start.
+    fn read_from(&self) -> ReadFrom {
+        match self.worker.position() {
+            Some(sequence) => ReadFrom::AfterSequenceNumber(sequence.to_owned()),
+            None => ReadFrom::Start(self.settings.start_position.clone()),
+        }
     }
-    // Windows restored from the checkpoint are open too.
-    worker.publish_live(live);
-    let start = |worker: &ShardWorker| match worker.position() {
-        Some(sequence) => ReadFrom::AfterSequenceNumber(sequence.to_owned()),
-        None => ReadFrom::Start(settings.start_position.clone()),
-    };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-    let mut iterator: Option<String> = None;
-    loop {
-        if *stop.borrow() {
-            worker.checkpoint_now().await?;
-            return Ok(ShardOutcome::Stopped);
+
+    /// Takes what one read returned and writes what it closed. `Ok(true)`: the shard has ended
+    /// and everything in it is written.
+    async fn take(
+        &mut self,
+        records: &[ShardRecord],
+        millis_behind_latest: Option<i64>,
+        shard_ended: bool,
+    ) -> Result<bool, ConsumerError> {
+        let quiet = records.is_empty();
+        self.worker.apply(records);
+        let behind = millis_behind_latest.unwrap_or(0);
+        if quiet && behind == 0 {
+            let delay =
+                i64::try_from(self.settings.idle_watermark_delay.as_millis()).unwrap_or(i64::MAX);
+            self.worker
+                .advance_watermark(now_ms().saturating_sub(delay));
         }
-        let mut pause = MIN_POLL_SPACING;
-        let polled = match &iterator {
-            Some(current) => source
-                .get_records(current, settings.max_records_per_call)
-                .await
-                .map(Some),
-            None => source
-                .iterator(worker.shard_id(), &start(worker))
-                .await
-                .map(|fresh| {
-                    iterator = Some(fresh);
-                    None
-                }),
-        };
-        match polled {
-            Ok(None) => continue,
-            Ok(Some(batch)) => {
-                metrics.get_records_called();
-                backoff.reset();
-                let quiet = batch.records.is_empty();
-                worker.apply(&batch.records);
-                let behind = batch.millis_behind_latest.unwrap_or(0);
-                if quiet && behind == 0 {
-                    let delay = i64::try_from(settings.idle_watermark_delay.as_millis())
-                        .unwrap_or(i64::MAX);
-                    worker.advance_watermark(now_ms().saturating_sub(delay));
-                }
-                metrics.set_shard(worker.shard_id(), worker.gauges(behind));
-                match batch.next_iterator {
-                    Some(next) => iterator = Some(next),
-                    None => {
-                        flush_with_retry(worker, stop, metrics, true).await?;
-                        tracing::info!(shard = worker.shard_id(), "shard closed and fully read");
-                        return Ok(ShardOutcome::Finished);
-                    }
-                }
-                flush_with_retry(worker, stop, metrics, false).await?;
-                // After the flush: a window just written leaves the board as it lands.
-                worker.publish_live(live);
-                if quiet {
-                    pause = settings.idle_poll_interval.as_std().max(MIN_POLL_SPACING);
-                }
-            }
-            Err(KinesisError::ExpiredIterator) => {
-                tracing::info!(shard = worker.shard_id(), "iterator expired; renewing");
-                iterator = None;
-                continue;
-            }
-            Err(KinesisError::Throttled(message)) => {
-                metrics.throttled();
-                pause = backoff.next_delay();
-                tracing::debug!(shard = worker.shard_id(), ?pause, %message, "throttled");
-            }
-            Err(err) => {
-                metrics.source_error();
-                pause = backoff.next_delay();
-                tracing::warn!(shard = worker.shard_id(), ?pause, error = %err, "reading the shard failed; retrying");
-                iterator = None;
-            }
+        self.metrics
+            .set_shard(self.worker.shard_id(), self.worker.gauges(behind));
+        if shard_ended {
+            flush_with_retry(self.worker, self.stop, self.metrics, true).await?;
+            tracing::info!(
+                shard = self.worker.shard_id(),
+                "shard closed and fully read"
+            );
+            return Ok(true);
         }
+        flush_with_retry(self.worker, self.stop, self.metrics, false).await?;
+        // After the flush: a window just written leaves the board as it lands.
+        self.worker.publish_live(self.live);
+        Ok(false)
+    }
+
+    async fn stopped(&mut self) -> Result<ShardOutcome, ConsumerError> {
+        self.worker.checkpoint_now().await?;
+        Ok(ShardOutcome::Stopped)
+    }
+
+    async fn pause(&mut self, pause: Duration) {
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+
+    /// GetRecords polling, within the per-shard call limit.
+    async fn poll(&mut self) -> Result<ShardOutcome, ConsumerError> {
+        if self.worker.is_finished() {
+            return Ok(ShardOutcome::Finished);
+        }
+        // Windows restored from the checkpoint are open too.
+        self.worker.publish_live(self.live);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut iterator: Option<String> = None;
+        loop {
+            if *self.stop.borrow() {
+                return self.stopped().await;
+            }
+            let mut pause = MIN_POLL_SPACING;
+            let polled = match &iterator {
+                Some(current) => self
+                    .source
+                    .get_records(current, self.settings.max_records_per_call)
+                    .await
+                    .map(Some),
+                None => self
+                    .source
+                    .iterator(self.worker.shard_id(), &self.read_from())
+                    .await
+                    .map(|fresh| {
+                        iterator = Some(fresh);
+                        None
+                    }),
+            };
+            match polled {
+                Ok(None) => continue,
+                Ok(Some(batch)) => {
+                    self.metrics.get_records_called();
+                    backoff.reset();
+                    let ended = batch.next_iterator.is_none();
+                    if self
+                        .take(&batch.records, batch.millis_behind_latest, ended)
+                        .await?
+                    {
+                        return Ok(ShardOutcome::Finished);
+                    }
+                    iterator = batch.next_iterator;
+                    if batch.records.is_empty() {
+                        pause = self
+                            .settings
+                            .idle_poll_interval
+                            .as_std()
+                            .max(MIN_POLL_SPACING);
+                    }
+                }
+                Err(KinesisError::ExpiredIterator) => {
+                    tracing::info!(shard = self.worker.shard_id(), "iterator expired; renewing");
+                    iterator = None;
+                    continue;
+                }
+                Err(KinesisError::Throttled(message)) => {
+                    self.metrics.throttled();
+                    pause = backoff.next_delay();
+                    tracing::debug!(shard = self.worker.shard_id(), ?pause, %message, "throttled");
+                }
+                Err(err) => {
+                    self.metrics.source_error();
+                    pause = backoff.next_delay();
+                    tracing::warn!(shard = self.worker.shard_id(), ?pause, error = %err, "reading the shard failed; retrying");
+                    iterator = None;
+                }
+            }
+            self.pause(pause).await;
+        }
+    }
+
+    /// Enhanced fan-out: one subscription after another, each resuming after the last record
+    /// taken. A subscription that ends normally (Kinesis closes them after five minutes) is
+    /// renewed at once; refusals back off.
+    async fn subscribe(&mut self, consumer_arn: &str) -> Result<ShardOutcome, ConsumerError> {
+        if self.worker.is_finished() {
+            return Ok(ShardOutcome::Finished);
+        }
+        self.worker.publish_live(self.live);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            if *self.stop.borrow() {
+                return self.stopped().await;
+            }
+            let from = self.read_from();
+            let failure = match self
+                .source
+                .subscribe(consumer_arn, self.worker.shard_id(), &from)
+                .await
+            {
+                Ok(mut subscription) => {
+                    self.metrics.subscribed();
+                    tracing::debug!(
+                        shard = self.worker.shard_id(),
+                        ?from,
+                        "subscribed to the shard"
+                    );
+                    loop {
+                        let next = tokio::select! {
+                            next = subscription.next() => next,
+                            _ = self.stop.changed() => break None,
+                        };
+                        match next {
+                            Ok(Some(event)) => {
+                                self.metrics.fan_out_event(event.records.len());
+                                backoff.reset();
+                                if self
+                                    .take(
+                                        &event.records,
+                                        Some(event.millis_behind_latest),
+                                        event.shard_ended,
+                                    )
+                                    .await?
+                                {
+                                    return Ok(ShardOutcome::Finished);
+                                }
+                            }
+                            Ok(None) => break None,
+                            Err(err) => break Some(err),
+                        }
+                    }
+                }
+                Err(err) => Some(err),
+            };
+            match failure {
+                None => {}
+                Some(KinesisError::Throttled(message)) => {
+                    self.metrics.throttled();
+                    let pause = backoff.next_delay();
+                    tracing::debug!(shard = self.worker.shard_id(), ?pause, %message, "subscription refused for now");
+                    self.pause(pause).await;
+                }
+                Some(err) => {
+                    self.metrics.source_error();
+                    let pause = backoff.next_delay();
+                    tracing::warn!(shard = self.worker.shard_id(), ?pause, error = %err, "the shard subscription failed; subscribing again");
+                    self.pause(pause).await;
+                }
+            }
         }
     }
 }
@@ -583,6 +720,19 @@ pub async fn consume_from(
         tick = tick.min(config.replicas.lease_duration.as_std() / 3);
     }
     let tick_ms = i64::try_from(tick.as_millis()).unwrap_or(i64::MAX);
+    let consumer_arn = match &settings.enhanced_fan_out {
+        None => None,
+        Some(fan_out) => {
+            match active_consumer(&source, &fan_out.consumer_name, &mut stop, &metrics).await {
+                Some(arn) => Some(arn),
+                None => return Ok(()),
+            }
+        }
+    };
+    // Shards read through a subscription: when one closes, its reader is stopped and it is
+    // finished with GetRecords (Kinesis names the children in the last event, but not every
+    // implementation does; polling a closed shard ends unambiguously).
+    let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut tasks: JoinSet<(String, Result<ShardOutcome, ConsumerError>)> = JoinSet::new();
     // Each running shard's own stop switch (a shard can be handed to another replica).
     let mut running: BTreeMap<String, watch::Sender<bool>> = BTreeMap::new();
@@ -598,6 +748,7 @@ pub async fn consume_from(
                 match joined {
                     Ok((shard_id, outcome)) => {
                         running.remove(&shard_id);
+                        subscribed.remove(&shard_id);
                         match outcome {
                             Ok(ShardOutcome::Finished) => { finished.insert(shard_id.clone()); }
                             Ok(ShardOutcome::Stopped) => {}
@@ -654,6 +805,14 @@ pub async fn consume_from(
                 continue;
             }
         };
+        for shard in shards.iter().filter(|shard| shard.closed) {
+            if subscribed.remove(&shard.shard_id)
+                && let Some(switch) = running.get(&shard.shard_id)
+            {
+                tracing::info!(shard = %shard.shard_id, "the shard was closed; finishing it with GetRecords");
+                switch.send_replace(true);
+            }
+        }
         // A parent read by another replica counts as finished once its checkpoint says so.
         for shard in &shards {
             if !finished.contains(&shard.shard_id)
@@ -737,16 +896,70 @@ pub async fn consume_from(
                     continue;
                 }
             };
+            let mode = match &consumer_arn {
+                Some(arn) if !shard.closed => {
+                    subscribed.insert(shard_id.clone());
+                    ReadMode::Subscribe {
+                        consumer_arn: arn.clone(),
+                    }
+                }
+                _ => ReadMode::Poll,
+            };
             let (switch, shard_stop) = watch::channel(false);
             running.insert(shard_id.clone(), switch);
             tasks.spawn(run_shard(
                 worker,
                 source.clone(),
                 settings.clone(),
+                mode,
                 shard_stop,
                 metrics.clone(),
                 live.clone(),
             ));
+        }
+    }
+}
+
+/// Registers the enhanced fan-out consumer if needed and waits until it is active; `None` when
+/// asked to stop first. Failures are retried with backoff (the aggregator stays not ready).
+async fn active_consumer(
+    source: &KinesisSource,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+    metrics: &Metrics,
+) -> Option<String> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        let pause = match source.register_consumer(name).await {
+            Ok(consumer) if consumer.active => {
+                tracing::info!(consumer = name, arn = %consumer.arn, "reading with enhanced fan-out");
+                return Some(consumer.arn);
+            }
+            Ok(_) => {
+                tracing::info!(
+                    consumer = name,
+                    "waiting for the stream consumer to become active"
+                );
+                Duration::from_millis(500)
+            }
+            Err(KinesisError::Throttled(message)) => {
+                metrics.throttled();
+                tracing::debug!(consumer = name, %message, "registering the consumer: throttled");
+                backoff.next_delay()
+            }
+            Err(err) => {
+                metrics.source_error();
+                let pause = backoff.next_delay();
+                tracing::warn!(consumer = name, ?pause, error = %err, "registering the stream consumer failed; retrying");
+                pause
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Reading a Kinesis data stream with the AWS SDK: shard discovery and GetRecords polling.
+//! Reading a Kinesis data stream with the AWS SDK: shard discovery, GetRecords polling, and
+//! enhanced fan-out (a registered stream consumer, SubscribeToShard event streams).
 //!
 //! Errors are classified so the caller can react: throttling backs off, an expired iterator is
 //! renewed from the last sequence number, anything else is retried with backoff and counted.
@@ -7,8 +8,12 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::SdkError;
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
+use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardError;
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+};
 use bytes::Bytes;
 use clickheatmap_crds::{KinesisSourceConfig, StartPosition};
 
@@ -64,6 +69,58 @@ pub struct RecordBatch {
 pub enum ReadFrom {
     AfterSequenceNumber(String),
     Start(StartPosition),
+}
+
+/// One event of a shard subscription (enhanced fan-out).
+#[derive(Debug)]
+pub struct FanOutEvent {
+    pub records: Vec<ShardRecord>,
+    pub millis_behind_latest: i64,
+    /// The shard was closed by resharding and every record was delivered: the event names its
+    /// children.
+    pub shard_ended: bool,
+}
+
+/// A registered stream consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConsumer {
+    pub arn: String,
+    /// Whether it can subscribe yet (a new consumer is `CREATING` for a few seconds).
+    pub active: bool,
+}
+
+/// An open SubscribeToShard event stream. Kinesis ends it after about five minutes (or at the
+/// end of a closed shard); the reader then subscribes again from where it is.
+#[derive(Debug)]
+pub struct Subscription {
+    output: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
+}
+
+impl Subscription {
+    /// The next event; `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Result<Option<FanOutEvent>, KinesisError> {
+        loop {
+            let event = match self.output.event_stream.recv().await {
+                Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => event,
+                // A kind of event this SDK version does not know: nothing to read in it.
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(None),
+                Err(err) => return Err(classify_event_stream_error(err)),
+            };
+            return Ok(Some(FanOutEvent {
+                records: event
+                    .records()
+                    .iter()
+                    .map(|record| ShardRecord {
+                        sequence_number: record.sequence_number().to_owned(),
+                        data: Bytes::copy_from_slice(record.data().as_ref()),
+                    })
+                    .collect(),
+                millis_behind_latest: event.millis_behind_latest(),
+                shard_ended: !event.child_shards().is_empty(),
+            }));
+        }
+    }
 }
 
 /// A Kinesis stream reader.
@@ -161,6 +218,125 @@ impl KinesisSource {
             .ok_or_else(|| KinesisError::Other(format!("no iterator returned for {shard_id}")))
     }
 
+    /// The stream consumer `name`, registered when missing. Call again until it is active.
+    pub async fn register_consumer(&self, name: &str) -> Result<StreamConsumer, KinesisError> {
+        let summary = self
+            .client
+            .describe_stream_summary()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .map_err(|err| {
+                let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+                match err.into_service_error() {
+                    e if e.is_resource_not_found_exception() => KinesisError::NotFound(message),
+                    e if e.is_limit_exceeded_exception() => KinesisError::Throttled(message),
+                    _ => KinesisError::Other(message),
+                }
+            })?;
+        let stream_arn = summary
+            .stream_description_summary()
+            .map(|description| description.stream_arn().to_owned())
+            .ok_or_else(|| KinesisError::Other("DescribeStreamSummary returned no ARN".into()))?;
+        let described = self
+            .client
+            .describe_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(name)
+            .send()
+            .await;
+        match described {
+            Ok(output) => {
+                let consumer = output.consumer_description().ok_or_else(|| {
+                    KinesisError::Other("DescribeStreamConsumer returned no consumer".into())
+                })?;
+                Ok(StreamConsumer {
+                    arn: consumer.consumer_arn().to_owned(),
+                    active: consumer.consumer_status() == &ConsumerStatus::Active,
+                })
+            }
+            Err(err) => {
+                let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+                match err.into_service_error() {
+                    e if e.is_resource_not_found_exception() => {}
+                    e if e.is_limit_exceeded_exception() => {
+                        return Err(KinesisError::Throttled(message));
+                    }
+                    _ => return Err(KinesisError::Other(message)),
+                }
+                tracing::info!(consumer = name, stream = %self.stream, "registering the stream consumer");
+                let output = self
+                    .client
+                    .register_stream_consumer()
+                    .stream_arn(&stream_arn)
+                    .consumer_name(name)
+                    .send()
+                    .await
+                    .map_err(|err| {
+                        let message =
+                            format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+                        match err.into_service_error() {
+                            // Another replica registered it first, or the limit of consumers
+                            // per stream; either way, ask again later.
+                            e if e.is_resource_in_use_exception()
+                                || e.is_limit_exceeded_exception() =>
+                            {
+                                KinesisError::Throttled(message)
+                            }
+                            e if e.is_resource_not_found_exception() => {
+                                KinesisError::NotFound(message)
+                            }
+                            _ => KinesisError::Other(message),
+                        }
+                    })?;
+                let consumer = output.consumer().ok_or_else(|| {
+                    KinesisError::Other("RegisterStreamConsumer returned no consumer".into())
+                })?;
+                Ok(StreamConsumer {
+                    arn: consumer.consumer_arn().to_owned(),
+                    active: consumer.consumer_status() == &ConsumerStatus::Active,
+                })
+            }
+        }
+    }
+
+    /// Opens a SubscribeToShard event stream for one shard through a registered consumer.
+    pub async fn subscribe(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        from: &ReadFrom,
+    ) -> Result<Subscription, KinesisError> {
+        let position = match from {
+            ReadFrom::AfterSequenceNumber(sequence) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(sequence),
+            ReadFrom::Start(StartPosition::TrimHorizon) => {
+                StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon)
+            }
+            ReadFrom::Start(StartPosition::Latest) => {
+                StartingPosition::builder().r#type(ShardIteratorType::Latest)
+            }
+            ReadFrom::Start(StartPosition::AtTimestamp { timestamp_ms }) => {
+                StartingPosition::builder()
+                    .r#type(ShardIteratorType::AtTimestamp)
+                    .timestamp(DateTime::from_millis(*timestamp_ms))
+            }
+        }
+        .build()
+        .map_err(|err| KinesisError::Other(format!("starting position: {err}")))?;
+        let output = self
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(position)
+            .send()
+            .await
+            .map_err(classify_subscribe_error)?;
+        Ok(Subscription { output })
+    }
+
     pub async fn get_records(
         &self,
         iterator: &str,
@@ -213,6 +389,41 @@ where
             KinesisError::Throttled(message)
         }
         GetShardIteratorError::ResourceNotFoundException(_) => KinesisError::NotFound(message),
+        _ => KinesisError::Other(message),
+    }
+}
+
+fn classify_subscribe_error<R>(err: SdkError<SubscribeToShardError, R>) -> KinesisError
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+    match err.into_service_error() {
+        // A subscription to the shard is still open (the previous reader's, for up to five
+        // minutes after it went away), the consumer is not active yet, or calls came too fast.
+        SubscribeToShardError::ResourceInUseException(_)
+        | SubscribeToShardError::LimitExceededException(_)
+        | SubscribeToShardError::KmsThrottlingException(_) => KinesisError::Throttled(message),
+        SubscribeToShardError::ResourceNotFoundException(_) => KinesisError::NotFound(message),
+        _ => KinesisError::Other(message),
+    }
+}
+
+fn classify_event_stream_error<R>(
+    err: SdkError<SubscribeToShardEventStreamError, R>,
+) -> KinesisError
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
+    match err.into_service_error() {
+        SubscribeToShardEventStreamError::ResourceInUseException(_)
+        | SubscribeToShardEventStreamError::KmsThrottlingException(_) => {
+            KinesisError::Throttled(message)
+        }
+        SubscribeToShardEventStreamError::ResourceNotFoundException(_) => {
+            KinesisError::NotFound(message)
+        }
         _ => KinesisError::Other(message),
     }
 }

@@ -24,6 +24,9 @@ pub struct Metrics {
     bytes: AtomicU64,
     checkpoints: AtomicU64,
     get_records_calls: AtomicU64,
+    subscriptions: AtomicU64,
+    fan_out_events: AtomicU64,
+    fan_out_records: AtomicU64,
     throttled: AtomicU64,
     source_errors: AtomicU64,
     sink_errors: AtomicU64,
@@ -68,6 +71,18 @@ impl Metrics {
 
     pub fn get_records_called(&self) {
         self.get_records_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn subscribed(&self) {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fan_out_event(&self, records: usize) {
+        self.fan_out_events.fetch_add(1, Ordering::Relaxed);
+        self.fan_out_records.fetch_add(
+            u64::try_from(records).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn throttled(&self) {
@@ -148,6 +163,21 @@ impl Metrics {
             "clickheatmap_get_records_calls_total",
             "GetRecords calls.",
             load(&self.get_records_calls),
+        );
+        counter(
+            "clickheatmap_subscribe_to_shard_calls_total",
+            "SubscribeToShard calls that opened a subscription (enhanced fan-out).",
+            load(&self.subscriptions),
+        );
+        counter(
+            "clickheatmap_fan_out_events_total",
+            "SubscribeToShardEvents received (enhanced fan-out).",
+            load(&self.fan_out_events),
+        );
+        counter(
+            "clickheatmap_fan_out_records_total",
+            "Records received through enhanced fan-out subscriptions.",
+            load(&self.fan_out_records),
         );
         counter(
             "clickheatmap_throttled_total",

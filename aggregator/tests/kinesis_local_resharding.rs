@@ -9,6 +9,12 @@
 //! another store) holds exactly the input, SUM(clicks) per (page, window, cell). The aggregator's
 //! log shows that each parent shard was read to its end before any of its children was started.
 //!
+//! The same scenario runs twice: with GetRecords polling, and with enhanced fan-out (a registered
+//! stream consumer and SubscribeToShard event streams; kinesis-local implements them, moto does
+//! not). kinesis-local never names child shards in its events, so in fan-out mode the parents are
+//! finished by the aggregator's fallback (a shard that ListShards reports closed is read to its
+//! end with GetRecords); against AWS the last event ends them.
+//!
 //! Skipped, with a message, without `unshare`, `ip` or the emulator (`npm ci --prefix
 //! tests/kinesis-local`) — except under CI, where `.ci/run` installs them and a missing one fails.
 
@@ -29,7 +35,6 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 
 const INSIDE: &str = "CLICKHEATMAP_TEST_IN_NETNS";
-const TEST_NAME: &str = "resharding_in_a_private_network";
 const PORT: u16 = 4568;
 const STREAM: &str = "reshard-clicks";
 const METRICS_PORT: u16 = 9090;
@@ -56,10 +61,28 @@ fn found(program: &str) -> bool {
         .is_ok()
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    Polling,
+    EnhancedFanOut,
+}
+
 #[test]
 fn resharding_in_a_private_network() {
+    in_a_private_network("resharding_in_a_private_network", Read::Polling);
+}
+
+#[test]
+fn resharding_with_enhanced_fan_out_in_a_private_network() {
+    in_a_private_network(
+        "resharding_with_enhanced_fan_out_in_a_private_network",
+        Read::EnhancedFanOut,
+    );
+}
+
+fn in_a_private_network(test_name: &str, read: Read) {
     if std::env::var_os(INSIDE).is_some() {
-        return inside_the_namespace();
+        return inside_the_namespace(read);
     }
     let missing = if !emulator().is_file() {
         Some("kinesis-local is not installed (npm ci --prefix tests/kinesis-local)")
@@ -76,7 +99,7 @@ fn resharding_in_a_private_network() {
     let status = Command::new("unshare")
         .args(["--user", "--map-root-user", "--net", "--"])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env(INSIDE, "1")
         .status()
         .unwrap();
@@ -96,7 +119,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn inside_the_namespace() {
+fn inside_the_namespace(read: Read) {
     let lo = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()
@@ -114,6 +137,7 @@ fn inside_the_namespace() {
             .env("CREATE_STREAM_DURATION", "200ms")
             .env("UPDATE_SHARD_COUNT_DURATION", "200ms")
             .env("MERGE_SHARDS_DURATION", "200ms")
+            .env("REGISTER_STREAM_CONSUMER_DURATION", "200ms")
             .env("SHOULD_PERSIST_DATA", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -131,7 +155,7 @@ fn inside_the_namespace() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(reshard_while_consuming(dir.path()));
+        .block_on(reshard_while_consuming(dir.path(), read));
     drop(emulator);
 }
 
@@ -261,7 +285,18 @@ fn metrics() -> Option<String> {
     Some(text)
 }
 
-async fn reshard_while_consuming(dir: &FsPath) {
+/// A counter's value in the aggregator's /metrics.
+fn counter(name: &str) -> Option<f64> {
+    metrics()?.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn reshard_while_consuming(dir: &FsPath, read: Read) {
     let client = client();
     client
         .create_stream()
@@ -278,19 +313,23 @@ async fn reshard_while_consuming(dir: &FsPath) {
     let curated = dir.join("curated");
     std::fs::create_dir_all(&curated).unwrap();
     let config = dir.join("aggregator.json");
+    let mut source = serde_json::json!({
+        "type": "kinesis",
+        "streamName": STREAM,
+        "maxRecordsPerCall": 50,
+        "idlePollInterval": "200ms",
+        "shardDiscoveryInterval": "500ms",
+        "idleWatermarkDelay": "1s"
+    });
+    if read == Read::EnhancedFanOut {
+        source["enhancedFanOut"] = serde_json::json!({ "consumerName": "reshard-aggregator" });
+    }
     std::fs::write(
         &config,
         serde_json::json!({
             "writerId": "agg",
             "window": { "size": "10s", "allowedLateness": "20s" },
-            "source": {
-                "type": "kinesis",
-                "streamName": STREAM,
-                "maxRecordsPerCall": 50,
-                "idlePollInterval": "200ms",
-                "shardDiscoveryInterval": "500ms",
-                "idleWatermarkDelay": "1s"
-            },
+            "source": source,
             "output": { "root": curated.to_str().unwrap() },
             "checkpoint": { "interval": "1s", "location": dir.join("checkpoints").to_str().unwrap() },
             "metricsAddress": format!("127.0.0.1:{METRICS_PORT}")
@@ -434,6 +473,43 @@ async fn reshard_while_consuming(dir: &FsPath) {
     }
     // Two split parents (one child pair each, so four links) and one merge (two parents).
     assert_eq!(parents_checked, 6, "{recovered:?}");
+
+    let fan_out_records = counter("clickheatmap_fan_out_records_total").unwrap_or(0.0);
+    match read {
+        Read::Polling => assert_eq!(fan_out_records, 0.0),
+        Read::EnhancedFanOut => {
+            // The consumer was registered and used: at least the last 400 clicks, which went
+            // to shards that stayed open, arrived through subscriptions.
+            let consumers = client
+                .list_stream_consumers()
+                .stream_arn(
+                    client
+                        .describe_stream_summary()
+                        .stream_name(STREAM)
+                        .send()
+                        .await
+                        .unwrap()
+                        .stream_description_summary()
+                        .unwrap()
+                        .stream_arn(),
+                )
+                .send()
+                .await
+                .unwrap();
+            let names: Vec<&str> = consumers
+                .consumers()
+                .iter()
+                .map(|consumer| consumer.consumer_name())
+                .collect();
+            assert_eq!(names, ["reshard-aggregator"]);
+            assert!(
+                fan_out_records >= 400.0,
+                "records through fan-out: {fan_out_records}; {}",
+                metrics().unwrap_or_default()
+            );
+            assert!(counter("clickheatmap_subscribe_to_shard_calls_total").unwrap_or(0.0) >= 5.0);
+        }
+    }
 
     let stopped = Command::new("kill")
         .args(["-TERM", &aggregator.0.id().to_string()])

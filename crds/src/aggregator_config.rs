@@ -123,7 +123,8 @@ pub enum SourceConfig {
     Stdin,
     /// Newline-delimited records read from local files (a replay or backfill of the raw archive).
     Files { paths: Vec<String> },
-    /// A Kinesis data stream: every shard, polled with GetRecords (shared throughput).
+    /// A Kinesis data stream: every shard, polled with GetRecords (shared throughput) or pushed
+    /// through enhanced fan-out (dedicated throughput).
     #[serde(rename_all = "camelCase")]
     Kinesis(KinesisSourceConfig),
 }
@@ -152,6 +153,42 @@ pub struct KinesisSourceConfig {
     /// windows close without waiting for the next click.
     #[serde(default = "default_idle_watermark_delay")]
     pub idle_watermark_delay: Duration,
+    /// Read with enhanced fan-out: a registered stream consumer subscribes to each shard
+    /// (SubscribeToShard) and gets its own 2 MB/s per shard, with records pushed as they arrive.
+    /// Absent: GetRecords polling, which shares each shard's 2 MB/s and 5 calls/s with every
+    /// other reader of the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced_fan_out: Option<EnhancedFanOutConfig>,
+}
+
+/// The stream consumer that enhanced fan-out reads through.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnhancedFanOutConfig {
+    /// The consumer's name: registered on the stream when missing, and shared by every replica
+    /// (each shard has one subscription at a time, held by the replica that reads it).
+    #[serde(default = "default_consumer_name")]
+    pub consumer_name: String,
+}
+
+impl Default for EnhancedFanOutConfig {
+    fn default() -> Self {
+        EnhancedFanOutConfig {
+            consumer_name: default_consumer_name(),
+        }
+    }
+}
+
+fn default_consumer_name() -> String {
+    "clickheatmap-aggregator".to_owned()
+}
+
+/// A Kinesis stream consumer name: 1 to 128 letters, digits, `_`, `.` and `-`.
+pub fn valid_consumer_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// The starting point of a shard that has no checkpoint yet.
@@ -455,6 +492,17 @@ impl AggregatorConfig {
                         "must be at least 200ms (Kinesis allows 5 GetRecords calls per second per shard)",
                     ));
                 }
+                if let Some(fan_out) = &kinesis.enhanced_fan_out
+                    && !valid_consumer_name(&fan_out.consumer_name)
+                {
+                    return Err(invalid(
+                        "source.enhancedFanOut.consumerName",
+                        format!(
+                            "{:?}: use 1 to 128 letters, digits, '_', '.' and '-'",
+                            fan_out.consumer_name
+                        ),
+                    ));
+                }
             }
             _ => {}
         }
@@ -554,6 +602,18 @@ mod tests {
             StartPosition::AtTimestamp { timestamp_ms: 5 }
         );
         assert_eq!(kinesis.max_records_per_call, 10_000);
+        assert_eq!(kinesis.enhanced_fan_out, None);
+        let config = AggregatorConfig::from_json(
+            r#"{"source":{"type":"kinesis","streamName":"s","enhancedFanOut":{}}}"#,
+        )
+        .unwrap();
+        let SourceConfig::Kinesis(kinesis) = config.source else {
+            panic!("expected a Kinesis source");
+        };
+        assert_eq!(
+            kinesis.enhanced_fan_out.unwrap().consumer_name,
+            "clickheatmap-aggregator"
+        );
         assert_eq!(kinesis.idle_poll_interval, Duration::from_secs(1));
         assert_eq!(config.checkpoint.interval, Duration::from_secs(10));
     }
@@ -575,6 +635,10 @@ mod tests {
             (
                 r#"{"source":{"type":"kinesis","streamName":"s","idlePollInterval":"10ms"}}"#,
                 "source.idlePollInterval",
+            ),
+            (
+                r#"{"source":{"type":"kinesis","streamName":"s","enhancedFanOut":{"consumerName":"a b"}}}"#,
+                "source.enhancedFanOut.consumerName",
             ),
             (r#"{"metricsAddress":"nowhere"}"#, "metricsAddress"),
             (r#"{"replicas":{"count":2,"index":2}}"#, "replicas"),

@@ -23,8 +23,9 @@ pub mod duration;
 pub mod pipeline;
 
 pub use aggregator_config::{
-    AggregatorConfig, CheckpointConfig, ConfigError, GridConfig, KinesisSourceConfig, LimitsConfig,
-    OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig, StartPosition, WindowConfig,
+    AggregatorConfig, CheckpointConfig, ConfigError, EnhancedFanOutConfig, GridConfig,
+    KinesisSourceConfig, LimitsConfig, OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig,
+    StartPosition, WindowConfig,
 };
 pub use duration::{Duration, DurationParseError};
 #[cfg(feature = "resource")]

@@ -292,8 +292,14 @@ def test_aggregator_policy_reads_the_stream_and_writes_only_its_prefixes():
     document = iam_documents()["aggregator-policy.json"]
     assert actions_of(document) == {
         "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords",
+        # Enhanced fan-out (spec.aggregation.enhancedFanOut): its own consumer only.
+        "kinesis:DescribeStreamSummary", "kinesis:DescribeStreamConsumer",
+        "kinesis:RegisterStreamConsumer", "kinesis:SubscribeToShard",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
     }
+    for statement in document["Statement"]:
+        if "kinesis:SubscribeToShard" in statement["Action"]:
+            assert statement["Resource"].endswith(":stream/<STREAM_NAME>/consumer/<PIPELINE_NAME>-aggregator:*")
     for statement in document["Statement"]:
         resources = statement["Resource"]
         for resource in [resources] if isinstance(resources, str) else resources:

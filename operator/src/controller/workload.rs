@@ -18,8 +18,9 @@
 use std::collections::BTreeMap;
 
 use clickheatmap_crds::{
-    AggregationEngine, AggregatorConfig, ClickHeatmapPipeline, Duration, GridConfig,
-    KinesisSourceConfig, OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig, WindowConfig,
+    AggregationEngine, AggregatorConfig, ClickHeatmapPipeline, Duration, EnhancedFanOutConfig,
+    GridConfig, KinesisSourceConfig, OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig,
+    WindowConfig,
 };
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -279,6 +280,12 @@ pub fn aggregator_config(pipeline: &ClickHeatmapPipeline) -> Result<AggregatorCo
         ))
     })?;
     let defaults = AggregatorConfig::default();
+    let enhanced_fan_out = spec
+        .aggregation
+        .enhanced_fan_out
+        .then(|| EnhancedFanOutConfig {
+            consumer_name: format!("{name}-aggregator"),
+        });
     let config = AggregatorConfig {
         writer_id: name,
         source: SourceConfig::Kinesis(KinesisSourceConfig {
@@ -289,6 +296,7 @@ pub fn aggregator_config(pipeline: &ClickHeatmapPipeline) -> Result<AggregatorCo
             idle_poll_interval: Duration::from_secs(1),
             shard_discovery_interval: Duration::from_secs(30),
             idle_watermark_delay: Duration::from_secs(5),
+            enhanced_fan_out,
         }),
         window: WindowConfig {
             size: spec.aggregation.window,
@@ -605,6 +613,7 @@ mod tests {
             SourceConfig::Kinesis(k) => {
                 assert_eq!(k.stream_name, "shop-clicks");
                 assert_eq!(k.region.as_deref(), Some("ap-northeast-2"));
+                assert_eq!(k.enhanced_fan_out, None);
             }
             other => panic!("unexpected source {other:?}"),
         }
@@ -638,6 +647,17 @@ mod tests {
         assert_eq!(config.window.size, Duration::from_secs(300));
         assert_eq!(config.window.allowed_lateness, Duration::from_secs(60));
         assert_eq!((config.grid.columns, config.grid.rows), (32, 18));
+        let SourceConfig::Kinesis(kinesis) = &config.source else {
+            panic!("unexpected source {:?}", config.source);
+        };
+        // The pipeline's own consumer, the one the IAM policy names.
+        assert_eq!(
+            kinesis
+                .enhanced_fan_out
+                .as_ref()
+                .map(|fan_out| fan_out.consumer_name.as_str()),
+            Some("shop-full-aggregator")
+        );
     }
 
     #[test]
