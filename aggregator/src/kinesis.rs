@@ -5,12 +5,8 @@
 //! renewed from the last sequence number, anything else is retried with backoff and counted.
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::error::SdkError;
-use aws_sdk_kinesis::operation::get_records::GetRecordsError;
-use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
-use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardError;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
@@ -105,7 +101,7 @@ impl Subscription {
                 // A kind of event this SDK version does not know: nothing to read in it.
                 Ok(Some(_)) => continue,
                 Ok(None) => return Ok(None),
-                Err(err) => return Err(classify_event_stream_error(err)),
+                Err(err) => return Err(classify(err)),
             };
             return Ok(Some(FanOutEvent {
                 records: event
@@ -165,14 +161,7 @@ impl KinesisSource {
                 Some(token) => self.client.list_shards().next_token(token),
                 None => self.client.list_shards().stream_name(&self.stream),
             };
-            let page = request.send().await.map_err(|err| {
-                let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-                match err.into_service_error() {
-                    e if e.is_resource_not_found_exception() => KinesisError::NotFound(message),
-                    e if e.is_limit_exceeded_exception() => KinesisError::Throttled(message),
-                    _ => KinesisError::Other(message),
-                }
-            })?;
+            let page = request.send().await.map_err(classify)?;
             for shard in page.shards() {
                 shards.push(ShardInfo {
                     shard_id: shard.shard_id().to_owned(),
@@ -211,7 +200,7 @@ impl KinesisSource {
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(DateTime::from_millis(*timestamp_ms)),
         };
-        let output = request.send().await.map_err(classify_iterator_error)?;
+        let output = request.send().await.map_err(classify)?;
         output
             .shard_iterator()
             .map(str::to_owned)
@@ -226,14 +215,7 @@ impl KinesisSource {
             .stream_name(&self.stream)
             .send()
             .await
-            .map_err(|err| {
-                let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-                match err.into_service_error() {
-                    e if e.is_resource_not_found_exception() => KinesisError::NotFound(message),
-                    e if e.is_limit_exceeded_exception() => KinesisError::Throttled(message),
-                    _ => KinesisError::Other(message),
-                }
-            })?;
+            .map_err(classify)?;
         let stream_arn = summary
             .stream_description_summary()
             .map(|description| description.stream_arn().to_owned())
@@ -245,7 +227,7 @@ impl KinesisSource {
             .consumer_name(name)
             .send()
             .await;
-        match described {
+        match described.map_err(classify) {
             Ok(output) => {
                 let consumer = output.consumer_description().ok_or_else(|| {
                     KinesisError::Other("DescribeStreamConsumer returned no consumer".into())
@@ -255,16 +237,10 @@ impl KinesisSource {
                     active: consumer.consumer_status() == &ConsumerStatus::Active,
                 })
             }
-            Err(err) => {
-                let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-                match err.into_service_error() {
-                    e if e.is_resource_not_found_exception() => {}
-                    e if e.is_limit_exceeded_exception() => {
-                        return Err(KinesisError::Throttled(message));
-                    }
-                    _ => return Err(KinesisError::Other(message)),
-                }
+            Err(KinesisError::NotFound(_)) => {
                 tracing::info!(consumer = name, stream = %self.stream, "registering the stream consumer");
+                // Another replica registering it at the same time makes this a ResourceInUse:
+                // classified as "later", and the next call finds the consumer.
                 let output = self
                     .client
                     .register_stream_consumer()
@@ -272,23 +248,7 @@ impl KinesisSource {
                     .consumer_name(name)
                     .send()
                     .await
-                    .map_err(|err| {
-                        let message =
-                            format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-                        match err.into_service_error() {
-                            // Another replica registered it first, or the limit of consumers
-                            // per stream; either way, ask again later.
-                            e if e.is_resource_in_use_exception()
-                                || e.is_limit_exceeded_exception() =>
-                            {
-                                KinesisError::Throttled(message)
-                            }
-                            e if e.is_resource_not_found_exception() => {
-                                KinesisError::NotFound(message)
-                            }
-                            _ => KinesisError::Other(message),
-                        }
-                    })?;
+                    .map_err(classify)?;
                 let consumer = output.consumer().ok_or_else(|| {
                     KinesisError::Other("RegisterStreamConsumer returned no consumer".into())
                 })?;
@@ -297,6 +257,7 @@ impl KinesisSource {
                     active: consumer.consumer_status() == &ConsumerStatus::Active,
                 })
             }
+            Err(err) => Err(err),
         }
     }
 
@@ -333,7 +294,7 @@ impl KinesisSource {
             .starting_position(position)
             .send()
             .await
-            .map_err(classify_subscribe_error)?;
+            .map_err(classify)?;
         Ok(Subscription { output })
     }
 
@@ -349,7 +310,7 @@ impl KinesisSource {
             .limit(i32::try_from(limit).unwrap_or(10_000))
             .send()
             .await
-            .map_err(classify_get_records_error)?;
+            .map_err(classify)?;
         Ok(RecordBatch {
             records: output
                 .records()
@@ -365,65 +326,87 @@ impl KinesisSource {
     }
 }
 
-fn classify_get_records_error<R>(err: SdkError<GetRecordsError, R>) -> KinesisError
+/// Sorts a failed call by what the caller should do. Kinesis names its errors the same way in
+/// every operation, so the error code decides.
+fn classify<E, R>(err: SdkError<E, R>) -> KinesisError
 where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-    match err.into_service_error() {
-        GetRecordsError::ProvisionedThroughputExceededException(_)
-        | GetRecordsError::KmsThrottlingException(_) => KinesisError::Throttled(message),
-        GetRecordsError::ExpiredIteratorException(_) => KinesisError::ExpiredIterator,
-        GetRecordsError::ResourceNotFoundException(_) => KinesisError::NotFound(message),
+    match err.as_service_error().and_then(ProvideErrorMetadata::code) {
+        Some("ExpiredIteratorException") => KinesisError::ExpiredIterator,
+        Some("ResourceNotFoundException") => KinesisError::NotFound(message),
+        // Too many calls, or (ResourceInUse) not now: a consumer still being created, a
+        // previous subscription to the shard still open, a concurrent registration.
+        Some(
+            "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "KMSThrottlingException"
+            | "ResourceInUseException",
+        ) => KinesisError::Throttled(message),
         _ => KinesisError::Other(message),
     }
 }
 
-fn classify_iterator_error<R>(err: SdkError<GetShardIteratorError, R>) -> KinesisError
-where
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-    match err.into_service_error() {
-        GetShardIteratorError::ProvisionedThroughputExceededException(_) => {
-            KinesisError::Throttled(message)
-        }
-        GetShardIteratorError::ResourceNotFoundException(_) => KinesisError::NotFound(message),
-        _ => KinesisError::Other(message),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use aws_sdk_kinesis::error::ErrorMetadata;
+    use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+    use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardError;
 
-fn classify_subscribe_error<R>(err: SdkError<SubscribeToShardError, R>) -> KinesisError
-where
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-    match err.into_service_error() {
-        // A subscription to the shard is still open (the previous reader's, for up to five
-        // minutes after it went away), the consumer is not active yet, or calls came too fast.
-        SubscribeToShardError::ResourceInUseException(_)
-        | SubscribeToShardError::LimitExceededException(_)
-        | SubscribeToShardError::KmsThrottlingException(_) => KinesisError::Throttled(message),
-        SubscribeToShardError::ResourceNotFoundException(_) => KinesisError::NotFound(message),
-        _ => KinesisError::Other(message),
-    }
-}
+    use super::*;
 
-fn classify_event_stream_error<R>(
-    err: SdkError<SubscribeToShardEventStreamError, R>,
-) -> KinesisError
-where
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let message = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err));
-    match err.into_service_error() {
-        SubscribeToShardEventStreamError::ResourceInUseException(_)
-        | SubscribeToShardEventStreamError::KmsThrottlingException(_) => {
-            KinesisError::Throttled(message)
+    fn get_records_error(code: &str) -> SdkError<GetRecordsError, ()> {
+        SdkError::service_error(
+            GetRecordsError::generic(ErrorMetadata::builder().code(code).build()),
+            (),
+        )
+    }
+
+    #[test]
+    fn errors_are_sorted_by_their_code() {
+        assert!(matches!(
+            classify(get_records_error("ExpiredIteratorException")),
+            KinesisError::ExpiredIterator
+        ));
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "KMSThrottlingException",
+            "LimitExceededException",
+        ] {
+            assert!(
+                matches!(
+                    classify(get_records_error(code)),
+                    KinesisError::Throttled(_)
+                ),
+                "{code}"
+            );
         }
-        SubscribeToShardEventStreamError::ResourceNotFoundException(_) => {
-            KinesisError::NotFound(message)
-        }
-        _ => KinesisError::Other(message),
+        assert!(matches!(
+            classify(get_records_error("AccessDeniedException")),
+            KinesisError::Other(_)
+        ));
+        let in_use = SdkError::<_, ()>::service_error(
+            SubscribeToShardError::generic(
+                ErrorMetadata::builder()
+                    .code("ResourceInUseException")
+                    .build(),
+            ),
+            (),
+        );
+        assert!(matches!(classify(in_use), KinesisError::Throttled(_)));
+        let missing = SdkError::<_, ()>::service_error(
+            SubscribeToShardError::generic(
+                ErrorMetadata::builder()
+                    .code("ResourceNotFoundException")
+                    .build(),
+            ),
+            (),
+        );
+        assert!(matches!(classify(missing), KinesisError::NotFound(_)));
+        // No answer at all (a connection failure) is retried like any other error.
+        let timeout = SdkError::<GetRecordsError, ()>::timeout_error("no answer");
+        assert!(matches!(classify(timeout), KinesisError::Other(_)));
     }
 }

@@ -19,7 +19,7 @@ use aws_sdk_athena::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
 use crate::error::{Error, code_of, from_sdk, is_not_found};
 use crate::names::{Names, Owner, query_results_location};
 
@@ -402,11 +402,12 @@ pub async fn delete(
     let Some(observed) = observe(client, desired).await? else {
         return Ok(Deletion::Gone);
     };
-    if !is_ours(&observed.tags, &desired.owner) {
-        return Ok(Deletion::Kept(format!(
-            "Athena workgroup {name} is not tagged by pipeline {}; left in place",
-            desired.owner.tag_value()
-        )));
+    if let Some(kept) = left_in_place(
+        &format!("Athena workgroup {name}"),
+        &observed.tags,
+        &desired.owner,
+    ) {
+        return Ok(kept);
     }
     client
         .delete_work_group()

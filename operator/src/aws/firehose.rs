@@ -22,7 +22,7 @@ use aws_sdk_firehose::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use super::{Deletion, Readiness, check_owner, is_ours, left_in_place, missing_tags, paged_tags};
 use crate::error::{Error, from_sdk, is_not_found};
 use crate::names::{Names, Owner, delivery_stream_name};
 
@@ -239,27 +239,31 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliv
                 .unwrap_or(300),
             compression: s3.compression_format().as_str().to_owned(),
         });
-    let mut tags = BTreeMap::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = client
+    let tags = paged_tags(|start| {
+        let request = client
             .list_tags_for_delivery_stream()
             .delivery_stream_name(name)
-            .set_exclusive_start_tag_key(start.take())
-            .send()
-            .await
-            .map_err(|e| from_sdk("firehose:ListTagsForDeliveryStream", &what, e))?;
-        for tag in page.tags() {
-            tags.insert(
-                tag.key().to_owned(),
-                tag.value().unwrap_or_default().to_owned(),
-            );
+            .set_exclusive_start_tag_key(start);
+        let what = &what;
+        async move {
+            let page = request
+                .send()
+                .await
+                .map_err(|e| from_sdk("firehose:ListTagsForDeliveryStream", what, e))?;
+            let entries = page
+                .tags()
+                .iter()
+                .map(|tag| {
+                    (
+                        tag.key().to_owned(),
+                        tag.value().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            Ok((entries, page.has_more_tags()))
         }
-        match page.tags().last() {
-            Some(last) if page.has_more_tags() => start = Some(last.key().to_owned()),
-            _ => break,
-        }
-    }
+    })
+    .await?;
     Ok(Some(ObservedDeliveryStream {
         name: description.delivery_stream_name().to_owned(),
         arn: description.delivery_stream_arn().to_owned(),
@@ -512,11 +516,8 @@ pub async fn delete(
     let Some(observed) = observe(client, name).await? else {
         return Ok(Deletion::Gone);
     };
-    if !is_ours(&observed.tags, owner) {
-        return Ok(Deletion::Kept(format!(
-            "delivery stream {name} is not tagged by pipeline {}; left in place",
-            owner.tag_value()
-        )));
+    if let Some(kept) = left_in_place(&format!("delivery stream {name}"), &observed.tags, owner) {
+        return Ok(kept);
     }
     if observed.status.starts_with("DELETING") {
         return Ok(Deletion::InProgress(format!(

@@ -35,7 +35,7 @@ use aws_sdk_kinesisanalyticsv2::types::{
 use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use super::{Deletion, Readiness, check_owner, is_ours, left_in_place, missing_tags};
 use crate::error::{Error, from_sdk, is_not_found};
 use crate::names::{Names, Owner, curated_table_location, flink_application_name};
 
@@ -402,11 +402,8 @@ pub async fn delete(
     let Some(observed) = api.observe(name).await? else {
         return Ok(Deletion::Gone);
     };
-    if !is_ours(&observed.tags, owner) {
-        return Ok(Deletion::Kept(format!(
-            "Flink application {name} is not tagged by pipeline {}; left in place",
-            owner.tag_value()
-        )));
+    if let Some(kept) = left_in_place(&format!("Flink application {name}"), &observed.tags, owner) {
+        return Ok(kept);
     }
     if observed.status == "DELETING" {
         return Ok(Deletion::InProgress(format!(

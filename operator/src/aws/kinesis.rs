@@ -26,7 +26,7 @@ use clickheatmap_crds::{
 };
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
+use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags, paged_tags};
 use crate::error::{Error, from_sdk, is_not_found};
 use crate::names::{Names, Owner};
 
@@ -243,27 +243,31 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedStrea
     let Some(summary) = output.stream_description_summary() else {
         return Ok(None);
     };
-    let mut tags = BTreeMap::new();
-    let mut start: Option<String> = None;
-    loop {
-        let page = client
+    let tags = paged_tags(|start| {
+        let request = client
             .list_tags_for_stream()
             .stream_name(name)
-            .set_exclusive_start_tag_key(start.take())
-            .send()
-            .await
-            .map_err(|e| from_sdk("kinesis:ListTagsForStream", &what, e))?;
-        for tag in page.tags() {
-            tags.insert(
-                tag.key().to_owned(),
-                tag.value().unwrap_or_default().to_owned(),
-            );
+            .set_exclusive_start_tag_key(start);
+        let what = &what;
+        async move {
+            let page = request
+                .send()
+                .await
+                .map_err(|e| from_sdk("kinesis:ListTagsForStream", what, e))?;
+            let entries = page
+                .tags()
+                .iter()
+                .map(|tag| {
+                    (
+                        tag.key().to_owned(),
+                        tag.value().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            Ok((entries, page.has_more_tags()))
         }
-        match page.tags().last() {
-            Some(last) if page.has_more_tags() => start = Some(last.key().to_owned()),
-            _ => break,
-        }
-    }
+    })
+    .await?;
     Ok(Some(ObservedStream {
         name: summary.stream_name().to_owned(),
         arn: summary.stream_arn().to_owned(),
@@ -587,11 +591,8 @@ pub async fn delete(
     let Some(observed) = observe(client, stream).await? else {
         return Ok(Deletion::Gone);
     };
-    if !is_ours(&observed.tags, &desired.owner) {
-        return Ok(Deletion::Kept(format!(
-            "stream {stream} is not tagged by pipeline {}; left in place",
-            desired.owner.tag_value()
-        )));
+    if let Some(kept) = left_in_place(&format!("stream {stream}"), &observed.tags, &desired.owner) {
+        return Ok(kept);
     }
     if observed.status == "DELETING" {
         return Ok(Deletion::InProgress(format!("stream {stream} is DELETING")));

@@ -192,6 +192,41 @@ pub(crate) fn is_ours(tags: &BTreeMap<String, String>, owner: &Owner) -> bool {
     Ownership::of(tags, owner) == Ownership::Ours
 }
 
+/// What deleting a resource that this pipeline does not own comes to: it is left in place.
+/// `None` when the pipeline owns it (the deletion goes on).
+pub(crate) fn left_in_place(
+    what: &str,
+    tags: &BTreeMap<String, String>,
+    owner: &Owner,
+) -> Option<Deletion> {
+    (!is_ours(tags, owner)).then(|| {
+        Deletion::Kept(format!(
+            "{what} is not tagged by pipeline {}; left in place",
+            owner.tag_value()
+        ))
+    })
+}
+
+/// Reads tags that come in pages, each page starting after the last key of the one before:
+/// `page(start)` returns one page's tags and whether more follow.
+pub(crate) async fn paged_tags<Page, Fut>(mut page: Page) -> Result<BTreeMap<String, String>, Error>
+where
+    Page: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<(String, String)>, bool), Error>>,
+{
+    let mut tags = BTreeMap::new();
+    let mut start = None;
+    loop {
+        let (entries, more) = page(start.take()).await?;
+        let last = entries.last().map(|(key, _)| key.clone());
+        tags.extend(entries);
+        match last {
+            Some(last) if more => start = Some(last),
+            _ => return Ok(tags),
+        }
+    }
+}
+
 /// The tag keys of the operator, for documentation and tests.
 pub const OWNER_TAG_KEYS: [&str; 2] = [PIPELINE_TAG, MANAGED_BY_TAG];
 
@@ -335,6 +370,37 @@ mod tests {
         assert!(missing_tags(&observed, &owner.tags()).is_empty());
         observed.insert(MANAGED_BY_TAG.to_owned(), "someone".to_owned());
         assert_eq!(missing_tags(&observed, &owner.tags()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn tags_are_read_page_after_page() {
+        let pages = [vec![("a", "1"), ("b", "2")], vec![("c", "3")]];
+        let mut starts = Vec::new();
+        let tags = paged_tags(|start: Option<String>| {
+            starts.push(start.clone());
+            let index = usize::from(start.is_some());
+            let entries = pages[index]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            async move { Ok((entries, index == 0)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(starts, [None, Some("b".to_owned())]);
+        assert_eq!(tags.len(), 3);
+        assert_eq!(tags["c"], "3");
+    }
+
+    #[test]
+    fn foreign_resources_are_left_in_place() {
+        let owner = Owner::new("analytics", "shop");
+        assert_eq!(left_in_place("stream s", &owner.tags(), &owner), None);
+        let other = Owner::new("analytics", "other");
+        assert!(matches!(
+            left_in_place("stream s", &other.tags(), &owner),
+            Some(Deletion::Kept(message)) if message.contains("stream s is not tagged by pipeline")
+        ));
     }
 
     #[test]

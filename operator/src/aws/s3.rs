@@ -38,7 +38,7 @@ use aws_sdk_s3::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, missing_tags};
+use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
 use crate::error::{Error, code_of, from_sdk, is_not_found};
 use crate::names::{Names, Owner, Ownership};
 
@@ -679,11 +679,8 @@ pub async fn delete(
     let Some(observed) = observe(client, &probe).await? else {
         return Ok(Deletion::Gone);
     };
-    if Ownership::of(&observed.tags, &desired.owner) != Ownership::Ours {
-        return Ok(Deletion::Kept(format!(
-            "{what} is not tagged by pipeline {}; left in place",
-            desired.owner.tag_value()
-        )));
+    if let Some(kept) = left_in_place(&what, &observed.tags, &desired.owner) {
+        return Ok(kept);
     }
     let mut token: Option<String> = None;
     let mut removed = 0usize;

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickheatmap_aggregator::location::{Location, LocationError};
+use clickheatmap_aggregator::sink::curated_schema;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -88,19 +89,6 @@ pub struct LocalEngine {
     settings: LocalSettings,
 }
 
-/// The curated table's columns, as the aggregator writes them; the partition columns come from
-/// the directory names.
-fn curated_schema() -> Schema {
-    Schema::new(vec![
-        Field::new("page_id", DataType::Utf8, false),
-        Field::new("grid_x", DataType::Int32, false),
-        Field::new("grid_y", DataType::Int32, false),
-        Field::new("window_start", DataType::Int64, false),
-        Field::new("window_end", DataType::Int64, false),
-        Field::new("clicks", DataType::Int64, false),
-    ])
-}
-
 impl LocalEngine {
     /// Opens the curated root (`s3://bucket/prefix`, `file:///dir` or a directory; a missing
     /// directory is created, as the aggregator would) and registers the table in it as
@@ -136,7 +124,8 @@ impl LocalEngine {
         let table = ListingTable::try_new(
             ListingTableConfig::new(table_url)
                 .with_listing_options(options)
-                .with_schema(Arc::new(curated_schema())),
+                // The aggregator's own schema: the partition columns come from the directories.
+                .with_schema(curated_schema()),
         )?;
         context.register_table(names.table.as_str(), Arc::new(table))?;
         Ok(LocalEngine {
