@@ -365,12 +365,11 @@ pub struct AggregationSpec {
     #[schemars(range(min = 0))]
     pub replicas: i32,
 
-    /// Read the stream with enhanced fan-out (engine `Deployment`): the aggregator registers the
-    /// stream consumer `<name>-aggregator` and subscribes to each shard, getting its own 2 MB/s
-    /// per shard and records within milliseconds instead of sharing each shard's throughput
-    /// and 5 reads/s with the raw archive and every other reader. Billed per consumer-shard
-    /// hour and per GB. Turning it off leaves the consumer registered until the stream is
-    /// deleted or it is deregistered.
+    /// Read the stream with enhanced fan-out (engine `Deployment`): the operator registers the
+    /// stream consumer `<name>-aggregator` and the aggregator subscribes to each shard through
+    /// it, getting its own 2 MB/s per shard and records within milliseconds instead of sharing
+    /// each shard's throughput and 5 reads/s with the raw archive and every other reader.
+    /// Billed per consumer-shard hour and per GB; turning it off deregisters the consumer.
     #[serde(default)]
     pub enhanced_fan_out: bool,
 

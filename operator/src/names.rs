@@ -22,6 +22,11 @@ pub const MANAGED_BY: &str = "clickheatmap-operator";
 /// Directory of the curated data inside the curated bucket (the aggregator's output root).
 pub const CURATED_ROOT: &str = "curated";
 
+/// The enhanced fan-out consumer of a pipeline's aggregator, on the pipeline's stream.
+pub fn fan_out_consumer_name(pipeline: &str) -> String {
+    format!("{pipeline}-aggregator")
+}
+
 /// The pipeline a resource belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Owner {
@@ -108,6 +113,10 @@ impl Names {
             "arn:{}:{service}:{}:{}:{resource}",
             self.account.partition, self.region, self.account.id
         )
+    }
+
+    pub fn fan_out_consumer(&self) -> String {
+        fan_out_consumer_name(&self.owner.name)
     }
 
     pub fn stream_arn(&self, stream: &str) -> String {

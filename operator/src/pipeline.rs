@@ -457,7 +457,7 @@ async fn plan_stream(ctx: &Context<'_>) -> PartPlan {
     let mut plan = part_plan(Part::Stream);
     let desired = kinesis::desired(ctx.spec, &ctx.names);
     plan.summary = format!("stream {} is ACTIVE and matches the spec", desired.name);
-    match kinesis::observe(&ctx.clients.kinesis, &desired.name).await {
+    match kinesis::observe(&ctx.clients.kinesis, &desired.name, &desired.consumer.name).await {
         Ok(observed) => {
             if record(
                 &mut plan,

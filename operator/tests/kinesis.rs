@@ -20,7 +20,8 @@ async fn reconcile(
     env: &Env,
     desired: &kinesis::DesiredStream,
 ) -> Result<Vec<kinesis::Change>, Error> {
-    let observed = kinesis::observe(&env.clients.kinesis, &desired.name).await?;
+    let observed =
+        kinesis::observe(&env.clients.kinesis, &desired.name, &desired.consumer.name).await?;
     let mut made = Vec::new();
     for change in kinesis::diff(desired, observed.as_ref())? {
         kinesis::apply(&env.clients.kinesis, &change).await?;
@@ -76,12 +77,13 @@ async fn stream_is_created_then_configured_then_left_alone() {
         vec![
             vec!["CreateStream".to_owned()],
             vec![
+                "RegisterStreamConsumer".to_owned(),
                 "IncreaseStreamRetentionPeriod".to_owned(),
                 "StartStreamEncryption".to_owned()
             ],
         ]
     );
-    let observed = kinesis::observe(&env.clients.kinesis, &stream.name)
+    let observed = kinesis::observe(&env.clients.kinesis, &stream.name, &stream.consumer.name)
         .await
         .expect("observe")
         .expect("exists");
@@ -108,8 +110,60 @@ async fn stream_is_created_then_configured_then_left_alone() {
     assert_no_writes(&env.calls, &before, "stream resync");
     assert_eq!(
         env.calls.since(&before).into_keys().collect::<Vec<_>>(),
-        ["Kinesis:DescribeStreamSummary", "Kinesis:ListTagsForStream"]
+        [
+            "Kinesis:DescribeStreamConsumer",
+            "Kinesis:DescribeStreamSummary",
+            "Kinesis:ListTagsForStream"
+        ]
     );
+}
+
+#[tokio::test]
+async fn the_fan_out_consumer_follows_the_spec() {
+    let env = start().await;
+    let mut stream = desired(&env, "full", false).await;
+    assert!(stream.consumer.wanted);
+    converge(&env, &stream).await;
+    let observe = |stream: kinesis::DesiredStream| {
+        let client = env.clients.kinesis.clone();
+        async move {
+            kinesis::observe(&client, &stream.name, &stream.consumer.name)
+                .await
+                .expect("observe")
+                .expect("exists")
+        }
+    };
+    let consumer = observe(stream.clone()).await.consumer.expect("registered");
+    assert!(
+        consumer
+            .arn
+            .contains(":stream/shop-full-clicks/consumer/shop-full-aggregator"),
+        "{consumer:?}"
+    );
+
+    // Turned off: deregistered (it is billed per shard-hour), then nothing more to do.
+    stream.consumer.wanted = false;
+    let made = reconcile(&env, &stream).await.expect("reconcile");
+    assert!(
+        matches!(made.as_slice(), [kinesis::Change::DeregisterStreamConsumer { consumer, .. }] if consumer == "shop-full-aggregator"),
+        "{made:?}"
+    );
+    assert_eq!(observe(stream.clone()).await.consumer, None);
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &stream).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "resync without a consumer");
+
+    // On again: registered again.
+    stream.consumer.wanted = true;
+    let made = reconcile(&env, &stream).await.expect("reconcile");
+    assert!(
+        matches!(
+            made.as_slice(),
+            [kinesis::Change::RegisterStreamConsumer { .. }]
+        ),
+        "{made:?}"
+    );
+    assert!(observe(stream).await.consumer.is_some());
 }
 
 #[tokio::test]
@@ -174,7 +228,7 @@ async fn drift_is_repaired_in_allowed_steps() {
             },
         ]
     );
-    let observed = kinesis::observe(client, &stream.name)
+    let observed = kinesis::observe(client, &stream.name, &stream.consumer.name)
         .await
         .expect("observe")
         .expect("exists");
@@ -215,7 +269,7 @@ async fn a_stream_of_another_pipeline_is_refused() {
     assert_eq!(error.reason(), Reason::Conflict);
     assert!(!error.is_retryable());
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
-    let observed = kinesis::observe(&env.clients.kinesis, &stream.name)
+    let observed = kinesis::observe(&env.clients.kinesis, &stream.name, &stream.consumer.name)
         .await
         .expect("observe")
         .expect("exists");
@@ -279,7 +333,7 @@ async fn deletion_policies() {
         Ok(Deletion::Gone)
     );
     assert_eq!(
-        kinesis::observe(&env.clients.kinesis, &stream.name).await,
+        kinesis::observe(&env.clients.kinesis, &stream.name, &stream.consumer.name).await,
         Ok(None)
     );
 }

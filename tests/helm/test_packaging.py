@@ -259,6 +259,8 @@ def test_operator_policy_is_the_contract():
         "kinesis:IncreaseStreamRetentionPeriod", "kinesis:DecreaseStreamRetentionPeriod",
         "kinesis:StartStreamEncryption", "kinesis:StopStreamEncryption",
         "kinesis:AddTagsToStream", "kinesis:ListTagsForStream", "kinesis:DeleteStream",
+        "kinesis:RegisterStreamConsumer", "kinesis:DescribeStreamConsumer",
+        "kinesis:DeregisterStreamConsumer",
         "firehose:CreateDeliveryStream", "firehose:DescribeDeliveryStream",
         "firehose:UpdateDestination", "firehose:DeleteDeliveryStream",
         "firehose:TagDeliveryStream", "firehose:ListTagsForDeliveryStream",
@@ -292,9 +294,10 @@ def test_aggregator_policy_reads_the_stream_and_writes_only_its_prefixes():
     document = iam_documents()["aggregator-policy.json"]
     assert actions_of(document) == {
         "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords",
-        # Enhanced fan-out (spec.aggregation.enhancedFanOut): its own consumer only.
+        # Enhanced fan-out (spec.aggregation.enhancedFanOut): its own consumer only, which the
+        # operator registers.
         "kinesis:DescribeStreamSummary", "kinesis:DescribeStreamConsumer",
-        "kinesis:RegisterStreamConsumer", "kinesis:SubscribeToShard",
+        "kinesis:SubscribeToShard",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
     }
     for statement in document["Statement"]:

@@ -1,7 +1,9 @@
 //! The Kinesis data stream the clicks go to.
 //!
 //! Managed settings: capacity mode, shard count (provisioned mode), retention, server-side
-//! encryption with KMS, and the owner tags.
+//! encryption with KMS, the owner tags, and the aggregator's enhanced fan-out consumer
+//! (`<pipeline>-aggregator`): registered while `aggregation.enhancedFanOut` asks for it,
+//! deregistered when it no longer does (a consumer is billed per shard-hour).
 //!
 //! Kinesis makes most changes asynchronously (the stream goes `UPDATING`) and limits them, so
 //! the reconciler moves in steps instead of asking for the impossible:
@@ -22,7 +24,8 @@ use std::fmt;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::{EncryptionType, ScalingType, StreamMode, StreamModeDetails};
 use clickheatmap_crds::{
-    ClickHeatmapPipelineSpec, DeletionPolicy, StreamEncryption, StreamMode as SpecStreamMode,
+    AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy, StreamEncryption,
+    StreamMode as SpecStreamMode,
 };
 use serde::Serialize;
 
@@ -53,6 +56,25 @@ pub struct DesiredStream {
     pub owner: Owner,
     pub adopt_existing: bool,
     pub tags: BTreeMap<String, String>,
+    /// The aggregator's enhanced fan-out consumer, and whether the spec wants it.
+    pub consumer: DesiredConsumer,
+}
+
+/// The enhanced fan-out consumer of the pipeline's aggregator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredConsumer {
+    pub name: String,
+    pub wanted: bool,
+}
+
+/// A registered stream consumer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedConsumer {
+    pub arn: String,
+    /// `CREATING`, `ACTIVE` or `DELETING`.
+    pub status: String,
 }
 
 /// An existing stream.
@@ -70,6 +92,8 @@ pub struct ObservedStream {
     pub encryption_type: String,
     pub key_id: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// The pipeline's consumer, when registered.
+    pub consumer: Option<ObservedConsumer>,
 }
 
 /// One Kinesis call the operator would make.
@@ -116,6 +140,16 @@ pub enum Change {
         from: i32,
         to: i32,
         target: i32,
+    },
+    RegisterStreamConsumer {
+        stream: String,
+        stream_arn: String,
+        consumer: String,
+    },
+    DeregisterStreamConsumer {
+        stream: String,
+        consumer: String,
+        consumer_arn: String,
     },
 }
 
@@ -182,6 +216,18 @@ impl fmt::Display for Change {
                 }
                 Ok(())
             }
+            Change::RegisterStreamConsumer {
+                stream, consumer, ..
+            } => write!(
+                f,
+                "register enhanced fan-out consumer {consumer} on stream {stream}"
+            ),
+            Change::DeregisterStreamConsumer {
+                stream, consumer, ..
+            } => write!(
+                f,
+                "deregister enhanced fan-out consumer {consumer} from stream {stream}"
+            ),
         }
     }
 }
@@ -211,6 +257,11 @@ pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredStream 
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
         tags: names.owner.tags(),
+        consumer: DesiredConsumer {
+            name: names.fan_out_consumer(),
+            wanted: spec.aggregation.enhanced_fan_out
+                && spec.aggregation.engine == AggregationEngine::Deployment,
+        },
     }
 }
 
@@ -227,8 +278,12 @@ pub fn next_shard_count(current: i32, target: i32) -> i32 {
     }
 }
 
-/// Reads the stream and its tags; `None` when there is no such stream.
-pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedStream>, Error> {
+/// Reads the stream, its tags and the pipeline's consumer; `None` when there is no such stream.
+pub async fn observe(
+    client: &Client,
+    name: &str,
+    consumer: &str,
+) -> Result<Option<ObservedStream>, Error> {
     let what = format!("stream {name}");
     let output = match client
         .describe_stream_summary()
@@ -268,6 +323,7 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedStrea
         }
     })
     .await?;
+    let consumer = observe_consumer(client, summary.stream_arn(), consumer).await?;
     Ok(Some(ObservedStream {
         name: summary.stream_name().to_owned(),
         arn: summary.stream_arn().to_owned(),
@@ -284,7 +340,35 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedStrea
             .unwrap_or_else(|| "NONE".to_owned()),
         key_id: summary.key_id().map(str::to_owned),
         tags,
+        consumer,
     }))
+}
+
+async fn observe_consumer(
+    client: &Client,
+    stream_arn: &str,
+    name: &str,
+) -> Result<Option<ObservedConsumer>, Error> {
+    match client
+        .describe_stream_consumer()
+        .stream_arn(stream_arn)
+        .consumer_name(name)
+        .send()
+        .await
+    {
+        Ok(output) => Ok(output
+            .consumer_description()
+            .map(|consumer| ObservedConsumer {
+                arn: consumer.consumer_arn().to_owned(),
+                status: consumer.consumer_status().as_str().to_owned(),
+            })),
+        Err(error) if is_not_found(&error) => Ok(None),
+        Err(error) => Err(from_sdk(
+            "kinesis:DescribeStreamConsumer",
+            &format!("consumer {name}"),
+            error,
+        )),
+    }
 }
 
 /// The calls that turn `observed` into `desired`, in the order they can be made. Empty when
@@ -316,6 +400,13 @@ pub fn diff(
                 key_id: key_id.clone(),
             });
         }
+        if desired.consumer.wanted {
+            changes.push(Change::RegisterStreamConsumer {
+                stream: stream.clone(),
+                stream_arn: desired.arn.clone(),
+                consumer: desired.consumer.name.clone(),
+            });
+        }
         return Ok(changes);
     };
     check_owner(
@@ -331,6 +422,23 @@ pub fn diff(
             stream: stream.clone(),
             tags: missing,
         });
+    }
+    // The consumer first: registering one does not make the stream UPDATING, so it does not
+    // wait behind the changes that do.
+    match (&observed.consumer, desired.consumer.wanted) {
+        (None, true) => changes.push(Change::RegisterStreamConsumer {
+            stream: stream.clone(),
+            stream_arn: observed.arn.clone(),
+            consumer: desired.consumer.name.clone(),
+        }),
+        (Some(consumer), false) if consumer.status != "DELETING" => {
+            changes.push(Change::DeregisterStreamConsumer {
+                stream: stream.clone(),
+                consumer: desired.consumer.name.clone(),
+                consumer_arn: consumer.arn.clone(),
+            });
+        }
+        _ => {}
     }
     if desired.retention_hours > observed.retention_hours {
         changes.push(Change::IncreaseStreamRetentionPeriod {
@@ -408,6 +516,45 @@ fn build_error(what: &str) -> impl FnOnce(aws_sdk_kinesis::error::BuildError) ->
 /// Makes one Kinesis call.
 pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
     match change {
+        Change::RegisterStreamConsumer {
+            stream_arn,
+            consumer,
+            ..
+        } => {
+            client
+                .register_stream_consumer()
+                .stream_arn(stream_arn)
+                .consumer_name(consumer)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "kinesis:RegisterStreamConsumer",
+                        &format!("consumer {consumer}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
+        Change::DeregisterStreamConsumer {
+            consumer,
+            consumer_arn,
+            ..
+        } => {
+            client
+                .deregister_stream_consumer()
+                .consumer_arn(consumer_arn)
+                .send()
+                .await
+                .map_err(|e| {
+                    from_sdk(
+                        "kinesis:DeregisterStreamConsumer",
+                        &format!("consumer {consumer}"),
+                        e,
+                    )
+                })?;
+            Ok(())
+        }
         Change::CreateStream {
             stream,
             mode,
@@ -588,7 +735,7 @@ pub async fn delete(
         return Ok(Deletion::Retained);
     }
     let stream = &desired.name;
-    let Some(observed) = observe(client, stream).await? else {
+    let Some(observed) = observe(client, stream, &desired.consumer.name).await? else {
         return Ok(Deletion::Gone);
     };
     if let Some(kept) = left_in_place(&format!("stream {stream}"), &observed.tags, &desired.owner) {
@@ -627,6 +774,10 @@ mod tests {
             },
             key_id: desired.kms_key_id.clone(),
             tags: desired.tags.clone(),
+            consumer: desired.consumer.wanted.then(|| ObservedConsumer {
+                arn: format!("{}/consumer/{}:1", desired.arn, desired.consumer.name),
+                status: "ACTIVE".into(),
+            }),
         }
     }
 
@@ -706,7 +857,7 @@ mod tests {
         let full = fixture("pipeline-full.yaml");
         let stream = desired(&full.spec, &names_for(&full));
         let changes = diff(&stream, None).expect("diff");
-        assert_eq!(changes.len(), 3);
+        assert_eq!(changes.len(), 4);
         assert!(changes[0].needs_settling());
         assert_eq!(
             changes[0].to_string(),
@@ -727,6 +878,10 @@ mod tests {
                 key_id: "alias/shop-heatmap".into()
             }
         );
+        assert_eq!(
+            changes[3].to_string(),
+            "register enhanced fan-out consumer shop-full-aggregator on stream shop-full-clicks"
+        );
     }
 
     #[test]
@@ -736,6 +891,42 @@ mod tests {
             let stream = desired(&pipeline.spec, &names_for(&pipeline));
             assert_eq!(diff(&stream, Some(&in_sync(&stream))), Ok(vec![]), "{file}");
         }
+    }
+
+    #[test]
+    fn the_consumer_is_registered_and_deregistered_with_the_spec() {
+        let full = fixture("pipeline-full.yaml");
+        let mut stream = desired(&full.spec, &names_for(&full));
+        assert_eq!(stream.consumer.name, "shop-full-aggregator");
+        assert!(stream.consumer.wanted);
+        let mut observed = in_sync(&stream);
+        observed.consumer = None;
+        assert!(matches!(
+            diff(&stream, Some(&observed)).unwrap().as_slice(),
+            [Change::RegisterStreamConsumer { consumer, stream_arn, .. }]
+                if consumer == "shop-full-aggregator" && *stream_arn == stream.arn
+        ));
+        // A new stream's plan ends with it.
+        assert!(matches!(
+            diff(&stream, None).unwrap().last(),
+            Some(Change::RegisterStreamConsumer { .. })
+        ));
+        stream.consumer.wanted = false;
+        let observed = in_sync(&desired(&full.spec, &names_for(&full)));
+        assert!(matches!(
+            diff(&stream, Some(&observed)).unwrap().as_slice(),
+            [Change::DeregisterStreamConsumer { .. }]
+        ));
+        // Already on its way out: nothing to do.
+        let mut deleting = observed.clone();
+        if let Some(consumer) = deleting.consumer.as_mut() {
+            consumer.status = "DELETING".into();
+        }
+        assert_eq!(diff(&stream, Some(&deleting)), Ok(vec![]));
+        // Managed Flink reads the stream itself: no consumer for the aggregator.
+        let mut flink = full.clone();
+        flink.spec.aggregation.engine = AggregationEngine::ManagedFlink;
+        assert!(!desired(&flink.spec, &names_for(&flink)).consumer.wanted);
     }
 
     #[test]

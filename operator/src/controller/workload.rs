@@ -284,7 +284,7 @@ pub fn aggregator_config(pipeline: &ClickHeatmapPipeline) -> Result<AggregatorCo
         .aggregation
         .enhanced_fan_out
         .then(|| EnhancedFanOutConfig {
-            consumer_name: format!("{name}-aggregator"),
+            consumer_name: crate::names::fan_out_consumer_name(&name),
         });
     let config = AggregatorConfig {
         writer_id: name,
