@@ -1,7 +1,7 @@
 """The CRD in the chart's crds/ folder is exactly what the Rust types generate.
 
 The generator is `cargo run -q -p clickheatmap-crds --features resource --bin crdgen`. By default
-the test runs it with CARGO_TARGET_DIR=/tmp/helm-target (override with HELM_TEST_CARGO_TARGET_DIR),
+the test runs it with CARGO_TARGET_DIR=target/helm-crdgen in this checkout (override with HELM_TEST_CARGO_TARGET_DIR),
 which takes under a minute on a warm cargo registry. A CI script that has already run the
 generator can hand its output over instead: CRDGEN_OUTPUT=/path/to/crd.yaml.
 """
@@ -29,7 +29,11 @@ def generated_crd() -> str:
     cargo = shutil.which("cargo")
     assert cargo, "cargo is needed to run crdgen (or set CRDGEN_OUTPUT to its output)"
     env = dict(os.environ)
-    env["CARGO_TARGET_DIR"] = os.environ.get("HELM_TEST_CARGO_TARGET_DIR", "/tmp/helm-target")
+    # Inside this checkout: two checkouts sharing one target directory could run each other's
+    # crdgen binary.
+    env["CARGO_TARGET_DIR"] = os.environ.get(
+        "HELM_TEST_CARGO_TARGET_DIR", str(ROOT / "target" / "helm-crdgen")
+    )
     result = subprocess.run(
         [cargo, "run", "-q", "-p", "clickheatmap-crds", "--features", "resource",
          "--bin", "crdgen"],
