@@ -797,6 +797,7 @@
     }
     if (config.raw_sql) {
       $('raw-sql').classList.remove('hidden');
+      $('sql-run').textContent = config.engine === 'athena' ? 'Run on Athena' : 'Run locally';
       $('sql-text').value = `SELECT grid_x, grid_y, SUM(clicks) AS clicks\nFROM ${config.table}\nWHERE from_unixtime(window_end / 1000) >= date_add('hour', -1, current_timestamp)\nGROUP BY 1, 2\nORDER BY clicks DESC`;
     }
     if (state.background) {
