@@ -549,3 +549,27 @@ async fn the_ui_is_served_with_secure_headers() {
     assert_eq!(config["raw_sql"], false);
     assert_eq!(config["table"], "\"heatmap_demo\".\"curated_heatmap\"");
 }
+
+#[tokio::test]
+async fn a_damaged_file_is_the_engine_s_error_not_the_user_s() {
+    let (dir, _) = setup().await;
+    let root = dir.path().join("curated");
+    let partition = root.join("curated_heatmap/dt=2025-12-28/hour=10");
+    std::fs::write(partition.join("damaged.parquet"), b"not parquet at all").unwrap();
+    let server = serve_viewer(local_viewer(&root)).await;
+    let (status, body) =
+        get_json(&server.url(&format!("/api/heatmap?page=home&{}", range(T0, T0 + HOUR)))).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("the local engine"),
+        "{body}"
+    );
+    // Partitions outside the range are not opened, so other hours still answer.
+    let (status, body) = get_json(&server.url(&format!(
+        "/api/heatmap?page=home&{}",
+        range(T0 + 2 * HOUR, T0 + 3 * HOUR)
+    )))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 1);
+}

@@ -162,7 +162,8 @@ impl LocalEngine {
                     .collect();
                 frame = frame.with_param_values(bound).map_err(rejected)?;
             }
-            let plan = frame.create_physical_plan().await.map_err(rejected)?;
+            // Physical planning lists the table's files: a storage failure is the engine's.
+            let plan = frame.create_physical_plan().await.map_err(engine_failure)?;
             let files = files_scanned(plan.as_ref());
             let schema = plan.schema();
             let mut stream =
