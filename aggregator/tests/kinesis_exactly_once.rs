@@ -165,11 +165,11 @@ async fn dead_letter_lines(store: &Arc<dyn ObjectStore>) -> usize {
     lines
 }
 
-fn start_aggregator(moto: &MotoServer, config: &std::path::Path) -> Child {
+fn start_aggregator(moto: &MotoServer, config: &std::path::Path) -> KillOnDrop {
     start_replica(moto, config, None)
 }
 
-fn start_replica(moto: &MotoServer, config: &std::path::Path, index: Option<u32>) -> Child {
+fn start_replica(moto: &MotoServer, config: &std::path::Path, index: Option<u32>) -> KillOnDrop {
     let mut command = Command::new(env!("CARGO_BIN_EXE_clickheatmap-aggregator"));
     if let Some(index) = index {
         command.env("CLICKHEATMAP_REPLICA_INDEX", index.to_string());
@@ -186,6 +186,7 @@ fn start_replica(moto: &MotoServer, config: &std::path::Path, index: Option<u32>
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(KillOnDrop)
         .unwrap()
 }
 
@@ -245,7 +246,7 @@ fn shards_in(metrics: &str) -> BTreeSet<String> {
 }
 
 /// Polls the curated table until it equals the input; fails with a sample of the difference.
-async fn wait_for_sums(store: &Arc<dyn ObjectStore>, expected: &Sums, children: &mut [Child]) {
+async fn wait_for_sums(store: &Arc<dyn ObjectStore>, expected: &Sums, children: &mut [KillOnDrop]) {
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut sums = Sums::new();
     while Instant::now() < deadline {
@@ -392,7 +393,7 @@ async fn two_replicas_split_the_shards() {
     let (expected, _) = fill_stream(&client).await;
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
-    let mut children: Vec<Child> = Vec::new();
+    let mut children: Vec<KillOnDrop> = Vec::new();
     for (index, port) in ports.iter().enumerate() {
         let path = dir.path().join(format!("replica-{index}.json"));
         write_config(&path, *port, 100, 2);
@@ -432,12 +433,19 @@ async fn live_endpoints_show_every_open_click_across_replicas_and_restarts() {
         .send()
         .await
         .unwrap();
-    // Day-long windows, and every click in the middle of tomorrow's: nothing closes during the
-    // test, whatever the time of day.
+    // Day-long windows, and every click at the next noon (UTC): less than a day ahead (the
+    // aggregator refuses clicks more than 24 h ahead of its clock) and at least half a day before
+    // its window ends, so nothing closes during the test, whatever the time of day.
     const DAY: i64 = 86_400_000;
-    let noon_tomorrow = now_ms() - now_ms().rem_euclid(DAY) + DAY + DAY / 2;
+    let now = now_ms();
+    let noon_today = now - now.rem_euclid(DAY) + DAY / 2;
+    let next_noon = if noon_today > now {
+        noon_today
+    } else {
+        noon_today + DAY
+    };
     let mut sums = Sums::new();
-    put_clicks(&client, "live-page", 300, noon_tomorrow, DAY, &mut sums).await;
+    put_clicks(&client, "live-page", 300, next_noon, DAY, &mut sums).await;
     // Every window stays open: the live answer is the sum over windows, per cell.
     let mut expected: BTreeMap<(i64, i64), i64> = BTreeMap::new();
     for ((_, _, x, y), clicks) in sums {
@@ -449,7 +457,7 @@ async fn live_endpoints_show_every_open_click_across_replicas_and_restarts() {
     let paths: Vec<_> = (0..2)
         .map(|index| dir.path().join(format!("replica-{index}.json")))
         .collect();
-    let mut children: Vec<Child> = Vec::new();
+    let mut children: Vec<KillOnDrop> = Vec::new();
     for (index, port) in ports.iter().enumerate() {
         write_config_with_window(&paths[index], *port, 100, 2, "1d");
         children.push(start_replica(&moto, &paths[index], Some(index as u32)));
@@ -593,7 +601,7 @@ async fn leases_move_shards_when_a_replica_joins_or_dies() {
     )
     .await;
     let store = s3(&moto);
-    wait_for_sums(&store, &expected, std::slice::from_mut(&mut second.0)).await;
+    wait_for_sums(&store, &expected, std::slice::from_mut(&mut second)).await;
     terminate(&mut second.0);
     assert_eq!(curated_sums(&store).await, expected);
 }
@@ -642,12 +650,27 @@ async fn put_clicks(
     assert_eq!(output.failed_record_count(), Some(0));
 }
 
-/// Kills the process when dropped (a failed assertion must not leave it running).
+/// Kills the process when dropped: a failed assertion must not leave it running (it would go on
+/// writing to the test's stderr, which keeps whoever reads the test output waiting).
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
     }
 }
