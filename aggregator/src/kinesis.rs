@@ -364,6 +364,13 @@ mod tests {
         )
     }
 
+    fn subscribe_error(code: &str) -> SdkError<SubscribeToShardError, ()> {
+        SdkError::service_error(
+            SubscribeToShardError::generic(ErrorMetadata::builder().code(code).build()),
+            (),
+        )
+    }
+
     #[test]
     fn errors_are_sorted_by_their_code() {
         assert!(matches!(
@@ -387,24 +394,14 @@ mod tests {
             classify(get_records_error("AccessDeniedException")),
             KinesisError::Other(_)
         ));
-        let in_use = SdkError::<_, ()>::service_error(
-            SubscribeToShardError::generic(
-                ErrorMetadata::builder()
-                    .code("ResourceInUseException")
-                    .build(),
-            ),
-            (),
-        );
-        assert!(matches!(classify(in_use), KinesisError::Throttled(_)));
-        let missing = SdkError::<_, ()>::service_error(
-            SubscribeToShardError::generic(
-                ErrorMetadata::builder()
-                    .code("ResourceNotFoundException")
-                    .build(),
-            ),
-            (),
-        );
-        assert!(matches!(classify(missing), KinesisError::NotFound(_)));
+        assert!(matches!(
+            classify(subscribe_error("ResourceInUseException")),
+            KinesisError::Throttled(_)
+        ));
+        assert!(matches!(
+            classify(subscribe_error("ResourceNotFoundException")),
+            KinesisError::NotFound(_)
+        ));
         // No answer at all (a connection failure) is retried like any other error.
         let timeout = SdkError::<GetRecordsError, ()>::timeout_error("no answer");
         assert!(matches!(classify(timeout), KinesisError::Other(_)));

@@ -309,17 +309,7 @@ pub async fn observe(
                 .send()
                 .await
                 .map_err(|e| from_sdk("kinesis:ListTagsForStream", what, e))?;
-            let entries = page
-                .tags()
-                .iter()
-                .map(|tag| {
-                    (
-                        tag.key().to_owned(),
-                        tag.value().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect();
-            Ok((entries, page.has_more_tags()))
+            Ok((tag_pairs(page.tags()).collect(), page.has_more_tags()))
         }
     })
     .await?;
@@ -342,6 +332,15 @@ pub async fn observe(
         tags,
         consumer,
     }))
+}
+
+fn tag_pairs(tags: &[aws_sdk_kinesis::types::Tag]) -> impl Iterator<Item = (String, String)> + '_ {
+    tags.iter().map(|tag| {
+        (
+            tag.key().to_owned(),
+            tag.value().unwrap_or_default().to_owned(),
+        )
+    })
 }
 
 async fn observe_consumer(
@@ -589,16 +588,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
             else {
                 return Ok(());
             };
-            let current: BTreeMap<String, String> = current
-                .tags()
-                .iter()
-                .map(|tag| {
-                    (
-                        tag.key().to_owned(),
-                        tag.value().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect();
+            let current: BTreeMap<String, String> = tag_pairs(current.tags()).collect();
             let missing = missing_tags(&current, tags);
             if !missing.is_empty() {
                 add_tags(client, stream, &missing).await?;
