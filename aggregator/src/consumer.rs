@@ -929,16 +929,27 @@ async fn active_consumer(
     metrics: &Metrics,
 ) -> Option<String> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut stream_arn: Option<String> = None;
     loop {
         if *stop.borrow() {
             return None;
         }
-        let pause = match source.register_consumer(name).await {
-            Ok(consumer) if consumer.active => {
+        // The stream's ARN is asked for once; only the consumer is polled until it is active.
+        let found = match &stream_arn {
+            Some(arn) => source.register_consumer(arn, name).await.map(Some),
+            None => source.stream_arn().await.map(|arn| {
+                stream_arn = Some(arn);
+                None
+            }),
+        };
+        let pause = match found {
+            // The ARN just arrived: ask for the consumer right away.
+            Ok(None) => continue,
+            Ok(Some(consumer)) if consumer.active => {
                 tracing::info!(consumer = name, arn = %consumer.arn, "reading with enhanced fan-out");
                 return Some(consumer.arn);
             }
-            Ok(_) => {
+            Ok(Some(_)) => {
                 tracing::info!(
                     consumer = name,
                     "waiting for the stream consumer to become active"

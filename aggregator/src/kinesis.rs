@@ -104,14 +104,7 @@ impl Subscription {
                 Err(err) => return Err(classify(err)),
             };
             return Ok(Some(FanOutEvent {
-                records: event
-                    .records()
-                    .iter()
-                    .map(|record| ShardRecord {
-                        sequence_number: record.sequence_number().to_owned(),
-                        data: Bytes::copy_from_slice(record.data().as_ref()),
-                    })
-                    .collect(),
+                records: shard_records(event.records()),
                 millis_behind_latest: event.millis_behind_latest(),
                 shard_ended: !event.child_shards().is_empty(),
             }));
@@ -207,8 +200,8 @@ impl KinesisSource {
             .ok_or_else(|| KinesisError::Other(format!("no iterator returned for {shard_id}")))
     }
 
-    /// The stream consumer `name`, registered when missing. Call again until it is active.
-    pub async fn register_consumer(&self, name: &str) -> Result<StreamConsumer, KinesisError> {
+    /// The stream's ARN (what the consumer calls take instead of its name).
+    pub async fn stream_arn(&self) -> Result<String, KinesisError> {
         let summary = self
             .client
             .describe_stream_summary()
@@ -216,14 +209,22 @@ impl KinesisSource {
             .send()
             .await
             .map_err(classify)?;
-        let stream_arn = summary
+        summary
             .stream_description_summary()
             .map(|description| description.stream_arn().to_owned())
-            .ok_or_else(|| KinesisError::Other("DescribeStreamSummary returned no ARN".into()))?;
+            .ok_or_else(|| KinesisError::Other("DescribeStreamSummary returned no ARN".into()))
+    }
+
+    /// The stream consumer `name`, registered when missing. Call again until it is active.
+    pub async fn register_consumer(
+        &self,
+        stream_arn: &str,
+        name: &str,
+    ) -> Result<StreamConsumer, KinesisError> {
         let described = self
             .client
             .describe_stream_consumer()
-            .stream_arn(&stream_arn)
+            .stream_arn(stream_arn)
             .consumer_name(name)
             .send()
             .await;
@@ -244,7 +245,7 @@ impl KinesisSource {
                 let output = self
                     .client
                     .register_stream_consumer()
-                    .stream_arn(&stream_arn)
+                    .stream_arn(stream_arn)
                     .consumer_name(name)
                     .send()
                     .await
@@ -312,18 +313,22 @@ impl KinesisSource {
             .await
             .map_err(classify)?;
         Ok(RecordBatch {
-            records: output
-                .records()
-                .iter()
-                .map(|record| ShardRecord {
-                    sequence_number: record.sequence_number().to_owned(),
-                    data: Bytes::copy_from_slice(record.data().as_ref()),
-                })
-                .collect(),
+            records: shard_records(output.records()),
             next_iterator: output.next_shard_iterator().map(str::to_owned),
             millis_behind_latest: output.millis_behind_latest(),
         })
     }
+}
+
+/// Records as the SDK returns them (GetRecords and SubscribeToShard alike).
+fn shard_records(records: &[aws_sdk_kinesis::types::Record]) -> Vec<ShardRecord> {
+    records
+        .iter()
+        .map(|record| ShardRecord {
+            sequence_number: record.sequence_number().to_owned(),
+            data: Bytes::copy_from_slice(record.data().as_ref()),
+        })
+        .collect()
 }
 
 /// Sorts a failed call by what the caller should do. Kinesis names its errors the same way in

@@ -4,6 +4,8 @@
 //! valid input — SUM(clicks) per (page, window, cell) — and the dead letters exactly the invalid
 //! records: no loss, no double count. A last SIGTERM must stop it cleanly.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -11,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use clickheatmap_aggregator::query::{TimeRange, read_rows};
 use clickheatmap_aggregator::synth::{Generator, Rng, SynthOptions, SynthRecord};
 use clickheatmap_aggregator::time::now_ms;
 use clickheatmap_testkit::{MotoServer, free_port};
+use common::Sums;
 use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
@@ -22,8 +24,6 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 const STREAM: &str = "heatmap-demo-kds";
 const BUCKET: &str = "heatmap-demo-curated";
-
-type Sums = BTreeMap<(String, i64, i32, i32), i64>;
 
 fn kinesis_client(moto: &MotoServer) -> aws_sdk_kinesis::Client {
     let config = aws_sdk_kinesis::Config::builder()
@@ -126,20 +126,7 @@ async fn fill_stream(client: &aws_sdk_kinesis::Client) -> (Sums, usize) {
 }
 
 async fn curated_sums(store: &Arc<dyn ObjectStore>) -> Sums {
-    let rows = read_rows(
-        store,
-        &Path::from("curated/curated_heatmap"),
-        &TimeRange::default(),
-    )
-    .await
-    .unwrap();
-    let mut sums = Sums::new();
-    for row in rows {
-        *sums
-            .entry((row.page_id, row.window_start, row.grid_x, row.grid_y))
-            .or_insert(0) += row.clicks;
-    }
-    sums
+    common::curated_sums(store, "curated/curated_heatmap").await
 }
 
 async fn dead_letter_lines(store: &Arc<dyn ObjectStore>) -> usize {

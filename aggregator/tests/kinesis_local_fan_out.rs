@@ -7,6 +7,7 @@
 //! table holds exactly the input, SUM(clicks) per (page, window, cell): nothing lost, nothing
 //! counted twice, and the clicks came through subscriptions, not GetRecords.
 
+mod common;
 mod kinesis_local;
 
 use std::path::PathBuf;

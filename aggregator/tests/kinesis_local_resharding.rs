@@ -13,6 +13,7 @@
 //! finished by the aggregator's fallback (a shard that ListShards reports closed is read to its
 //! end with GetRecords); against AWS the last event ends them.
 
+mod common;
 mod kinesis_local;
 
 use std::path::PathBuf;

@@ -19,12 +19,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-use clickheatmap_aggregator::query::{TimeRange, read_rows};
 use clickheatmap_aggregator::synth::Rng;
 use clickheatmap_aggregator::time::now_ms;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
 
 const INSIDE: &str = "CLICKHEATMAP_TEST_IN_NETNS";
 pub const PORT: u16 = 4568;
@@ -33,7 +31,7 @@ pub const METRICS_PORT: u16 = 9090;
 /// Short windows, so that a test does not wait minutes for them to close.
 pub const WINDOW_MS: i64 = 10_000;
 
-pub type Sums = BTreeMap<(String, i64, i32, i32), i64>;
+pub use crate::common::Sums;
 
 /// How the aggregator reads the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,16 +253,7 @@ pub fn curated_store(dir: &FsPath) -> Arc<dyn ObjectStore> {
 
 /// SUM(clicks) per (page, window, cell) in the curated table.
 pub async fn curated_sums(store: &Arc<dyn ObjectStore>) -> Sums {
-    let rows = read_rows(store, &Path::from("curated_heatmap"), &TimeRange::default())
-        .await
-        .unwrap_or_default();
-    let mut sums = Sums::new();
-    for row in rows {
-        *sums
-            .entry((row.page_id, row.window_start, row.grid_x, row.grid_y))
-            .or_insert(0) += row.clicks;
-    }
-    sums
+    crate::common::curated_sums(store, "curated_heatmap").await
 }
 
 /// Waits (at most two minutes) for the curated table to hold `expected`; then compares, with
