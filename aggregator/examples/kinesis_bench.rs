@@ -70,6 +70,7 @@ async fn main() {
     moto.create_bucket(BUCKET);
     let client = aws_sdk_kinesis::Client::from_conf(
         aws_sdk_kinesis::Config::builder()
+            .http_client(clickheatmap_tls::aws_http_client())
             .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
             .endpoint_url(moto.endpoint())
             .region(aws_sdk_kinesis::config::Region::new("us-east-1"))

@@ -122,7 +122,8 @@ pub struct KinesisSource {
 impl KinesisSource {
     /// A client from the SDK's default chain (credentials, region, `AWS_ENDPOINT_URL`).
     pub async fn connect(config: &KinesisSourceConfig) -> KinesisSource {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(clickheatmap_tls::aws_http_client());
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }

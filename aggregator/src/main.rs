@@ -156,6 +156,8 @@ struct QueryArgs {
 }
 
 fn main() -> ExitCode {
+    // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
+    clickheatmap_tls::install_crypto_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,7 @@ const BUCKET: &str = "heatmap-demo-curated";
 
 fn kinesis_client(moto: &MotoServer) -> aws_sdk_kinesis::Client {
     let config = aws_sdk_kinesis::Config::builder()
+        .http_client(clickheatmap_tls::aws_http_client())
         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
         .endpoint_url(moto.endpoint())
         .region(aws_sdk_kinesis::config::Region::new("us-east-1"))

@@ -57,6 +57,7 @@ impl KinesisSink {
     /// 15-second limit per call.
     pub async fn from_env(stream: &str, region: Option<String>) -> KinesisSink {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(clickheatmap_tls::aws_http_client())
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()

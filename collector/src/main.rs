@@ -161,6 +161,8 @@ struct BenchArgs {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
+    // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
+    clickheatmap_tls::install_crypto_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -19,6 +19,7 @@ use common::{Running, array, assert_exactly_once, event};
 
 fn client(endpoint: &str) -> Client {
     let config = aws_sdk_kinesis::Config::builder()
+        .http_client(clickheatmap_tls::aws_http_client())
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)

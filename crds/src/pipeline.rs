@@ -59,9 +59,12 @@ impl JsonSchema for Duration {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // A length bound keeps the CEL rules that parse durations within the API server's cost
+        // budget.
         schemars::json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": 32,
         })
     }
 }
@@ -106,6 +109,10 @@ impl JsonSchema for Duration {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.aggregation) || !has(self.aggregation.allowedLateness) || self.aggregation.allowedLateness.contains('d') || duration(self.aggregation.allowedLateness).getSeconds() < (has(self.stream) && has(self.stream.retentionHours) ? self.stream.retentionHours : 24) * 3600",
+    "message": "aggregation.allowedLateness must be shorter than stream.retentionHours: a window still open when its records leave the stream could not be recomputed after a restart"
+}]))]
 pub struct ClickHeatmapPipelineSpec {
     /// AWS region every resource of the pipeline lives in, e.g. `ap-northeast-2`. Immutable.
     #[schemars(length(min = 1, max = 32), pattern(REGION_PATTERN))]
@@ -339,6 +346,10 @@ pub enum Compression {
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.engine != 'ManagedFlink' || has(self.flink)",
     "message": "aggregation.flink (codeS3Bucket, codeS3Key, roleArn) is required when aggregation.engine is ManagedFlink"
+}, {
+    // CEL's duration() knows no `d` unit; a window is at most a day anyway.
+    "rule": "!self.window.contains('d') && duration(self.window).getMilliseconds() > 0 && 86400000 % duration(self.window).getMilliseconds() == 0",
+    "message": "aggregation.window must be above zero and divide a day evenly, in ms, s, m or h (e.g. 10s, 1m, 5m, 15m, 1h, 24h), so that windows line up with the hour and day partitions"
 }]))]
 pub struct AggregationSpec {
     /// What runs the aggregation: the Rust aggregator as a `Deployment`, or a Managed Service for

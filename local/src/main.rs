@@ -29,6 +29,8 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
+    clickheatmap_tls::install_crypto_provider();
     let options = Options::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -157,6 +157,7 @@ async fn main() {
     let mut clients = BTreeMap::new();
     for region in REGIONS {
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(clickheatmap_tls::aws_http_client())
             .region(Region::new(region))
             .endpoint_url(moto.endpoint())
             .credentials_provider(Credentials::new("testing", "testing", None, None, "bench"))
@@ -168,6 +169,7 @@ async fn main() {
             &ClientOptions {
                 s3_force_path_style: true,
                 calls: Some(calls.clone()),
+                rate_limits: None,
             },
         )
         .unwrap_or_else(|e| panic!("clients: {e}"));

@@ -56,6 +56,8 @@ pub enum Output {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
+    clickheatmap_tls::install_crypto_provider();
     let cli = Cli::parse();
     let json_logs = matches!(
         &cli.command,
@@ -138,7 +140,7 @@ async fn plan_command(file: &std::path::Path, output: Output, detailed: bool) ->
         let region = pipeline.spec.region.clone();
         let result = async {
             if !clients.contains_key(&region) {
-                let created = AwsClients::from_env(&region).await?;
+                let created = AwsClients::from_env(&region, Default::default()).await?;
                 clients.insert(region.clone(), created);
             }
             match clients.get(&region) {

@@ -322,6 +322,13 @@ pub fn validate(spec: &ClickHeatmapPipelineSpec) -> Result<(), Error> {
             spec.aggregation.window
         ));
     }
+    let retention_ms = u64::from(spec.stream.retention_hours.max(0).unsigned_abs()) * 3_600_000;
+    if spec.aggregation.allowed_lateness.as_millis() >= retention_ms {
+        return invalid(format!(
+            "aggregation.allowedLateness {} must be shorter than stream.retentionHours {}",
+            spec.aggregation.allowed_lateness, spec.stream.retention_hours
+        ));
+    }
     if spec.aggregation.engine == AggregationEngine::ManagedFlink {
         let Some(flink) = &spec.aggregation.flink else {
             return invalid(

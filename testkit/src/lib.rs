@@ -108,14 +108,157 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// A certificate authority made for one test run, and a server certificate it signed for
+/// `127.0.0.1` and `localhost` (made with the `openssl` command, EC P-256, valid two days).
+/// Clients trust it through `SSL_CERT_FILE=<ca_file>` (rustls-native-certs reads it) or by
+/// loading [`TestCa::ca_pem`].
+pub struct TestCa {
+    dir: PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "clickheatmap-ca-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap_or_else(|e| panic!("writing the certificate extensions: {e}"));
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("running openssl (apt-get install openssl): {e}"));
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=clickheatmap test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca);
+        let mut csr = vec!["req"];
+        csr.extend(ec);
+        csr.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        openssl(&csr);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        TestCa { dir }
+    }
+
+    /// The CA certificate (PEM file): the value of `SSL_CERT_FILE` for clients.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.ca_file()).unwrap_or_else(|e| panic!("reading the test CA: {e}"))
+    }
+
+    /// The server certificate and key (PEM files).
+    pub fn server_cert(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("server.pem"), self.dir.join("server.key"))
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A moto server listening on 127.0.0.1, stopped when dropped.
 pub struct MotoServer {
     child: Child,
     port: u16,
+    /// Set when it serves HTTPS: the CA that signed its certificate.
+    ca: Option<TestCa>,
 }
 
 impl MotoServer {
     pub fn start() -> MotoServer {
+        MotoServer::launch(None)
+    }
+
+    /// A moto server that speaks HTTPS only, with a certificate from a new [`TestCa`]: real AWS
+    /// endpoints are HTTPS, so this is how a test proves a client completes a TLS handshake.
+    pub fn start_https() -> MotoServer {
+        MotoServer::launch(Some(TestCa::new()))
+    }
+
+    fn launch(ca: Option<TestCa>) -> MotoServer {
+        let tls_args: Vec<String> = match &ca {
+            Some(ca) => {
+                let (cert, key) = ca.server_cert();
+                vec![
+                    "--ssl-cert".to_owned(),
+                    cert.display().to_string(),
+                    "--ssl-key".to_owned(),
+                    key.display().to_string(),
+                ]
+            }
+            None => Vec::new(),
+        };
         let binary = std::env::var_os("MOTO_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| python_venv().join("bin/moto_server"));
@@ -126,17 +269,25 @@ impl MotoServer {
             let port = free_port();
             let child = Command::new(&binary)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .args(&tls_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-            let mut server = MotoServer { child, port };
+            let mut server = MotoServer {
+                child,
+                port,
+                ca: None,
+            };
             let listening = wait_for_port(port, Duration::from_secs(60));
             // A server that lost the port exits at once; give it a moment to do so.
             std::thread::sleep(Duration::from_millis(300));
             match server.child.try_wait() {
-                Ok(None) if listening => return server,
+                Ok(None) if listening => {
+                    server.ca = ca;
+                    return server;
+                }
                 Ok(None) => {
                     let _ = server.child.kill();
                     panic!("moto_server did not listen on 127.0.0.1:{port} within 60 s");
@@ -152,14 +303,20 @@ impl MotoServer {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for [`MotoServer::start_https`].
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA of an HTTPS server.
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.ca.as_ref()
     }
 
     /// Environment for a child process (or an SDK loader) to talk to this server only.
     pub fn aws_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
@@ -168,13 +325,22 @@ impl MotoServer {
             ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
             ("AWS_ALLOW_HTTP", "true".to_owned()),
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        ]
+        ];
+        if let Some(ca) = &self.ca {
+            env.retain(|(name, _)| *name != "AWS_ALLOW_HTTP");
+            env.push(("SSL_CERT_FILE", ca.ca_file().display().to_string()));
+        }
+        env
     }
 }
 
 impl MotoServer {
     /// Creates an S3 bucket (moto accepts unsigned requests; no SDK needed for this).
     pub fn create_bucket(&self, bucket: &str) {
+        assert!(
+            self.ca.is_none(),
+            "create_bucket speaks plain HTTP; create buckets of an HTTPS moto with an SDK client"
+        );
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))
             .unwrap_or_else(|e| panic!("connecting to moto: {e}"));
         let request = format!(

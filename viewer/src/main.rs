@@ -44,6 +44,8 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
+    clickheatmap_tls::install_crypto_provider();
     let config = Config::parse();
     init_logging(config.log_format);
     let viewer = match config.build().await {

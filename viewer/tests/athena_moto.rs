@@ -25,6 +25,7 @@ const WORKGROUP: &str = "heatmap-demo-wg";
 
 fn sdk_client(moto: &MotoServer) -> aws_sdk_athena::Client {
     let config = aws_sdk_athena::Config::builder()
+        .http_client(clickheatmap_tls::aws_http_client())
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(moto.endpoint())
         .region(Region::new("us-east-1"))

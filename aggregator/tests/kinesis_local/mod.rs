@@ -150,6 +150,7 @@ where
 
 pub fn client() -> aws_sdk_kinesis::Client {
     let config = aws_sdk_kinesis::Config::builder()
+        .http_client(clickheatmap_tls::aws_http_client())
         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
         .endpoint_url(format!("http://127.0.0.1:{PORT}"))
         .region(aws_sdk_kinesis::config::Region::new("us-east-1"))

@@ -23,6 +23,7 @@ pub mod flink;
 pub mod glue;
 pub mod kinesis;
 pub mod s3;
+pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -265,6 +266,8 @@ pub struct ClientOptions {
     pub s3_force_path_style: bool,
     /// Count every AWS call (see [`CallCounter`]).
     pub calls: Option<CallCounter>,
+    /// Client-side rate limits per service (see [`throttle`]); none when absent.
+    pub rate_limits: Option<throttle::RateLimits>,
 }
 
 impl AwsClients {
@@ -275,32 +278,45 @@ impl AwsClients {
             .map(|region| region.as_ref().to_owned())
             .ok_or_else(|| Error::internal("the AWS SDK configuration names no region"))?;
         let calls = options.calls.clone();
+        // One bucket per service of this region: AWS counts the quota per account and region.
+        let limited = |service: &str| {
+            let rate = options.rate_limits.as_ref()?.rate(service)?;
+            let base = config.http_client()?;
+            Some(throttle::RateLimitedHttpClient::new(
+                base,
+                Arc::new(throttle::TokenBucket::new(rate)),
+            ))
+        };
         macro_rules! client {
-            ($sdk:ident) => {{
-                let mut builder = $sdk::config::Builder::from(config);
+            ($sdk:ident, $service:literal) => {
+                client!($sdk, $service, |builder| builder)
+            };
+            ($sdk:ident, $service:literal, $customise:expr) => {{
+                let mut builder = $customise($sdk::config::Builder::from(config));
                 if let Some(calls) = &calls {
                     builder = builder.interceptor(calls.clone());
+                }
+                if let Some(http) = limited($service) {
+                    builder = builder.http_client(http);
                 }
                 $sdk::Client::from_conf(builder.build())
             }};
         }
-        let s3 = {
-            let mut builder = aws_sdk_s3::config::Builder::from(config)
-                .force_path_style(options.s3_force_path_style);
-            if let Some(calls) = &calls {
-                builder = builder.interceptor(calls.clone());
-            }
-            aws_sdk_s3::Client::from_conf(builder.build())
-        };
+        let path_style = options.s3_force_path_style;
         Ok(AwsClients {
             region,
-            s3,
-            kinesis: client!(aws_sdk_kinesis),
-            firehose: client!(aws_sdk_firehose),
-            glue: client!(aws_sdk_glue),
-            athena: client!(aws_sdk_athena),
-            sts: client!(aws_sdk_sts),
-            flink: Arc::new(flink::SdkFlink::new(client!(aws_sdk_kinesisanalyticsv2))),
+            s3: client!(aws_sdk_s3, "s3", |builder: aws_sdk_s3::config::Builder| {
+                builder.force_path_style(path_style)
+            }),
+            kinesis: client!(aws_sdk_kinesis, "kinesis"),
+            firehose: client!(aws_sdk_firehose, "firehose"),
+            glue: client!(aws_sdk_glue, "glue"),
+            athena: client!(aws_sdk_athena, "athena"),
+            sts: client!(aws_sdk_sts, "sts"),
+            flink: Arc::new(flink::SdkFlink::new(client!(
+                aws_sdk_kinesisanalyticsv2,
+                "kinesisanalyticsv2"
+            ))),
             account: Arc::new(OnceCell::new()),
         })
     }
@@ -308,8 +324,9 @@ impl AwsClients {
     /// Clients from the SDK's default chain (environment, profile, IRSA / Pod Identity) for
     /// `region`. When `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` points at an emulator, S3 uses
     /// path-style addressing, which emulators on `127.0.0.1` need.
-    pub async fn from_env(region: &str) -> Result<AwsClients, Error> {
+    pub async fn from_env(region: &str, options: ClientOptions) -> Result<AwsClients, Error> {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(clickheatmap_tls::aws_http_client())
             .region(aws_config::Region::new(region.to_owned()))
             .load()
             .await;
@@ -319,8 +336,8 @@ impl AwsClients {
         AwsClients::new(
             &config,
             &ClientOptions {
-                s3_force_path_style: emulated,
-                calls: None,
+                s3_force_path_style: emulated || options.s3_force_path_style,
+                ..options
             },
         )
     }

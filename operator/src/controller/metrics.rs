@@ -30,6 +30,16 @@ pub struct Metrics {
     duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
     errors: Mutex<BTreeMap<&'static str, u64>>,
     ready: AtomicBool,
+    /// Reconciles whose AWS side was planned and applied, and ones that reused the last
+    /// outcome (same generation, drift check not due).
+    aws_plans: AtomicU64,
+    aws_plans_skipped: AtomicU64,
+    /// Server-side applies of children sent, and ones skipped because the child already held
+    /// what the operator would write.
+    child_applies: AtomicU64,
+    child_applies_skipped: AtomicU64,
+    /// Every AWS call by operation, when the backend counts them.
+    aws_calls: Option<crate::aws::CallCounter>,
 }
 
 impl Metrics {
@@ -48,6 +58,32 @@ impl Metrics {
             .position(|bound| seconds <= *bound)
             .unwrap_or(DURATION_BUCKETS.len());
         self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Metrics that also report the AWS calls `calls` counts.
+    pub fn with_aws_calls(calls: crate::aws::CallCounter) -> Metrics {
+        Metrics {
+            aws_calls: Some(calls),
+            ..Metrics::default()
+        }
+    }
+
+    pub fn observe_aws_plan(&self, planned: bool) {
+        let counter = if planned {
+            &self.aws_plans
+        } else {
+            &self.aws_plans_skipped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_child_apply(&self, sent: bool) {
+        let counter = if sent {
+            &self.child_applies
+        } else {
+            &self.child_applies_skipped
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn observe_error(&self, label: &'static str) {
@@ -106,6 +142,41 @@ impl Metrics {
                 );
             }
         }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let _ = writeln!(
+            text,
+            "# HELP clickheatmap_operator_aws_plans_total Reconciles by what they did on the AWS side: planned (observe, diff, apply) or reused (same generation, drift check not due).\n\
+             # TYPE clickheatmap_operator_aws_plans_total counter\n\
+             clickheatmap_operator_aws_plans_total{{result=\"planned\"}} {}\n\
+             clickheatmap_operator_aws_plans_total{{result=\"reused\"}} {}\n\
+             # HELP clickheatmap_operator_child_applies_total Server-side applies of Kubernetes children: sent, or skipped because the child already held the desired fields.\n\
+             # TYPE clickheatmap_operator_child_applies_total counter\n\
+             clickheatmap_operator_child_applies_total{{result=\"sent\"}} {}\n\
+             clickheatmap_operator_child_applies_total{{result=\"skipped\"}} {}",
+            load(&self.aws_plans),
+            load(&self.aws_plans_skipped),
+            load(&self.child_applies),
+            load(&self.child_applies_skipped),
+        );
+        if let Some(calls) = &self.aws_calls {
+            let _ = writeln!(
+                text,
+                "# HELP clickheatmap_operator_aws_calls_total AWS API calls by operation (kind: read or write).\n\
+                 # TYPE clickheatmap_operator_aws_calls_total counter"
+            );
+            for (operation, count) in calls.snapshot() {
+                let (service, name) = operation.split_once(':').unwrap_or(("", &operation));
+                let kind = if crate::aws::calls::is_mutating(&operation) {
+                    "write"
+                } else {
+                    "read"
+                };
+                let _ = writeln!(
+                    text,
+                    "clickheatmap_operator_aws_calls_total{{service=\"{service}\",operation=\"{name}\",kind=\"{kind}\"}} {count}"
+                );
+            }
+        }
         text
     }
 }
@@ -131,9 +202,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-/// Serves the router on `0.0.0.0:port` until the process ends.
-pub async fn serve(port: u16, metrics: Arc<Metrics>) -> Result<(), ControllerError> {
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+/// Serves the router on `address:port` until the process ends.
+pub async fn serve(
+    address: std::net::IpAddr,
+    port: u16,
+    metrics: Arc<Metrics>,
+) -> Result<(), ControllerError> {
+    let listener = tokio::net::TcpListener::bind((address, port))
         .await
         .map_err(|error| ControllerError::Startup(format!("metrics port {port}: {error}")))?;
     axum::serve(listener, router(metrics))

@@ -18,6 +18,7 @@
 //! condition and a Warning Event and are retried slowly. One bad object never stops the others:
 //! every error stays with its object.
 
+pub mod children;
 pub mod frontends;
 pub mod leader;
 pub mod metrics;
@@ -37,7 +38,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
@@ -82,6 +83,27 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Address the metrics port listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub metrics_bind_address: std::net::IpAddr,
+    /// Seconds after which a pipeline that is in sync is reconciled again. Its Kubernetes
+    /// children are compared with the watch cache, so a resync that finds nothing changed
+    /// writes nothing.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_seconds: u64,
+    /// Seconds between two looks at a pipeline's AWS resources (drift check) while its spec
+    /// does not change. A spec change (new generation) or a failure re-plans at once; changes
+    /// to the Kubernetes children never re-plan AWS.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub aws_drift_check_seconds: u64,
+    /// Reconciles running at once (each may make dozens of AWS calls).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+    /// Client-side rate limits of AWS calls per service and region, `SERVICE=CALLS_PER_SECOND`
+    /// (comma separated), over the defaults kinesis=5, firehose=5, glue=10, athena=5, s3=50,
+    /// sts=10, kinesisanalyticsv2=5 (the AWS control-plane quotas).
+    #[arg(long, value_delimiter = ',')]
+    pub aws_rate_limit: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -102,19 +124,28 @@ pub trait PipelineBackend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send;
 }
 
-/// The real backend: one [`AwsClients`] per region, created on first use.
+/// The real backend: one [`AwsClients`] per region, created on first use, each service
+/// rate-limited per region and every call counted (for `/metrics`).
 #[derive(Default)]
 pub struct AwsBackend {
     clients: AsyncMutex<BTreeMap<String, AwsClients>>,
+    options: crate::aws::ClientOptions,
 }
 
 impl AwsBackend {
+    pub fn new(options: crate::aws::ClientOptions) -> AwsBackend {
+        AwsBackend {
+            clients: AsyncMutex::new(BTreeMap::new()),
+            options,
+        }
+    }
+
     async fn clients(&self, region: &str) -> Result<AwsClients, Error> {
         let mut clients = self.clients.lock().await;
         if let Some(existing) = clients.get(region) {
             return Ok(existing.clone());
         }
-        let created = AwsClients::from_env(region).await?;
+        let created = AwsClients::from_env(region, self.options.clone()).await?;
         clients.insert(region.to_owned(), created.clone());
         Ok(created)
     }
@@ -129,6 +160,46 @@ impl PipelineBackend for AwsBackend {
     async fn delete(&self, pipeline: &ClickHeatmapPipeline) -> Result<DeleteOutcome, Error> {
         let clients = self.clients(&pipeline.spec.region).await?;
         crate::pipeline::delete_pipeline(&clients, pipeline).await
+    }
+}
+
+/// What the controllers of one process share (one controller per watched namespace, each with
+/// its own watches and [`Context`]).
+struct SharedContext {
+    client: Client,
+    backend: Arc<AwsBackend>,
+    aggregator_image: String,
+    metrics: Arc<Metrics>,
+    resync: Duration,
+    aws_drift_check: Duration,
+}
+
+impl SharedContext {
+    fn for_watch(&self, stores: children::Stores) -> Context<Arc<AwsBackend>> {
+        Context::new(
+            self.client.clone(),
+            self.backend.clone(),
+            self.aggregator_image.clone(),
+            self.metrics.clone(),
+        )
+        .with_intervals(self.resync, self.aws_drift_check)
+        .with_child_stores(stores)
+    }
+}
+
+impl<B: PipelineBackend> PipelineBackend for Arc<B> {
+    fn apply(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+    ) -> impl Future<Output = Result<PipelineOutcome, Error>> + Send {
+        self.as_ref().apply(pipeline)
+    }
+
+    fn delete(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+    ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send {
+        self.as_ref().delete(pipeline)
     }
 }
 
@@ -198,6 +269,24 @@ pub struct Context<B> {
     pub metrics: Arc<Metrics>,
     /// Consecutive retryable failures per object (`namespace/name`), for the backoff.
     failures: Mutex<BTreeMap<String, u32>>,
+    /// How often a pipeline in sync is reconciled again.
+    pub resync: Duration,
+    /// How often the AWS side of an unchanged pipeline is re-observed.
+    pub aws_drift_check: Duration,
+    /// The last AWS outcome per object, reused while the generation stays and no drift check
+    /// is due.
+    aws_memo: Mutex<BTreeMap<String, AwsMemo>>,
+    /// The children as the watches see them, to skip applies that would change nothing.
+    children: Option<children::Stores>,
+    /// Per child (`kind/namespace/name`), a hash of what was last applied.
+    applied: Mutex<BTreeMap<String, u64>>,
+}
+
+/// An AWS outcome worth reusing.
+struct AwsMemo {
+    generation: Option<i64>,
+    outcome: PipelineOutcome,
+    planned_at: Instant,
 }
 
 impl<B: PipelineBackend> Context<B> {
@@ -218,6 +307,68 @@ impl<B: PipelineBackend> Context<B> {
             aggregator_image,
             metrics,
             failures: Mutex::new(BTreeMap::new()),
+            resync: Duration::from_secs(300),
+            aws_drift_check: Duration::from_secs(600),
+            aws_memo: Mutex::new(BTreeMap::new()),
+            children: None,
+            applied: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Sets the resync and AWS drift-check intervals.
+    pub fn with_intervals(mut self, resync: Duration, aws_drift_check: Duration) -> Self {
+        self.resync = resync;
+        self.aws_drift_check = aws_drift_check;
+        self
+    }
+
+    /// Lets applies of unchanged children be skipped, comparing with these caches.
+    pub fn with_child_stores(mut self, stores: children::Stores) -> Self {
+        self.children = Some(stores);
+        self
+    }
+
+    /// The last AWS outcome of `pipeline` if it can stand for a new plan: same generation,
+    /// everything was ready, and the drift check is not due; with the time left until it is.
+    fn reusable_outcome(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+    ) -> Option<(PipelineOutcome, Duration)> {
+        let memo = self.aws_memo.lock().ok()?;
+        let memo = memo.get(&object_key(pipeline))?;
+        let age = memo.planned_at.elapsed();
+        (memo.generation == pipeline.metadata.generation && age < self.aws_drift_check)
+            .then(|| (memo.outcome.clone(), self.aws_drift_check - age))
+    }
+
+    fn remember_outcome(&self, pipeline: &ClickHeatmapPipeline, outcome: &PipelineOutcome) {
+        if let Ok(mut memo) = self.aws_memo.lock() {
+            let key = object_key(pipeline);
+            if outcome.is_ready() {
+                memo.insert(
+                    key,
+                    AwsMemo {
+                        generation: pipeline.metadata.generation,
+                        outcome: outcome.clone(),
+                        planned_at: Instant::now(),
+                    },
+                );
+            } else {
+                memo.remove(&key);
+            }
+        }
+    }
+
+    /// Drops what is remembered of `pipeline` (deleted, or its AWS side failed).
+    fn forget(&self, pipeline: &ClickHeatmapPipeline) {
+        let key = object_key(pipeline);
+        if let Ok(mut memo) = self.aws_memo.lock() {
+            memo.remove(&key);
+        }
+        if let Ok(mut applied) = self.applied.lock() {
+            let namespace = pipeline.namespace().unwrap_or_default();
+            let name = pipeline.name_any();
+            applied.retain(|child, _| !children::belongs_to(child, &namespace, &name));
         }
     }
 
@@ -384,30 +535,42 @@ async fn apply<B: PipelineBackend>(
     let name = pipeline.name_any();
     let previous = pipeline.status.as_ref();
     let generation = pipeline.metadata.generation;
-    let outcome = match ctx.backend.apply(pipeline).await {
-        Ok(outcome) => outcome,
-        Err(error) if error.is_retryable() => return Err(error.into()),
-        Err(error) => {
-            // Nothing could be planned: one terminal condition, an Event, a slow requeue.
-            warn!(pipeline = %object_key(pipeline), %error, "terminal error");
-            let reason = error.reason();
-            let conditions = [DesiredCondition::new(
-                READY_CONDITION,
-                false,
-                reason,
-                error.to_string(),
-            )];
-            let status = build_status(
-                previous,
-                generation,
-                &conditions,
-                previous.map(|p| p.resources.clone()).unwrap_or_default(),
-                Timestamp::now(),
-            );
-            patch_status(api, &name, &status).await?;
-            publish(ctx, pipeline, reason.as_str(), &error.to_string()).await;
-            return Ok(Action::requeue(TERMINAL_REQUEUE));
-        }
+    let reused = ctx.reusable_outcome(pipeline);
+    ctx.metrics.observe_aws_plan(reused.is_none());
+    let (outcome, drift_check_due) = match reused {
+        Some(reused) => reused,
+        None => match ctx.backend.apply(pipeline).await {
+            Ok(outcome) => {
+                ctx.remember_outcome(pipeline, &outcome);
+                (outcome, ctx.aws_drift_check)
+            }
+            Err(error) if error.is_retryable() => {
+                ctx.forget(pipeline);
+                return Err(error.into());
+            }
+            Err(error) => {
+                ctx.forget(pipeline);
+                // Nothing could be planned: one terminal condition, an Event, a slow requeue.
+                warn!(pipeline = %object_key(pipeline), %error, "terminal error");
+                let reason = error.reason();
+                let conditions = [DesiredCondition::new(
+                    READY_CONDITION,
+                    false,
+                    reason,
+                    error.to_string(),
+                )];
+                let status = build_status(
+                    previous,
+                    generation,
+                    &conditions,
+                    previous.map(|p| p.resources.clone()).unwrap_or_default(),
+                    Timestamp::now(),
+                );
+                patch_status(api, &name, previous, &status).await?;
+                publish(ctx, pipeline, reason.as_str(), &error.to_string()).await;
+                return Ok(Action::requeue(TERMINAL_REQUEUE));
+            }
+        },
     };
 
     let workloads = reconcile_children(pipeline, ctx).await?;
@@ -431,7 +594,7 @@ async fn apply<B: PipelineBackend>(
         resources,
         Timestamp::now(),
     );
-    patch_status(api, &name, &status).await?;
+    patch_status(api, &name, previous, &status).await?;
     for condition in conditions.iter().skip(1) {
         let terminal = !condition.ready
             && [
@@ -447,7 +610,13 @@ async fn apply<B: PipelineBackend>(
             publish(ctx, pipeline, &condition.reason, &note).await;
         }
     }
-    let mut requeue = outcome.requeue_after();
+    let mut requeue = if outcome.is_ready() {
+        // In sync: look again at the resync cadence, and at the latest when the AWS drift
+        // check is due.
+        ctx.resync.min(drift_check_due)
+    } else {
+        outcome.requeue_after()
+    };
     if workloads.iter().any(|condition| !condition.ready) {
         requeue = requeue.max(TERMINAL_REQUEUE);
     }
@@ -459,6 +628,7 @@ async fn cleanup<B: PipelineBackend>(
     pipeline: &ClickHeatmapPipeline,
     ctx: &Context<B>,
 ) -> Result<Action, ControllerError> {
+    ctx.forget(pipeline);
     let outcome = match ctx.backend.delete(pipeline).await {
         Ok(outcome) => outcome,
         Err(error) => {
@@ -482,12 +652,16 @@ async fn cleanup<B: PipelineBackend>(
     }
 }
 
-/// Server-side applies the status subresource (never the spec).
+/// Server-side applies the status subresource (never the spec), unless it already says that.
 async fn patch_status(
     api: &Api<ClickHeatmapPipeline>,
     name: &str,
+    previous: Option<&ClickHeatmapPipelineStatus>,
     status: &ClickHeatmapPipelineStatus,
 ) -> Result<(), ControllerError> {
+    if previous.is_some_and(|previous| children::same_json(previous, status)) {
+        return Ok(());
+    }
     let patch = json!({
         "apiVersion": "clickheatmap.io/v1alpha1",
         "kind": "ClickHeatmapPipeline",
@@ -519,11 +693,17 @@ async fn publish<B>(ctx: &Context<B>, pipeline: &ClickHeatmapPipeline, reason: &
     }
 }
 
-async fn apply_child<K>(client: &Client, namespace: &str, object: &K) -> Result<(), ControllerError>
+/// Server-side applies a child, unless the watch cache shows that it already holds exactly
+/// what the operator last applied (so a resync of a pipeline in sync writes nothing).
+async fn apply_child<B, K>(
+    ctx: &Context<B>,
+    namespace: &str,
+    object: &K,
+) -> Result<(), ControllerError>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
-    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K: children::Child,
 {
+    let client = &ctx.client;
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object
         .meta()
@@ -536,12 +716,32 @@ where
         map.insert("apiVersion".to_owned(), K::api_version(&()).into());
         map.insert("kind".to_owned(), K::kind(&()).into());
     }
+    let key = children::key::<K>(namespace, &name);
+    let hash = children::hash_of(&value);
+    let applied_before = ctx
+        .applied
+        .lock()
+        .ok()
+        .and_then(|applied| applied.get(&key).copied());
+    if applied_before == Some(hash)
+        && ctx
+            .children
+            .as_ref()
+            .is_some_and(|stores| children::holds(K::store(stores), namespace, &name, &value))
+    {
+        ctx.metrics.observe_child_apply(false);
+        return Ok(());
+    }
     api.patch(
         &name,
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&value),
     )
     .await?;
+    ctx.metrics.observe_child_apply(true);
+    if let Ok(mut applied) = ctx.applied.lock() {
+        applied.insert(key, hash);
+    }
     Ok(())
 }
 
@@ -639,10 +839,10 @@ async fn reconcile_children<B: PipelineBackend>(
             service,
             stateful_set,
         })) => {
-            apply_child(client, &namespace, &config_map).await?;
-            apply_child(client, &namespace, &service_account).await?;
-            apply_child(client, &namespace, &service).await?;
-            apply_child(client, &namespace, &stateful_set).await?;
+            apply_child(ctx, &namespace, &config_map).await?;
+            apply_child(ctx, &namespace, &service_account).await?;
+            apply_child(ctx, &namespace, &service).await?;
+            apply_child(ctx, &namespace, &stateful_set).await?;
             keep.config_maps.insert(name_of(&config_map));
             keep.service_accounts.insert(name_of(&service_account));
             keep.services.insert(name_of(&service));
@@ -689,9 +889,9 @@ async fn reconcile_children<B: PipelineBackend>(
                 service,
                 deployment,
             })) => {
-                apply_child(client, &namespace, &service_account).await?;
-                apply_child(client, &namespace, &service).await?;
-                apply_child(client, &namespace, &deployment).await?;
+                apply_child(ctx, &namespace, &service_account).await?;
+                apply_child(ctx, &namespace, &service).await?;
+                apply_child(ctx, &namespace, &deployment).await?;
                 keep.service_accounts.insert(name_of(&service_account));
                 keep.services.insert(name_of(&service));
                 keep.deployments.insert(name_of(&deployment));
@@ -747,11 +947,12 @@ pub fn error_policy<B: PipelineBackend>(
 }
 
 /// Runs one controller over `api` until the stream ends.
-async fn run_controller<B: PipelineBackend>(
+async fn run_controller(
     pipelines: Api<ClickHeatmapPipeline>,
     client: Client,
     namespace: Option<String>,
-    ctx: Arc<Context<B>>,
+    ctx: Arc<SharedContext>,
+    concurrency: u16,
 ) {
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
@@ -764,13 +965,38 @@ async fn run_controller<B: PipelineBackend>(
             None => Api::all(client.clone()),
         }
     }
-    // A child changed or deleted by hand is put back at once.
+    // A child changed or deleted by hand is put back at once; the caches of these watches let a
+    // resync skip applies that would change nothing.
+    let (stateful_sets, stateful_set_events) =
+        children::reflect(scoped::<StatefulSet>(&client, &namespace), owned.clone());
+    let (deployments, deployment_events) =
+        children::reflect(scoped::<Deployment>(&client, &namespace), owned.clone());
+    let (services, service_events) =
+        children::reflect(scoped::<Service>(&client, &namespace), owned.clone());
+    let (config_maps, config_map_events) =
+        children::reflect(scoped::<ConfigMap>(&client, &namespace), owned.clone());
+    let (service_accounts, service_account_events) =
+        children::reflect(scoped::<ServiceAccount>(&client, &namespace), owned);
+    let stores = children::Stores {
+        stateful_sets,
+        deployments,
+        services,
+        config_maps,
+        service_accounts,
+    };
+    let ctx = Arc::new(ctx.for_watch(stores));
+    // Bounded concurrency: a thousand new pipelines must not open a thousand sets of AWS
+    // connections at once. The debounce folds bursts of child events into one reconcile.
+    let config = ControllerConfig::default()
+        .concurrency(concurrency)
+        .debounce(Duration::from_millis(500));
     Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .owns(scoped::<StatefulSet>(&client, &namespace), owned.clone())
-        .owns(scoped::<Deployment>(&client, &namespace), owned.clone())
-        .owns(scoped::<Service>(&client, &namespace), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, &namespace), owned.clone())
-        .owns(scoped::<ServiceAccount>(&client, &namespace), owned)
+        .with_config(config)
+        .owns_stream(stateful_set_events)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(service_account_events)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -784,8 +1010,15 @@ async fn run_controller<B: PipelineBackend>(
 
 /// The `run` subcommand.
 pub async fn run(args: RunArgs) -> Result<(), ControllerError> {
-    let metrics = Arc::new(Metrics::default());
-    let server = metrics::serve(args.metrics_port, metrics.clone());
+    let rate_limits = crate::aws::throttle::RateLimits::parse(&args.aws_rate_limit)
+        .map_err(|error| ControllerError::Startup(format!("--aws-rate-limit {error}")))?;
+    let calls = crate::aws::CallCounter::new();
+    let metrics = Arc::new(Metrics::with_aws_calls(calls.clone()));
+    let server = metrics::serve(
+        args.metrics_bind_address,
+        args.metrics_port,
+        metrics.clone(),
+    );
     let server = tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "the metrics server stopped");
@@ -809,7 +1042,7 @@ pub async fn run(args: RunArgs) -> Result<(), ControllerError> {
         info!(%identity, "leading");
         let lost = tokio::spawn(elector.keep());
         tokio::select! {
-            result = run_controllers(&args, client, metrics) => result,
+            result = run_controllers(&args, client, metrics, calls, rate_limits) => result,
             result = lost => match result {
                 Ok(error) => Err(error),
                 Err(join) => Err(ControllerError::Startup(format!("lease task: {join}"))),
@@ -817,7 +1050,7 @@ pub async fn run(args: RunArgs) -> Result<(), ControllerError> {
         }
     } else {
         metrics.set_ready(true);
-        let result = run_controllers(&args, client, metrics).await;
+        let result = run_controllers(&args, client, metrics, calls, rate_limits).await;
         server.abort();
         result
     }
@@ -827,13 +1060,23 @@ async fn run_controllers(
     args: &RunArgs,
     client: Client,
     metrics: Arc<Metrics>,
+    calls: crate::aws::CallCounter,
+    rate_limits: crate::aws::throttle::RateLimits,
 ) -> Result<(), ControllerError> {
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        AwsBackend::default(),
-        args.aggregator_image.clone(),
+    let backend = Arc::new(AwsBackend::new(crate::aws::ClientOptions {
+        s3_force_path_style: false,
+        calls: Some(calls),
+        rate_limits: Some(rate_limits),
+    }));
+    let ctx = Arc::new(SharedContext {
+        client: client.clone(),
+        backend,
+        aggregator_image: args.aggregator_image.clone(),
         metrics,
-    ));
+        resync: Duration::from_secs(args.resync_seconds),
+        aws_drift_check: Duration::from_secs(args.aws_drift_check_seconds),
+    });
+    let concurrency = args.max_concurrent_reconciles;
     let namespaces: Vec<String> = args
         .watch_namespaces
         .iter()
@@ -842,7 +1085,7 @@ async fn run_controllers(
         .collect();
     if namespaces.is_empty() {
         info!("watching ClickHeatmapPipelines in every namespace");
-        run_controller(Api::all(client.clone()), client, None, ctx).await;
+        run_controller(Api::all(client.clone()), client, None, ctx, concurrency).await;
     } else {
         info!(?namespaces, "watching ClickHeatmapPipelines");
         let controllers = namespaces.into_iter().map(|ns| {
@@ -851,6 +1094,7 @@ async fn run_controllers(
                 client.clone(),
                 Some(ns),
                 ctx.clone(),
+                concurrency,
             )
         });
         futures_util::future::join_all(controllers).await;

@@ -320,7 +320,7 @@ async fn applies_the_workload_and_the_status() {
     let action = within(reconcile(Arc::new(object), ctx.clone()))
         .await
         .expect("reconcile");
-    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     within(server).await.expect("server");
 }
 

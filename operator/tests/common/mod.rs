@@ -32,6 +32,7 @@ pub struct Env {
 pub async fn start() -> Env {
     let moto = MotoServer::start();
     let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(clickheatmap_tls::aws_http_client())
         .region(Region::new(REGION))
         .endpoint_url(moto.endpoint())
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
@@ -50,6 +51,7 @@ pub async fn start() -> Env {
         &ClientOptions {
             s3_force_path_style: true,
             calls: Some(calls.clone()),
+            rate_limits: None,
         },
     )
     .expect("clients");

@@ -126,7 +126,8 @@ impl SdkAthenaClient {
     /// A client from the default AWS configuration chain (environment, IRSA / Pod Identity,
     /// `AWS_ENDPOINT_URL` for an emulator), with an optional region override.
     pub async fn from_env(region: Option<String>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(clickheatmap_tls::aws_http_client());
         if let Some(region) = region {
             loader = loader.region(aws_config::Region::new(region));
         }

@@ -1,0 +1,202 @@
+//! The Kubernetes children as the controller's watches see them.
+//!
+//! A resync of a pipeline that is in sync must not write: a server-side apply that changes
+//! nothing is still a PATCH the API server handles (and an audit log records). So each child
+//! kind is watched through a reflector whose cache is kept here, and an apply is skipped when
+//! the cached child already holds every field of the desired object with the same values, and
+//! what the operator last applied is what it would apply now (so a field dropped from the
+//! desired object is still removed by a new apply).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// A kind of child the controller applies and watches.
+pub trait Child:
+    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// This kind's cache.
+    fn store(stores: &Stores) -> &Store<Self>;
+}
+
+/// One cache per child kind.
+#[derive(Clone)]
+pub struct Stores {
+    pub stateful_sets: Store<StatefulSet>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+    pub service_accounts: Store<ServiceAccount>,
+}
+
+macro_rules! child {
+    ($kind:ty, $field:ident) => {
+        impl Child for $kind {
+            fn store(stores: &Stores) -> &Store<Self> {
+                &stores.$field
+            }
+        }
+    };
+}
+child!(StatefulSet, stateful_sets);
+child!(Deployment, deployments);
+child!(Service, services);
+child!(ConfigMap, config_maps);
+child!(ServiceAccount, service_accounts);
+
+/// A watch of one child kind that fills a cache; the stream goes to the controller
+/// (`Controller::owns_stream`), which maps each change to the owning pipeline.
+pub fn reflect<K: Child>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+        .boxed();
+    (reader, stream)
+}
+
+/// True when the cached `name` in `namespace` holds every field of `desired`.
+pub fn holds<K: Child>(store: &Store<K>, namespace: &str, name: &str, desired: &Value) -> bool {
+    let Some(live) = store.get(&ObjectRef::new(name).within(namespace)) else {
+        return false;
+    };
+    serde_json::to_value(live.as_ref()).is_ok_and(|live| is_subset(desired, &live))
+}
+
+/// Whether every field of `desired` is in `live` with the same value. Lists must match item by
+/// item; fields the API server adds (defaults, status, metadata) are ignored; an empty object
+/// or list stands for an absent one (the API server drops some of them).
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => {
+            want.iter().all(|(key, value)| match have.get(key) {
+                Some(found) => is_subset(value, found),
+                None => is_empty(value),
+            })
+        }
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_subset(w, h))
+        }
+        (want, Value::Null) => is_empty(want),
+        (want, have) => want == have,
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(list) => list.is_empty(),
+        _ => false,
+    }
+}
+
+/// The key of a child in the record of what was applied.
+pub fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+    format!("{}/{namespace}/{name}", K::kind(&()))
+}
+
+/// Whether a key of [`key`] names a child of `pipeline` in `namespace` (children are named
+/// `<pipeline>-<component>`).
+pub fn belongs_to(key: &str, namespace: &str, pipeline: &str) -> bool {
+    let mut parts = key.splitn(3, '/');
+    let (_, ns, name) = (parts.next(), parts.next(), parts.next());
+    ns == Some(namespace)
+        && name.is_some_and(|name| {
+            name.strip_prefix(pipeline)
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+}
+
+/// A hash of what is applied (serde_json keeps object keys sorted, so equal objects hash alike).
+pub fn hash_of(value: &Value) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Whether two values serialise alike.
+pub fn same_json<T: Serialize>(a: &T, b: &T) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_child_with_server_defaults_holds_the_desired_fields() {
+        let desired = json!({
+            "metadata": {"name": "shop-aggregator", "labels": {"a": "b"}},
+            "spec": {"replicas": 1, "template": {"spec": {"volumes": [{"name": "tmp", "emptyDir": {}}]}}}
+        });
+        let live = json!({
+            "metadata": {"name": "shop-aggregator", "labels": {"a": "b"}, "uid": "1", "resourceVersion": "7"},
+            "spec": {"replicas": 1, "revisionHistoryLimit": 10,
+                     "template": {"spec": {"volumes": [{"name": "tmp", "emptyDir": {}}], "dnsPolicy": "ClusterFirst"}}},
+            "status": {"replicas": 1}
+        });
+        assert!(is_subset(&desired, &live));
+    }
+
+    #[test]
+    fn a_changed_or_missing_field_is_drift() {
+        let desired = json!({"spec": {"replicas": 2, "selector": {"matchLabels": {"app": "x"}}}});
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 1, "selector": {"matchLabels": {"app": "x"}}}})
+        ));
+        assert!(!is_subset(&desired, &json!({"spec": {"replicas": 2}})));
+        // A list with an extra item (someone added a container) is drift too.
+        assert!(!is_subset(
+            &json!({"containers": [{"name": "a"}]}),
+            &json!({"containers": [{"name": "a"}, {"name": "b"}]})
+        ));
+        // Empty desired values match absent ones.
+        assert!(is_subset(&json!({"annotations": {}}), &json!({})));
+    }
+
+    #[test]
+    fn keys_name_their_pipeline() {
+        let key = key::<ConfigMap>("analytics", "shop-aggregator");
+        assert_eq!(key, "ConfigMap/analytics/shop-aggregator");
+        assert!(belongs_to(&key, "analytics", "shop"));
+        assert!(!belongs_to(&key, "analytics", "sho"));
+        assert!(!belongs_to(&key, "other", "shop"));
+    }
+
+    #[test]
+    fn equal_objects_hash_alike() {
+        let a = json!({"b": 1, "a": [1, 2]});
+        let b: Value = serde_json::from_str(r#"{"a":[1,2],"b":1}"#).expect("json");
+        assert_eq!(hash_of(&a), hash_of(&b));
+        assert_ne!(hash_of(&a), hash_of(&json!({"a": [1, 2], "b": 2})));
+    }
+}

@@ -1,0 +1,515 @@
+//! The pieces of the end-to-end suite: a real control plane, the chart as Helm renders it, the
+//! operator process with the chart's ServiceAccount token, moto over HTTPS, the audit log.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clickheatmap_testkit::{MotoServer, free_port, workspace_root};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, Scope};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+/// The field manager of what the tests apply (a user's `kubectl apply --server-side`).
+pub const USER: &str = "e2e-user";
+
+/// The cluster the suite runs against: one per test binary.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    /// The apiserver's audit log, when the suite started the control plane itself.
+    pub audit_log: Option<PathBuf>,
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// The shared cluster, started on first use; `None` (after saying why) when there is none and
+/// this is not CI. Under `CI=true` a missing control plane fails the test.
+pub fn cluster() -> Option<&'static Cluster> {
+    CLUSTER.get_or_init(start_cluster).as_ref()
+}
+
+fn start_cluster() -> Option<Cluster> {
+    if let Some(path) = std::env::var_os("CLICKHEATMAP_E2E_KUBECONFIG").filter(|p| !p.is_empty()) {
+        eprintln!("e2e: using the cluster of CLICKHEATMAP_E2E_KUBECONFIG={path:?}");
+        return Some(Cluster {
+            kubeconfig: PathBuf::from(path),
+            audit_log: None,
+        });
+    }
+    let kube_dir = std::env::var_os("CLICKHEATMAP_KUBE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/kube"));
+    if !kube_dir.join("up.sh").exists() {
+        let message = format!(
+            "no control plane: {} has no up.sh (set CLICKHEATMAP_KUBE_DIR, or \
+             CLICKHEATMAP_E2E_KUBECONFIG for a cluster of your own)",
+            kube_dir.display()
+        );
+        assert!(!in_ci(), "{message}");
+        eprintln!("SKIP e2e: {message}");
+        return None;
+    }
+    // Short: the control plane puts unix sockets under it (70 characters at most).
+    let state = PathBuf::from(format!("/tmp/chm-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).expect("state dir");
+    let policy = state.join("audit-policy.yaml");
+    let audit_log = state.join("audit.log");
+    // Every request of a ServiceAccount (the operator's), at metadata level.
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  userGroups: [\"system:serviceaccounts\"]\n- level: None\n",
+    )
+    .expect("audit policy");
+    let started = Instant::now();
+    let output = Command::new("bash")
+        .arg(kube_dir.join("up.sh"))
+        .arg(&state)
+        .env(
+            "KUBE_APISERVER_EXTRA_FLAGS",
+            format!(
+                "--audit-policy-file={} --audit-log-path={}",
+                policy.display(),
+                audit_log.display()
+            ),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("running up.sh");
+    assert!(
+        output.status.success(),
+        "up.sh failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!(
+        "e2e: control plane up in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        state.display()
+    );
+    // The control plane lives as long as this test process: a watchdog stops it afterwards
+    // (Rust's test harness has no hook at the end of a binary).
+    let _ = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "while kill -0 {} 2>/dev/null; do sleep 1; done; bash {} {} >/dev/null 2>&1",
+                std::process::id(),
+                kube_dir.join("down.sh").display(),
+                state.display()
+            ),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    Some(Cluster {
+        kubeconfig: state.join("kubeconfig"),
+        audit_log: Some(audit_log),
+    })
+}
+
+impl Cluster {
+    pub async fn admin(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("client config");
+        Client::try_from(config).expect("client")
+    }
+
+    /// A kubeconfig that authenticates with `token` (a ServiceAccount's).
+    pub fn kubeconfig_with_token(&self, token: &str, path: &Path) {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cluster = kubeconfig
+            .clusters
+            .first()
+            .and_then(|named| named.cluster.clone())
+            .expect("a cluster in the kubeconfig");
+        let text = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": {
+                "server": cluster.server,
+                "certificate-authority-data": cluster.certificate_authority_data,
+                "certificate-authority": cluster.certificate_authority,
+            }}],
+            "users": [{"name": "operator", "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "operator"}}],
+            "current-context": "e2e",
+        });
+        std::fs::write(path, text.to_string()).expect("writing a kubeconfig");
+    }
+
+    /// Write requests (create, update, patch, delete) that `user` made after `offset` bytes of
+    /// the audit log, as `verb resource/name`; `None` without an audit log.
+    pub fn writes_by(&self, user: &str, offset: u64) -> Option<Vec<String>> {
+        let log = self.audit_log.as_ref()?;
+        let text = std::fs::read(log).unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(0).min(text.len());
+        Some(
+            String::from_utf8_lossy(&text[start..])
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|entry| entry["user"]["username"] == user)
+                .filter(|entry| entry["stage"] == "ResponseComplete")
+                .filter(|entry| {
+                    matches!(
+                        entry["verb"].as_str(),
+                        Some("create" | "update" | "patch" | "delete" | "deletecollection")
+                    )
+                })
+                .map(|entry| {
+                    let object = &entry["objectRef"];
+                    format!(
+                        "{} {}/{} {}",
+                        entry["verb"].as_str().unwrap_or(""),
+                        object["resource"].as_str().unwrap_or(""),
+                        object["name"].as_str().unwrap_or(""),
+                        object["subresource"].as_str().unwrap_or("")
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The audit log's length now, to count from.
+    pub fn audit_offset(&self) -> u64 {
+        self.audit_log
+            .as_ref()
+            .and_then(|log| std::fs::metadata(log).ok())
+            .map_or(0, |meta| meta.len())
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` saying what it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Server-side applies an object of any kind, found through discovery.
+pub async fn apply(client: &Client, object: &Value, namespace: Option<&str>) -> DynamicObject {
+    let api_version = object["apiVersion"].as_str().expect("apiVersion");
+    let kind = object["kind"].as_str().expect("kind");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, capabilities) = discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("discovering {api_version} {kind}: {e}"));
+    let name = object["metadata"]["name"].as_str().expect("metadata.name");
+    let api: Api<DynamicObject> = match (&capabilities.scope, namespace) {
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
+        _ => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(USER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"))
+}
+
+pub async fn create_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    api.patch(name, &PatchParams::apply(USER), &Patch::Apply(&namespace))
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+/// The chart as `helm install` would have created it in one namespace.
+pub struct Installed {
+    pub namespace: String,
+    pub service_account: String,
+    pub deployment: Deployment,
+}
+
+/// Renders the chart with the real Helm library (tests/helm/render.py), applies its CRD and
+/// waits until it is Established, then applies every rendered object into `namespace`.
+pub async fn install_chart(client: &Client, namespace: &str, values: Value) -> Installed {
+    let python = workspace_root().join(".venv/bin/python");
+    let output = Command::new(&python)
+        .arg(workspace_root().join("tests/helm/render.py"))
+        .args([
+            "--release",
+            "clickheatmap-operator",
+            "--namespace",
+            namespace,
+        ])
+        .arg("--values")
+        .arg(values.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "rendering the chart (needs `.venv/bin/pip install -r tests/helm/requirements.txt`, \
+         which .ci/run does): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered: Value = serde_json::from_slice(&output.stdout).expect("render output");
+    for crd in rendered["crds"].as_array().expect("crds") {
+        apply(client, crd, None).await;
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .expect("crd name")
+            .to_owned();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        eventually("the CRD to be Established", Duration::from_secs(30), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let mut deployment = None;
+    let mut service_account = None;
+    for object in rendered["objects"].as_array().expect("objects") {
+        let applied = apply(client, object, Some(namespace)).await;
+        match object["kind"].as_str() {
+            Some("Deployment") => {
+                deployment = Some(serde_json::from_value(object.clone()).expect("deployment"))
+            }
+            Some("ServiceAccount") => service_account = applied.metadata.name,
+            _ => {}
+        }
+    }
+    Installed {
+        namespace: namespace.to_owned(),
+        service_account: service_account.expect("the chart renders a ServiceAccount"),
+        deployment: deployment.expect("the chart renders a Deployment"),
+    }
+}
+
+impl Installed {
+    /// A token of the chart's ServiceAccount (TokenRequest, as `kubectl create token`).
+    pub async fn token(&self, client: &Client) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &self.namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        accounts
+            .create_token_request(&self.service_account, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .expect("token status")
+            .token
+    }
+
+    /// The user name the API server gives the operator.
+    pub fn user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+
+    /// The operator container's arguments as the chart renders them.
+    pub fn args(&self) -> Vec<String> {
+        self.deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.spec.as_ref())
+            .and_then(|pod| pod.containers.first())
+            .and_then(|container| container.args.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The operator binary, run as the chart's Deployment would run it.
+pub struct OperatorProcess {
+    child: Child,
+    pub identity: String,
+    pub metrics_port: u16,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts the operator with the chart's arguments (the metrics port moved to a free one on
+    /// 127.0.0.1), the chart's ServiceAccount token, moto's endpoint and CA, and `extra` args.
+    pub async fn start(
+        cluster: &Cluster,
+        installed: &Installed,
+        client: &Client,
+        moto: &MotoServer,
+        identity: &str,
+        extra: &[&str],
+    ) -> OperatorProcess {
+        let dir = std::env::temp_dir().join(format!(
+            "chm-e2e-op-{}-{identity}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("operator dir");
+        let kubeconfig = dir.join("kubeconfig");
+        cluster.kubeconfig_with_token(&installed.token(client).await, &kubeconfig);
+        let metrics_port = free_port();
+        let mut args = installed.args();
+        if let Some(at) = args.iter().position(|arg| arg == "--metrics-port") {
+            args[at + 1] = metrics_port.to_string();
+        }
+        args.extend(["--metrics-bind-address".to_owned(), "127.0.0.1".to_owned()]);
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let log = dir.join("operator.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_clickheatmap-operator"))
+            .arg("run")
+            .args(&args)
+            .envs(moto.aws_env())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", &installed.namespace)
+            .env("POD_NAME", identity)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting the operator");
+        let process = OperatorProcess {
+            child,
+            identity: identity.to_owned(),
+            metrics_port,
+            log,
+        };
+        let started = Instant::now();
+        while process.get("/healthz").is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the operator did not serve /healthz: {}",
+                process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        process
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+    }
+
+    /// The operator's metrics page.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").unwrap_or_default()
+    }
+
+    /// The sum of the samples of `name` whose labels contain every `label`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> u64 {
+        sum_metric(&self.metrics(), name, labels)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator {} log (last lines) ---\n{}",
+                self.identity,
+                self.log_tail()
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Sums the samples of a metric in a Prometheus text page.
+pub fn sum_metric(page: &str, name: &str, labels: &[&str]) -> u64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
+/// AWS SDK configuration for checking moto from the test (it trusts moto's CA).
+pub async fn aws_config(moto: &MotoServer, region: &str) -> aws_config::SdkConfig {
+    let ca = moto.ca().expect("an HTTPS moto").ca_pem();
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(clickheatmap_tls::aws_http_client_trusting(&ca).expect("CA"))
+        .endpoint_url(moto.endpoint())
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "e2e",
+        ))
+        .load()
+        .await
+}
+
+/// A manifest of examples/ as JSON.
+pub fn example(name: &str) -> Value {
+    let path = workspace_root().join("examples").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
