@@ -176,6 +176,10 @@ def test_render_full_values(render, full_values):
         "--aggregator-image", "registry.example.com/clickheatmap/aggregator:0.1.0",
         "--watch-namespaces", "analytics,shop",
         "--leader-election",
+        "--max-concurrent-reconciles", "4",
+        "--resync-seconds", "120",
+        "--aws-drift-check-seconds", "900",
+        "--aws-rate-limit", "glue=2.5,kinesis=10",
     ]
     sa = rendered.one("ServiceAccount")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/clickheatmap-operator")

@@ -141,3 +141,14 @@ namespace). Exactly the API calls the operator makes; no wildcards. It creates n
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+AWS rate limits as SERVICE=RATE pairs, sorted by service, comma separated.
+*/}}
+{{- define "clickheatmap-operator.rateLimits" -}}
+{{- $pairs := list -}}
+{{- range $service, $rate := . -}}
+{{- $pairs = append $pairs (printf "%s=%v" $service $rate) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end }}

@@ -22,6 +22,7 @@ pub mod children;
 pub mod frontends;
 pub mod leader;
 pub mod metrics;
+pub mod stored;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +54,7 @@ use crate::error::{Error, Reason};
 use crate::pipeline::{DeleteOutcome, PipelineOutcome};
 use frontends::Frontend;
 use metrics::Metrics;
+use stored::StoredPipeline;
 use workload::{MANAGER, Workload};
 
 /// The finalizer that guards AWS cleanup.
@@ -407,6 +409,87 @@ pub fn backoff(failures: u32) -> Duration {
 /// How long to wait after a terminal problem (a person must act; a spec change reconciles anyway).
 pub const TERMINAL_REQUEUE: Duration = Duration::from_secs(300);
 
+/// One reconcile of a stored object: a pipeline that fits the type is reconciled; one that does
+/// not gets a condition and an Event, and waits for a change.
+pub async fn reconcile_stored<B: PipelineBackend>(
+    stored: Arc<StoredPipeline>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, ControllerError> {
+    match &stored.parsed {
+        Ok(pipeline) => reconcile(pipeline.clone(), ctx).await,
+        Err(reason) => {
+            report_malformed(&stored, reason, &ctx).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// The error policy of [`reconcile_stored`].
+pub fn error_policy_stored<B: PipelineBackend>(
+    stored: Arc<StoredPipeline>,
+    error: &ControllerError,
+    ctx: Arc<Context<B>>,
+) -> Action {
+    match &stored.parsed {
+        Ok(pipeline) => error_policy(pipeline.clone(), error, ctx),
+        Err(_) => {
+            ctx.metrics.observe_error(error.metric_label());
+            warn!(object = ?stored.metadata.name, %error, "cannot report a malformed object");
+            Action::requeue(backoff(3))
+        }
+    }
+}
+
+/// Writes `Ready=False` (InvalidSpec) and a Warning Event for an object that does not fit the
+/// type, once per distinct problem.
+async fn report_malformed<B>(
+    stored: &StoredPipeline,
+    reason: &str,
+    ctx: &Context<B>,
+) -> Result<(), ControllerError> {
+    let message: String = format!(
+        "the stored object does not fit ClickHeatmapPipeline v1alpha1: {reason}. Fix the spec; \
+         until then the operator neither changes nor deletes its AWS resources (to delete the \
+         object anyway and leave them, remove the finalizer {FINALIZER})"
+    )
+    .chars()
+    .take(2000)
+    .collect();
+    let invalid = Reason::InvalidSpec.as_str();
+    if stored.says(invalid, &message) {
+        return Ok(());
+    }
+    let namespace = stored
+        .namespace()
+        .ok_or_else(|| ControllerError::Malformed("a pipeline without a namespace".to_owned()))?;
+    let name = stored.name_any();
+    warn!(pipeline = %format!("{namespace}/{name}"), %reason, "malformed object");
+    let api: Api<StoredPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": "clickheatmap.io/v1alpha1",
+        "kind": "ClickHeatmapPipeline",
+        "status": {
+            "observedGeneration": stored.metadata.generation,
+            "conditions": [{
+                "type": READY_CONDITION,
+                "status": "False",
+                "reason": invalid,
+                "message": message,
+                "observedGeneration": stored.metadata.generation,
+                "lastTransitionTime": Time(Timestamp::now()),
+            }],
+        },
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    publish(ctx, &stored.object_ref(&()), invalid, &message).await;
+    Ok(())
+}
+
 /// One reconcile: the finalizer decides between apply and cleanup.
 pub async fn reconcile<B: PipelineBackend>(
     pipeline: Arc<ClickHeatmapPipeline>,
@@ -541,6 +624,20 @@ async fn apply<B: PipelineBackend>(
         Some(reused) => reused,
         None => match ctx.backend.apply(pipeline).await {
             Ok(outcome) => {
+                // Throttling is AWS asking to slow down, not a problem of the pipeline: back off
+                // (the error policy's exponential delay) and leave the status as it was.
+                if let Some(throttled) = outcome
+                    .parts
+                    .iter()
+                    .find(|part| part.reason == Reason::Throttled)
+                {
+                    ctx.forget(pipeline);
+                    let error = throttled.error.clone().unwrap_or_else(|| Error::Throttled {
+                        operation: throttled.part.to_string(),
+                        message: throttled.message.clone(),
+                    });
+                    return Err(error.into());
+                }
                 ctx.remember_outcome(pipeline, &outcome);
                 (outcome, ctx.aws_drift_check)
             }
@@ -567,7 +664,13 @@ async fn apply<B: PipelineBackend>(
                     Timestamp::now(),
                 );
                 patch_status(api, &name, previous, &status).await?;
-                publish(ctx, pipeline, reason.as_str(), &error.to_string()).await;
+                publish(
+                    ctx,
+                    &pipeline.object_ref(&()),
+                    reason.as_str(),
+                    &error.to_string(),
+                )
+                .await;
                 return Ok(Action::requeue(TERMINAL_REQUEUE));
             }
         },
@@ -607,7 +710,7 @@ async fn apply<B: PipelineBackend>(
             .any(|r| r.as_str() == condition.reason);
         if terminal {
             let note = format!("{}: {}", condition.type_, condition.message);
-            publish(ctx, pipeline, &condition.reason, &note).await;
+            publish(ctx, &pipeline.object_ref(&()), &condition.reason, &note).await;
         }
     }
     let mut requeue = if outcome.is_ready() {
@@ -633,7 +736,13 @@ async fn cleanup<B: PipelineBackend>(
         Ok(outcome) => outcome,
         Err(error) => {
             if !error.is_retryable() {
-                publish(ctx, pipeline, error.reason().as_str(), &error.to_string()).await;
+                publish(
+                    ctx,
+                    &pipeline.object_ref(&()),
+                    error.reason().as_str(),
+                    &error.to_string(),
+                )
+                .await;
             }
             return Err(error.into());
         }
@@ -676,7 +785,12 @@ async fn patch_status(
     Ok(())
 }
 
-async fn publish<B>(ctx: &Context<B>, pipeline: &ClickHeatmapPipeline, reason: &str, note: &str) {
+async fn publish<B>(
+    ctx: &Context<B>,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    reason: &str,
+    note: &str,
+) {
     let event = KubeEvent {
         type_: EventType::Warning,
         reason: reason.to_owned(),
@@ -684,11 +798,7 @@ async fn publish<B>(ctx: &Context<B>, pipeline: &ClickHeatmapPipeline, reason: &
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &pipeline.object_ref(&()))
-        .await
-    {
+    if let Err(error) = ctx.recorder.publish(&event, object).await {
         warn!(%error, "cannot publish an event");
     }
 }
@@ -948,7 +1058,7 @@ pub fn error_policy<B: PipelineBackend>(
 
 /// Runs one controller over `api` until the stream ends.
 async fn run_controller(
-    pipelines: Api<ClickHeatmapPipeline>,
+    pipelines: Api<StoredPipeline>,
     client: Client,
     namespace: Option<String>,
     ctx: Arc<SharedContext>,
@@ -998,7 +1108,7 @@ async fn run_controller(
         .owns_stream(config_map_events)
         .owns_stream(service_account_events)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_stored, error_policy_stored, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),

@@ -29,6 +29,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// The apiserver's audit log, when the suite started the control plane itself.
     pub audit_log: Option<PathBuf>,
+    /// The control plane's folder, when the suite started it.
+    pub state: Option<PathBuf>,
 }
 
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
@@ -49,6 +51,7 @@ fn start_cluster() -> Option<Cluster> {
         return Some(Cluster {
             kubeconfig: PathBuf::from(path),
             audit_log: None,
+            state: None,
         });
     }
     let kube_dir = std::env::var_os("CLICKHEATMAP_KUBE_DIR")
@@ -123,6 +126,7 @@ fn start_cluster() -> Option<Cluster> {
     Some(Cluster {
         kubeconfig: state.join("kubeconfig"),
         audit_log: Some(audit_log),
+        state: Some(state),
     })
 }
 
@@ -188,6 +192,75 @@ impl Cluster {
                 })
                 .collect(),
         )
+    }
+
+    /// Every request `user` made after `offset` bytes of the audit log, as `verb resource`.
+    pub fn requests_by(&self, user: &str, offset: u64) -> Option<Vec<String>> {
+        let log = self.audit_log.as_ref()?;
+        let text = std::fs::read(log).unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(0).min(text.len());
+        Some(
+            String::from_utf8_lossy(&text[start..])
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|entry| entry["user"]["username"] == user)
+                .filter(|entry| entry["stage"] == "ResponseComplete")
+                .map(|entry| {
+                    format!(
+                        "{} {}",
+                        entry["verb"].as_str().unwrap_or(""),
+                        entry["objectRef"]["resource"].as_str().unwrap_or("")
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Stops the kube-apiserver and starts it again with the same command line (only for a
+    /// control plane this suite started); returns once it answers again.
+    pub fn restart_apiserver(&self) {
+        let state = self
+            .state
+            .as_ref()
+            .expect("a control plane of the suite's own");
+        let pid_file = state.join("kube-apiserver.pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("apiserver pid");
+        let pid = pid.trim().to_owned();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("apiserver cmdline");
+        let args: Vec<String> = cmdline
+            .split(|byte| *byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let _ = Command::new("kill").arg(&pid).status();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log =
+            std::fs::File::create(state.join("logs/kube-apiserver.restarted.log")).expect("log");
+        // Outlives this call on purpose: down.sh stops it through the pid file, like the first.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restarting kube-apiserver");
+        std::fs::write(&pid_file, child.id().to_string()).expect("pid file");
+        let kubeconfig = std::fs::read_to_string(&self.kubeconfig).unwrap_or_default();
+        let port = kubeconfig
+            .split("https://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|port| port.parse::<u16>().ok())
+            .expect("apiserver port");
+        assert!(
+            clickheatmap_testkit::wait_for_port(port, Duration::from_secs(60)),
+            "the restarted apiserver listens"
+        );
+        // Listening comes before serving: wait for /readyz through a client.
+        std::thread::sleep(Duration::from_secs(3));
     }
 
     /// The audit log's length now, to count from.
@@ -393,7 +466,13 @@ impl OperatorProcess {
             args[at + 1] = metrics_port.to_string();
         }
         args.extend(["--metrics-bind-address".to_owned(), "127.0.0.1".to_owned()]);
-        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        // Extra `--flag value` pairs replace the chart's value of the same flag.
+        for pair in extra.chunks(2) {
+            match (pair, args.iter().position(|arg| arg == pair[0])) {
+                ([_, value], Some(at)) if at + 1 < args.len() => args[at + 1] = (*value).to_owned(),
+                _ => args.extend(pair.iter().map(|arg| (*arg).to_owned())),
+            }
+        }
         let log = dir.join("operator.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_clickheatmap-operator"))
@@ -455,6 +534,11 @@ impl OperatorProcess {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Peak RSS and CPU time so far.
+    pub fn usage(&self) -> Usage {
+        usage_of(self.child.id())
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -512,4 +596,110 @@ pub fn example(name: &str) -> Value {
     let path = workspace_root().join("examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Resource use of a process, from /proc.
+pub struct Usage {
+    pub peak_rss_kib: u64,
+    pub cpu_seconds: f64,
+}
+
+/// Peak RSS and CPU time of process `pid`.
+pub fn usage_of(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th field overall.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    Usage {
+        peak_rss_kib,
+        cpu_seconds: ticks / 100.0,
+    }
+}
+
+/// The Argo CD health of `object` as `deploy/argocd/health.lua` assesses it under Lua 5.1 (Argo
+/// CD's gopher-lua), as `(status, message)`; `None` when no `lua5.1` is installed (not in CI).
+pub fn argo_health(object: &Value) -> Option<(String, String)> {
+    let script = format!(
+        "local obj = {}\n\
+         local chunk = assert(loadfile({:?}))\n\
+         setfenv(chunk, {{obj = obj, ipairs = ipairs, pairs = pairs, next = next, type = type,\n\
+           tostring = tostring, tonumber = tonumber, error = error, pcall = pcall,\n\
+           select = select, unpack = unpack, string = string, table = table, math = math}})\n\
+         local hs = chunk()\n\
+         io.write(hs.status, '\\n', hs.message or '')\n",
+        to_lua(object),
+        workspace_root()
+            .join("deploy/argocd/health.lua")
+            .display()
+            .to_string()
+    );
+    let output = match Command::new("lua5.1").arg("-e").arg(&script).output() {
+        Ok(output) => output,
+        Err(error) => {
+            assert!(
+                !in_ci(),
+                "lua5.1 is needed for the Argo CD health check: {error}"
+            );
+            eprintln!("SKIP Argo CD health check: no lua5.1 ({error})");
+            return None;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "health.lua failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (status, message) = text.split_once('\n').unwrap_or((&text, ""));
+    Some((status.to_owned(), message.to_owned()))
+}
+
+/// A JSON value as a Lua table constructor (null fields are left out, as Argo CD does).
+fn to_lua(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(to_lua).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), to_lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn lua_string(text: &str) -> String {
+    let mut quoted = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '"' => quoted.push_str("\\\""),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c if (c as u32) < 0x20 => quoted.push_str(&format!("\\{}", c as u32)),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }

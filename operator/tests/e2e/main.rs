@@ -121,13 +121,23 @@ async fn minimal_pipeline_lifecycle() {
     )
     .await;
 
-    let manifest = apply_example(&client, "pipeline-minimal.yaml", namespace).await;
-    let name = manifest["metadata"]["name"]
-        .as_str()
-        .expect("name")
-        .to_owned();
+    let mut manifest = example("pipeline-minimal.yaml");
+    manifest["metadata"]["namespace"] = json!(namespace);
+    let created = apply(&client, &manifest, Some(namespace)).await;
+    let name = created.name_any();
+    // Argo CD sees a new pipeline (no status yet) as Progressing, a Ready one as Healthy.
+    if let Some((health, message)) =
+        harness::argo_health(&serde_json::to_value(&created).expect("json"))
+    {
+        assert_eq!(health, "Progressing", "{message}");
+    }
     let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
     let pipeline = wait_ready(&api, &name).await;
+    if let Some((health, message)) =
+        harness::argo_health(&serde_json::to_value(&pipeline).expect("json"))
+    {
+        assert_eq!(health, "Healthy", "{message}");
+    }
 
     // Every condition true, the status names what was made.
     let status = pipeline.status.clone().expect("status");
@@ -628,6 +638,16 @@ async fn a_foreign_resource_is_a_condition_and_a_warning_event() {
     })
     .await;
     let buckets = condition(&pipeline, "BucketsReady").expect("BucketsReady");
+    let degraded = eventually("Ready False with the Conflict", WAIT, || async {
+        let pipeline = api.get("shop").await.ok()?;
+        (condition(&pipeline, "Ready")?.reason == "Conflict").then_some(pipeline)
+    })
+    .await;
+    if let Some((health, message)) =
+        harness::argo_health(&serde_json::to_value(&degraded).expect("json"))
+    {
+        assert_eq!(health, "Degraded", "{message}");
+    }
     assert!(
         buckets.message.contains("shop-heatmap-raw-123456789012"),
         "{}",
@@ -664,4 +684,221 @@ async fn a_foreign_resource_is_a_condition_and_a_warning_event() {
     .await
     .expect("allowing adoption");
     wait_ready(&api, "shop").await;
+}
+
+/// One stored object that does not fit the Rust type (here a lateness the schema admits but a
+/// 64-bit duration cannot hold) gets its own condition and Warning Event; the watch goes on and
+/// the other pipelines are reconciled.
+#[tokio::test]
+async fn a_malformed_object_does_not_stop_the_others() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.admin().await;
+    let namespace = "e2e-malformed";
+    let installed = setup(&client, namespace, json!({})).await;
+    let moto = MotoServer::start_https();
+    let mut broken = example("pipeline-minimal.yaml");
+    broken["metadata"]["name"] = json!("broken");
+    broken["metadata"]["namespace"] = json!(namespace);
+    broken["spec"]["aggregation"] = json!({"allowedLateness": "99999999999999999999999d"});
+    apply(&client, &broken, Some(namespace)).await;
+    let _operator =
+        OperatorProcess::start(cluster, &installed, &client, &moto, "operator-0", &[]).await;
+    apply_example(&client, "pipeline-minimal.yaml", namespace).await;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    wait_ready(&api, "shop").await;
+
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::erase::<ClickHeatmapPipeline>(&()),
+    );
+    let message = eventually("the malformed object's condition", WAIT, || async {
+        let object = raw.get("broken").await.ok()?;
+        let conditions = object.data["status"]["conditions"].as_array()?.clone();
+        conditions
+            .iter()
+            .find(|c| {
+                c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "InvalidSpec"
+            })
+            .and_then(|c| c["message"].as_str().map(str::to_owned))
+    })
+    .await;
+    assert!(message.contains("does not fit"), "{message}");
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        "a Warning Event about the malformed object",
+        WAIT,
+        || async {
+            let list = events
+                .list(&ListParams::default().fields("involvedObject.name=broken"))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .any(|e| e.type_.as_deref() == Some("Warning"))
+                .then_some(())
+        },
+    )
+    .await;
+    // Argo CD calls it Degraded; a new pipeline after it is still reconciled.
+    let object = raw.get("broken").await.expect("broken");
+    if let Some((health, _)) = harness::argo_health(&serde_json::to_value(&object).expect("json")) {
+        assert_eq!(health, "Degraded");
+    }
+    let mut third = example("pipeline-minimal.yaml");
+    third["metadata"]["name"] = json!("third");
+    third["metadata"]["namespace"] = json!(namespace);
+    third["spec"]["stream"]["name"] = json!("third-clicks");
+    third["spec"]["catalog"] = json!({"database": "third_heatmap"});
+    third["spec"]["query"] = json!({"workgroup": "third-wg"});
+    for (bucket, value) in [
+        ("raw", "third-raw-123456789012"),
+        ("curated", "third-curated-123456789012"),
+        ("queryResults", "third-athena-123456789012"),
+    ] {
+        third["spec"]["buckets"][bucket] = json!(value);
+    }
+    apply(&client, &third, Some(namespace)).await;
+    wait_ready(&api, "third").await;
+}
+
+/// The scale benchmark (not run by default; figures go to docs/BENCHMARKS.md):
+///
+/// ```sh
+/// SCALE_PIPELINES=1000 cargo test --release -p clickheatmap-operator --test e2e -- \
+///     --ignored scale_benchmark --nocapture
+/// ```
+///
+/// Applies N pipelines at once (raw archive off: moto caps Firehose per region), waits until
+/// all are Ready and prints the time, the operator's peak RSS and CPU, AWS calls per created
+/// pipeline, Kubernetes and AWS requests per resync, then restarts the API server and checks
+/// that the operator's watches recover without a restart of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored scale_benchmark --nocapture"]
+async fn scale_benchmark() {
+    let Some(cluster) = cluster() else { return };
+    let count: usize = std::env::var("SCALE_PIPELINES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let client = cluster.admin().await;
+    let namespace = "e2e-scale";
+    let installed = setup(&client, namespace, json!({})).await;
+    let moto = MotoServer::start_https();
+    // moto is local: the AWS quotas' default rates would make this a benchmark of the limits.
+    let operator = OperatorProcess::start(
+        cluster,
+        &installed,
+        &client,
+        &moto,
+        "operator-0",
+        &[
+            "--resync-seconds",
+            "60",
+            "--aws-rate-limit",
+            "kinesis=200,firehose=200,glue=200,athena=200,s3=400,sts=100",
+        ],
+    )
+    .await;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    let started = std::time::Instant::now();
+    for index in 0..count {
+        let name = format!("p{index:04}");
+        let manifest = json!({
+            "apiVersion": "clickheatmap.io/v1alpha1",
+            "kind": "ClickHeatmapPipeline",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "region": "ap-northeast-2",
+                "stream": {"name": format!("{name}-clicks")},
+                "buckets": {
+                    "raw": format!("{name}-raw-123456789012"),
+                    "curated": format!("{name}-curated-123456789012"),
+                    "queryResults": format!("{name}-athena-123456789012"),
+                },
+                "rawArchive": {"enabled": false},
+                "catalog": {"database": format!("{name}_heatmap")},
+                "query": {"workgroup": format!("{name}-wg")},
+            }
+        });
+        apply(&client, &manifest, Some(namespace)).await;
+    }
+    let applied = started.elapsed();
+    let ready_count = |list: &[ClickHeatmapPipeline]| {
+        list.iter()
+            .filter(|p| condition(p, "Ready").is_some_and(|c| c.status == "True"))
+            .count()
+    };
+    eventually(
+        &format!("{count} pipelines Ready"),
+        Duration::from_secs(3600),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?.items;
+            (ready_count(&list) == count).then_some(())
+        },
+    )
+    .await;
+    let all_ready = started.elapsed();
+    let usage = operator.usage();
+    let aws_calls = operator.metric("clickheatmap_operator_aws_calls_total", &[]);
+    let aws_writes = operator.metric("clickheatmap_operator_aws_calls_total", &["kind=\"write\""]);
+    eprintln!(
+        "scale: {count} pipelines applied in {:.1} s, all Ready after {:.1} s; operator peak RSS \
+         {} MiB, CPU {:.1} s; AWS calls per created pipeline {:.1} ({:.1} writes)",
+        applied.as_secs_f64(),
+        all_ready.as_secs_f64(),
+        usage.peak_rss_kib / 1024,
+        usage.cpu_seconds,
+        aws_calls as f64 / count as f64,
+        aws_writes as f64 / count as f64,
+    );
+
+    // A resync round (every pipeline once, at --resync-seconds 60): requests per resync.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let offset = cluster.audit_offset();
+    let reconciles = operator.metric("clickheatmap_operator_reconciles_total", &[]);
+    let aws_before = operator.metric("clickheatmap_operator_aws_calls_total", &[]);
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    let resyncs = operator.metric("clickheatmap_operator_reconciles_total", &[]) - reconciles;
+    let aws = operator.metric("clickheatmap_operator_aws_calls_total", &[]) - aws_before;
+    let kube = cluster
+        .requests_by(&installed.user(), offset)
+        .map_or(0, |requests| requests.len());
+    eprintln!(
+        "scale: resync round: {resyncs} reconciles, {:.2} Kubernetes requests and {:.2} AWS \
+         calls per resync (AWS drift checks every 600 s), peak RSS {} MiB",
+        kube as f64 / resyncs.max(1) as f64,
+        aws as f64 / resyncs.max(1) as f64,
+        operator.usage().peak_rss_kib / 1024,
+    );
+
+    // The API server restarts; the operator's watches must recover by themselves.
+    let down = std::time::Instant::now();
+    cluster.restart_apiserver();
+    eprintln!(
+        "scale: API server restarted in {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
+    let client = cluster.admin().await;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    let after = json!({
+        "apiVersion": "clickheatmap.io/v1alpha1",
+        "kind": "ClickHeatmapPipeline",
+        "metadata": {"name": "after-restart", "namespace": namespace},
+        "spec": {
+            "region": "ap-northeast-2",
+            "stream": {"name": "after-restart-clicks"},
+            "buckets": {"raw": "after-raw-123456789012", "curated": "after-curated-123456789012", "queryResults": "after-athena-123456789012"},
+            "rawArchive": {"enabled": false},
+            "catalog": {"database": "after_heatmap"},
+            "query": {"workgroup": "after-wg"},
+        }
+    });
+    apply(&client, &after, Some(namespace)).await;
+    let recovered = std::time::Instant::now();
+    wait_ready(&api, "after-restart").await;
+    eprintln!(
+        "scale: a pipeline created after the restart was Ready {:.1} s later (same operator process)",
+        recovered.elapsed().as_secs_f64()
+    );
 }
