@@ -227,6 +227,12 @@ impl Drop for TestCa {
     }
 }
 
+fn moto_binary() -> PathBuf {
+    std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| python_venv().join("bin/moto_server"))
+}
+
 /// A moto server listening on 127.0.0.1, stopped when dropped.
 pub struct MotoServer {
     child: Child,
@@ -259,9 +265,7 @@ impl MotoServer {
             }
             None => Vec::new(),
         };
-        let binary = std::env::var_os("MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| python_venv().join("bin/moto_server"));
+        let binary = moto_binary();
         // Tests start servers in parallel: two may be handed the same free port, and then only
         // one binds it while the other's wait sees that one listening. So the port counts only
         // when our own process is still alive after it answers; otherwise try another port.
@@ -307,6 +311,40 @@ impl MotoServer {
     pub fn endpoint(&self) -> String {
         let scheme = if self.ca.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and starts a new, empty one on the same port (and with the same
+    /// certificate): AWS unreachable for a while, then back.
+    pub fn restart(&mut self) {
+        self.stop();
+        let binary = moto_binary();
+        let mut command = Command::new(&binary);
+        command.args(["-H", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(ca) = &self.ca {
+            let (cert, key) = ca.server_cert();
+            command
+                .arg("--ssl-cert")
+                .arg(cert)
+                .arg("--ssl-key")
+                .arg(key);
+        }
+        self.child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(60)),
+            "moto_server did not listen on 127.0.0.1:{} again",
+            self.port
+        );
+    }
+
+    /// Stops the server (AWS unreachable).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The CA of an HTTPS server.

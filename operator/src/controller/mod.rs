@@ -44,7 +44,6 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{info, warn};
@@ -735,6 +734,13 @@ async fn cleanup<B: PipelineBackend>(
     let outcome = match ctx.backend.delete(pipeline).await {
         Ok(outcome) => outcome,
         Err(error) => {
+            deletion_status(
+                pipeline,
+                ctx,
+                error.reason().as_str(),
+                &format!("the AWS resources cannot be deleted yet: {error}"),
+            )
+            .await;
             if !error.is_retryable() {
                 publish(
                     ctx,
@@ -757,7 +763,51 @@ async fn cleanup<B: PipelineBackend>(
             .filter(|step| !step.deletion.is_finished())
             .map(|step| step.resource.clone())
             .collect();
+        deletion_status(
+            pipeline,
+            ctx,
+            DELETING_REASON,
+            &format!(
+                "deleting the AWS resources: waiting for {}",
+                waiting.join(", ")
+            ),
+        )
+        .await;
         Err(ControllerError::DeletionInProgress(waiting.join(", ")))
+    }
+}
+
+/// The `Ready` reason while the finalizer waits for AWS deletion to finish.
+pub const DELETING_REASON: &str = "Deleting";
+
+/// Says in the status why a deleted pipeline is still there (the finalizer stays until its AWS
+/// resources are gone). Best effort: the object may be gone by now.
+async fn deletion_status<B>(
+    pipeline: &ClickHeatmapPipeline,
+    ctx: &Context<B>,
+    reason: &str,
+    message: &str,
+) {
+    let Some(namespace) = pipeline.namespace() else {
+        return;
+    };
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let previous = pipeline.status.as_ref();
+    let condition = DesiredCondition {
+        type_: READY_CONDITION.to_owned(),
+        ready: false,
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+    };
+    let status = build_status(
+        previous,
+        pipeline.metadata.generation,
+        &[condition],
+        previous.map(|p| p.resources.clone()).unwrap_or_default(),
+        Timestamp::now(),
+    );
+    if let Err(error) = patch_status(&api, &pipeline.name_any(), previous, &status).await {
+        info!(pipeline = %object_key(pipeline), %error, "cannot write the deletion status");
     }
 }
 
@@ -856,21 +906,42 @@ where
 }
 
 /// Deletes the pipeline's children of kind `K` (found by label) whose names are not in `keep`.
-async fn delete_orphans<K>(
-    client: &Client,
+///
+/// With the watch caches, the children are looked up there: a LIST per kind and reconcile would
+/// make every resync cost five API requests, each scanning every child in the namespace — with a
+/// thousand pipelines the API server spends its time on those scans.
+async fn delete_orphans<B, K: children::Child>(
+    ctx: &Context<B>,
     namespace: &str,
     pipeline_name: &str,
     keep: &BTreeSet<String>,
-) -> Result<usize, ControllerError>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    K: Resource<Scope = kube::core::NamespaceResourceScope>,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().labels(&workload::children_selector(pipeline_name));
+) -> Result<usize, ControllerError> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let names: Vec<String> = match &ctx.children {
+        Some(stores) => K::store(stores)
+            .state()
+            .iter()
+            .filter(|child| {
+                child.namespace().as_deref() == Some(namespace)
+                    && child
+                        .labels()
+                        .get(workload::PIPELINE_LABEL)
+                        .map(String::as_str)
+                        == Some(pipeline_name)
+            })
+            .map(|child| child.name_any())
+            .collect(),
+        None => {
+            let params = ListParams::default().labels(&workload::children_selector(pipeline_name));
+            api.list(&params)
+                .await?
+                .into_iter()
+                .map(|child| child.name_any())
+                .collect()
+        }
+    };
     let mut deleted = 0;
-    for child in api.list(&params).await? {
-        let name = child.name_any();
+    for name in names {
         if keep.contains(&name) {
             continue;
         }
@@ -937,7 +1008,6 @@ async fn reconcile_children<B: PipelineBackend>(
         .namespace()
         .ok_or_else(|| ControllerError::Malformed("a pipeline without a namespace".to_owned()))?;
     let name = pipeline.name_any();
-    let client = &ctx.client;
     let image = &ctx.aggregator_image;
     let mut keep = Keep::default();
     let mut conditions = Vec::new();
@@ -1022,12 +1092,12 @@ async fn reconcile_children<B: PipelineBackend>(
 
     let mut deleted = 0;
     deleted +=
-        delete_orphans::<StatefulSet>(client, &namespace, &name, &keep.stateful_sets).await?;
-    deleted += delete_orphans::<Deployment>(client, &namespace, &name, &keep.deployments).await?;
-    deleted += delete_orphans::<Service>(client, &namespace, &name, &keep.services).await?;
-    deleted += delete_orphans::<ConfigMap>(client, &namespace, &name, &keep.config_maps).await?;
+        delete_orphans::<_, StatefulSet>(ctx, &namespace, &name, &keep.stateful_sets).await?;
+    deleted += delete_orphans::<_, Deployment>(ctx, &namespace, &name, &keep.deployments).await?;
+    deleted += delete_orphans::<_, Service>(ctx, &namespace, &name, &keep.services).await?;
+    deleted += delete_orphans::<_, ConfigMap>(ctx, &namespace, &name, &keep.config_maps).await?;
     deleted +=
-        delete_orphans::<ServiceAccount>(client, &namespace, &name, &keep.service_accounts).await?;
+        delete_orphans::<_, ServiceAccount>(ctx, &namespace, &name, &keep.service_accounts).await?;
     if deleted > 0 {
         info!(pipeline = %object_key(pipeline), deleted, "removed children the spec no longer wants");
     }

@@ -902,3 +902,64 @@ async fn scale_benchmark() {
         recovered.elapsed().as_secs_f64()
     );
 }
+
+/// `deletionPolicy: Delete` while AWS cannot be reached: the finalizer stays and the status says
+/// why; once AWS answers again the deletion finishes and the object goes.
+#[tokio::test]
+async fn deletion_waits_for_aws_and_says_so() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.admin().await;
+    let namespace = "e2e-deleting";
+    let installed = setup(&client, namespace, json!({})).await;
+    let mut moto = MotoServer::start_https();
+    let _operator =
+        OperatorProcess::start(cluster, &installed, &client, &moto, "operator-0", &[]).await;
+    let mut manifest = example("pipeline-minimal.yaml");
+    manifest["metadata"]["namespace"] = json!(namespace);
+    manifest["spec"]["deletionPolicy"] = json!("Delete");
+    apply(&client, &manifest, Some(namespace)).await;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    wait_ready(&api, "shop").await;
+
+    moto.stop();
+    api.delete("shop", &DeleteParams::default())
+        .await
+        .expect("deleting the pipeline");
+    let waiting = eventually(
+        "a condition saying why the deletion waits",
+        WAIT,
+        || async {
+            let pipeline = api.get("shop").await.ok()?;
+            let ready = condition(&pipeline, "Ready")?;
+            (pipeline.metadata.deletion_timestamp.is_some() && ready.status == "False")
+                .then_some(pipeline)
+        },
+    )
+    .await;
+    let ready = condition(&waiting, "Ready").expect("Ready");
+    assert!(
+        ready.message.contains("cannot be deleted yet") || ready.message.contains("waiting for"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        waiting
+            .finalizers()
+            .iter()
+            .any(|f| f == "clickheatmap.io/cleanup")
+    );
+
+    // AWS is back (empty: nothing left to delete), and the finalizer is released.
+    moto.restart();
+    eventually(
+        "the pipeline to be gone",
+        Duration::from_secs(120),
+        || async {
+            match api.get("shop").await {
+                Err(kube::Error::Api(status)) if status.code == 404 => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+}
