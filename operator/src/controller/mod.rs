@@ -1133,7 +1133,7 @@ async fn run_controller(
     namespace: Option<String>,
     ctx: Arc<SharedContext>,
     concurrency: u16,
-) {
+) -> Ended {
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
@@ -1170,7 +1170,26 @@ async fn run_controller(
     let config = ControllerConfig::default()
         .concurrency(concurrency)
         .debounce(Duration::from_millis(500));
-    Controller::new(pipelines, watcher::Config::default().any_semantic())
+    // Watch failures come back at least every minute or so (the watcher's backoff) while they last; a run
+    // of them spanning WATCH_STALL means the watches are not recovering. (Reconciles that
+    // succeed say nothing: a resync in sync makes no API request.)
+    let failures = Arc::new(Mutex::new(FailureRun::default()));
+    let stalled = Arc::new(tokio::sync::Notify::new());
+    let watch = {
+        let failures = failures.clone();
+        let stalled = stalled.clone();
+        move |queue_failed: bool| {
+            if !queue_failed {
+                return;
+            }
+            if let Ok(mut run) = failures.lock()
+                && run.failed(Instant::now())
+            {
+                stalled.notify_one();
+            }
+        }
+    };
+    let controller = Controller::new(pipelines, watcher::Config::default().any_semantic())
         .with_config(config)
         .owns_stream(stateful_set_events)
         .owns_stream(deployment_events)
@@ -1179,13 +1198,30 @@ async fn run_controller(
         .owns_stream(service_account_events)
         .shutdown_on_signal()
         .run(reconcile_stored, error_policy_stored, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => warn!(%error, "controller"),
+        .for_each(|result| {
+            use kube::runtime::controller::Error as RunError;
+            watch(matches!(result, Err(RunError::QueueError(_))));
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                    // A normal lifecycle, not a problem: a deletion waiting for AWS (the status says
+                    // so), and requeues of an object that is gone.
+                    Err(RunError::ReconcilerFailed(error, object))
+                        if matches!(error.inner(), ControllerError::DeletionInProgress(_)) =>
+                    {
+                        tracing::debug!(%object, %error, "waiting for the AWS deletion")
+                    }
+                    Err(RunError::ObjectNotFound(object)) => {
+                        tracing::debug!(%object, "requeued object is gone")
+                    }
+                    Err(error) => warn!(%error, "controller"),
+                }
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = controller => Ended::Stopped,
+        () = stalled.notified() => Ended::WatchesStalled,
+    }
 }
 
 /// The `run` subcommand.
@@ -1236,6 +1272,14 @@ pub async fn run(args: RunArgs) -> Result<(), ControllerError> {
     }
 }
 
+/// How long every watch may fail before the controllers start over with a new client.
+pub const WATCH_STALL: Duration = Duration::from_secs(60);
+
+/// Runs the controllers until they stop (SIGTERM). When their watches have failed for
+/// [`WATCH_STALL`] without a single success, they start over with a new Kubernetes client: a
+/// kube `Client` whose request buffer saw its connection fail while the API server restarted
+/// fails every later request with the same error, forever (found by the scale benchmark's API
+/// server restart), and a new client recovers where retrying the old one never does.
 async fn run_controllers(
     args: &RunArgs,
     client: Client,
@@ -1248,6 +1292,65 @@ async fn run_controllers(
         calls: Some(calls),
         rate_limits: Some(rate_limits),
     }));
+    let mut client = client;
+    loop {
+        match run_controllers_with(args, client, metrics.clone(), backend.clone()).await {
+            Ended::Stopped => return Ok(()),
+            Ended::WatchesStalled => {
+                warn!(
+                    stalled_for = ?WATCH_STALL,
+                    "every watch failed for a while; starting over with a new Kubernetes client"
+                );
+                metrics.observe_error("watch_stalled");
+                client = Client::try_default().await.map_err(|error| {
+                    ControllerError::Startup(format!("kubernetes client: {error}"))
+                })?;
+            }
+        }
+    }
+}
+
+/// A run of watch failures: when it began and when the last one came.
+#[derive(Debug, Default)]
+struct FailureRun {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl FailureRun {
+    /// Longer than the watcher's largest backoff between two tries (about a minute, measured
+    /// against a restarting API server): a gap this long means the watches recovered in between.
+    const GAP: Duration = Duration::from_secs(120);
+
+    /// Records a failure at `now`; true when the run spans [`WATCH_STALL`].
+    fn failed(&mut self, now: Instant) -> bool {
+        let continues = self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) <= Self::GAP);
+        if !continues {
+            self.first = Some(now);
+        }
+        self.last = Some(now);
+        self.first
+            .is_some_and(|first| now.saturating_duration_since(first) >= WATCH_STALL)
+    }
+}
+
+/// Why the controllers of one client ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Shut down (signal) or the stream ended.
+    Stopped,
+    /// Every watch failed for [`WATCH_STALL`].
+    WatchesStalled,
+}
+
+async fn run_controllers_with(
+    args: &RunArgs,
+    client: Client,
+    metrics: Arc<Metrics>,
+    backend: Arc<AwsBackend>,
+) -> Ended {
     let ctx = Arc::new(SharedContext {
         client: client.clone(),
         backend,
@@ -1265,22 +1368,50 @@ async fn run_controllers(
         .collect();
     if namespaces.is_empty() {
         info!("watching ClickHeatmapPipelines in every namespace");
-        run_controller(Api::all(client.clone()), client, None, ctx, concurrency).await;
+        run_controller(Api::all(client.clone()), client, None, ctx, concurrency).await
     } else {
         info!(?namespaces, "watching ClickHeatmapPipelines");
         let controllers = namespaces.into_iter().map(|ns| {
-            run_controller(
+            Box::pin(run_controller(
                 Api::namespaced(client.clone(), &ns),
                 client.clone(),
                 Some(ns),
                 ctx.clone(),
                 concurrency,
-            )
+            ))
         });
-        futures_util::future::join_all(controllers).await;
+        // The first to end decides: a stall starts them all over with a new client; the others
+        // are dropped here.
+        let (ended, _, _) = futures_util::future::select_all(controllers).await;
+        ended
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_watch_failures_spanning_a_minute_is_a_stall() {
+        let start = Instant::now();
+        let mut run = FailureRun::default();
+        // Failures every 30 s: a stall once they span a minute.
+        assert!(!run.failed(start));
+        assert!(!run.failed(start + Duration::from_secs(30)));
+        assert!(run.failed(start + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn failures_with_a_long_quiet_gap_start_a_new_run() {
+        let start = Instant::now();
+        let mut run = FailureRun::default();
+        assert!(!run.failed(start));
+        // Over two minutes of quiet: the watches recovered in between.
+        assert!(!run.failed(start + Duration::from_secs(130)));
+        assert!(!run.failed(start + Duration::from_secs(170)));
+        assert!(run.failed(start + Duration::from_secs(190)));
+    }
+}
