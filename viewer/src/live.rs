@@ -94,6 +94,9 @@ impl LiveClient {
         if urls.is_empty() {
             return Err(LiveError::BadUrl { url: String::new() });
         }
+        // reqwest is built without a provider of its own: it uses the process default, which
+        // the viewer's and local mode's main install; a library caller may not have.
+        clickheatmap_tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(LIVE_TIMEOUT)
             .connect_timeout(LIVE_TIMEOUT)

@@ -274,7 +274,7 @@ async fn timeouts_and_failures_over_http() {
         get_json(&server.url(&format!("/api/pages?from={T0}&to={}", T0 + HOUR))).await;
     assert_eq!(status, 502, "{body}");
     // The same failure from the user's own SQL is their mistake: 400.
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(server.url("/api/sql"))
         .header("content-type", "application/json")
         .body(r#"{"sql":"SELECT nonsense FROM"}"#)
@@ -307,7 +307,7 @@ async fn raw_sql_runs_when_allowed() {
         (config["engine"].as_str(), config["raw_sql"].as_bool()),
         (Some("athena"), Some(true))
     );
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(server.url("/api/sql"))
         .header("content-type", "application/json")
         .body(r#"{"sql":"SELECT page_id, COUNT(*) AS n FROM curated_heatmap GROUP BY 1;"}"#)

@@ -35,7 +35,7 @@ fn sdk_client(moto: &MotoServer) -> aws_sdk_athena::Client {
 }
 
 async fn moto_api(moto: &MotoServer, path: &str, body: serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(format!("{}{path}", moto.endpoint()))
         .header("content-type", "application/json")
         .body(body.to_string())

@@ -147,7 +147,7 @@ async fn the_png_can_include_the_open_windows() {
     let server = serve_viewer(viewer).await;
     let range = format!("from={T0}&to={}", T0 + HOUR);
 
-    let response = reqwest::get(server.url(&format!(
+    let response = common::get(server.url(&format!(
         "/api/heatmap.png?page=home&{range}&width=200&height=200"
     )))
     .await
@@ -156,7 +156,7 @@ async fn the_png_can_include_the_open_windows() {
     assert_eq!(response.headers()["x-heatmap-live"], "none");
     let stored_only = response.bytes().await.unwrap();
 
-    let response = reqwest::get(server.url(&format!(
+    let response = common::get(server.url(&format!(
         "/api/heatmap.png?page=home&{range}&width=200&height=200&live=1"
     )))
     .await

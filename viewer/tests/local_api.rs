@@ -155,7 +155,7 @@ async fn a_smaller_viewer_grid_reports_cells_outside_it() {
 #[tokio::test]
 async fn the_png_is_the_same_query_rendered() {
     let (_dir, server) = setup().await;
-    let response = reqwest::get(server.url(&format!(
+    let response = common::get(server.url(&format!(
         "/api/heatmap.png?page=home&{}&width=320&height=180",
         range(T0, T0 + HOUR)
     )))
@@ -262,7 +262,7 @@ async fn bad_parameters_are_clear_400s() {
 }
 
 async fn post_sql(server: &TestServer, sql: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(server.url("/api/sql"))
         .header("content-type", "application/json")
         .body(serde_json::json!({ "sql": sql }).to_string())
@@ -346,7 +346,7 @@ async fn raw_sql_runs_queries_on_the_embedded_engine() {
     assert_eq!(status, 400);
     let (status, _) = post_sql(&server, "DROP TABLE curated_heatmap").await;
     assert_eq!(status, 400);
-    let response = reqwest::Client::new()
+    let response = common::http_client()
         .post(server.url("/api/sql"))
         .header("content-type", "application/json")
         .body("not json")
@@ -491,7 +491,7 @@ async fn the_ui_is_served_with_secure_headers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve_viewer(local_viewer(&dir.path().join("curated"))).await;
 
-    let response = reqwest::get(server.url("/")).await.unwrap();
+    let response = common::get(server.url("/")).await.unwrap();
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     let csp = headers["content-security-policy"].to_str().unwrap();
@@ -526,7 +526,7 @@ async fn the_ui_is_served_with_secure_headers() {
     }
 
     for (path, content_type) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
-        let response = reqwest::get(server.url(path)).await.unwrap();
+        let response = common::get(server.url(path)).await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(
             response.headers()["content-type"]
@@ -537,7 +537,7 @@ async fn the_ui_is_served_with_secure_headers() {
         assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     }
 
-    let response = reqwest::get(server.url("/healthz")).await.unwrap();
+    let response = common::get(server.url("/healthz")).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "ok");
 

@@ -86,6 +86,9 @@ fn the_athena_engine_reaches_athena_over_https() {
             "athena",
             "--region",
             "us-east-1",
+            // moto's built-in workgroup.
+            "--workgroup",
+            "primary",
             "--output-location",
             "s3://tls-results/athena/",
         ],

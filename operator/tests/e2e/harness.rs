@@ -162,9 +162,9 @@ impl Cluster {
         std::fs::write(path, text.to_string()).expect("writing a kubeconfig");
     }
 
-    /// Write requests (create, update, patch, delete) that `user` made after `offset` bytes of
-    /// the audit log, as `verb resource/name`; `None` without an audit log.
-    pub fn writes_by(&self, user: &str, offset: u64) -> Option<Vec<String>> {
+    /// The audit entries of `user`'s completed requests after `offset` bytes of the log; `None`
+    /// without an audit log.
+    fn audit_entries(&self, user: &str, offset: u64) -> Option<Vec<Value>> {
         let log = self.audit_log.as_ref()?;
         let text = std::fs::read(log).unwrap_or_default();
         let start = usize::try_from(offset).unwrap_or(0).min(text.len());
@@ -174,6 +174,17 @@ impl Cluster {
                 .filter_map(|line| serde_json::from_str::<Value>(line).ok())
                 .filter(|entry| entry["user"]["username"] == user)
                 .filter(|entry| entry["stage"] == "ResponseComplete")
+                .collect(),
+        )
+    }
+
+    /// Write requests (create, update, patch, delete) that `user` made after `offset` bytes of
+    /// the audit log, as `verb resource/name subresource`; `None` without an audit log.
+    pub fn writes_by(&self, user: &str, offset: u64) -> Option<Vec<String>> {
+        let entries = self.audit_entries(user, offset)?;
+        Some(
+            entries
+                .iter()
                 .filter(|entry| {
                     matches!(
                         entry["verb"].as_str(),
@@ -196,15 +207,10 @@ impl Cluster {
 
     /// Every request `user` made after `offset` bytes of the audit log, as `verb resource`.
     pub fn requests_by(&self, user: &str, offset: u64) -> Option<Vec<String>> {
-        let log = self.audit_log.as_ref()?;
-        let text = std::fs::read(log).unwrap_or_default();
-        let start = usize::try_from(offset).unwrap_or(0).min(text.len());
+        let entries = self.audit_entries(user, offset)?;
         Some(
-            String::from_utf8_lossy(&text[start..])
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .filter(|entry| entry["user"]["username"] == user)
-                .filter(|entry| entry["stage"] == "ResponseComplete")
+            entries
+                .iter()
                 .map(|entry| {
                     format!(
                         "{} {}",

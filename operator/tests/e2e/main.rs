@@ -67,6 +67,26 @@ async fn wait_ready(api: &Api<ClickHeatmapPipeline>, name: &str) -> ClickHeatmap
     .await
 }
 
+/// The minimal example under another name, with AWS names of its own (stream, buckets, Glue
+/// database, Athena workgroup), so that it can live beside the example in the same moto.
+fn minimal_named(name: &str, namespace: &str) -> Value {
+    let mut manifest = example("pipeline-minimal.yaml");
+    manifest["metadata"]["name"] = json!(name);
+    manifest["metadata"]["namespace"] = json!(namespace);
+    manifest["spec"]["stream"]["name"] = json!(format!("{name}-clicks"));
+    manifest["spec"]["catalog"] =
+        json!({"database": format!("{}_heatmap", name.replace('-', "_"))});
+    manifest["spec"]["query"] = json!({"workgroup": format!("{name}-wg")});
+    for (bucket, suffix) in [
+        ("raw", "raw"),
+        ("curated", "curated"),
+        ("queryResults", "athena"),
+    ] {
+        manifest["spec"]["buckets"][bucket] = json!(format!("{name}-{suffix}-123456789012"));
+    }
+    manifest
+}
+
 /// Every child the aggregator workload needs, owned by the pipeline (controller reference).
 async fn assert_owned_children(client: &Client, namespace: &str, pipeline: &ClickHeatmapPipeline) {
     let uid = pipeline.uid().expect("uid");
@@ -581,20 +601,7 @@ async fn leader_election_hands_over_after_a_kill() {
         "took over in {:?}, lease duration {duration} s",
         killed.elapsed()
     );
-    let mut second_pipeline = example("pipeline-minimal.yaml");
-    second_pipeline["metadata"]["name"] = json!("second");
-    second_pipeline["metadata"]["namespace"] = json!(namespace);
-    second_pipeline["spec"]["stream"]["name"] = json!("second-clicks");
-    // Its own catalog and workgroup: those of `shop` are tagged as shop's.
-    second_pipeline["spec"]["catalog"] = json!({"database": "second_heatmap"});
-    second_pipeline["spec"]["query"] = json!({"workgroup": "second-wg"});
-    for (bucket, value) in [
-        ("raw", "second-raw-123456789012"),
-        ("curated", "second-curated-123456789012"),
-        ("queryResults", "second-athena-123456789012"),
-    ] {
-        second_pipeline["spec"]["buckets"][bucket] = json!(value);
-    }
+    let second_pipeline = minimal_named("second", namespace);
     apply(&client, &second_pipeline, Some(namespace)).await;
     wait_ready(&api, "second").await;
     assert!(second.is_running());
@@ -745,19 +752,7 @@ async fn a_malformed_object_does_not_stop_the_others() {
     if let Some((health, _)) = harness::argo_health(&serde_json::to_value(&object).expect("json")) {
         assert_eq!(health, "Degraded");
     }
-    let mut third = example("pipeline-minimal.yaml");
-    third["metadata"]["name"] = json!("third");
-    third["metadata"]["namespace"] = json!(namespace);
-    third["spec"]["stream"]["name"] = json!("third-clicks");
-    third["spec"]["catalog"] = json!({"database": "third_heatmap"});
-    third["spec"]["query"] = json!({"workgroup": "third-wg"});
-    for (bucket, value) in [
-        ("raw", "third-raw-123456789012"),
-        ("curated", "third-curated-123456789012"),
-        ("queryResults", "third-athena-123456789012"),
-    ] {
-        third["spec"]["buckets"][bucket] = json!(value);
-    }
+    let third = minimal_named("third", namespace);
     apply(&client, &third, Some(namespace)).await;
     wait_ready(&api, "third").await;
 }
@@ -803,24 +798,8 @@ async fn scale_benchmark() {
     let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
     let started = std::time::Instant::now();
     for index in 0..count {
-        let name = format!("p{index:04}");
-        let manifest = json!({
-            "apiVersion": "clickheatmap.io/v1alpha1",
-            "kind": "ClickHeatmapPipeline",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "region": "ap-northeast-2",
-                "stream": {"name": format!("{name}-clicks")},
-                "buckets": {
-                    "raw": format!("{name}-raw-123456789012"),
-                    "curated": format!("{name}-curated-123456789012"),
-                    "queryResults": format!("{name}-athena-123456789012"),
-                },
-                "rawArchive": {"enabled": false},
-                "catalog": {"database": format!("{name}_heatmap")},
-                "query": {"workgroup": format!("{name}-wg")},
-            }
-        });
+        let mut manifest = minimal_named(&format!("p{index:04}"), namespace);
+        manifest["spec"]["rawArchive"] = json!({"enabled": false});
         apply(&client, &manifest, Some(namespace)).await;
     }
     let applied = started.elapsed();
@@ -894,19 +873,8 @@ async fn scale_benchmark() {
     );
     let client = cluster.admin().await;
     let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
-    let after = json!({
-        "apiVersion": "clickheatmap.io/v1alpha1",
-        "kind": "ClickHeatmapPipeline",
-        "metadata": {"name": "after-restart", "namespace": namespace},
-        "spec": {
-            "region": "ap-northeast-2",
-            "stream": {"name": "after-restart-clicks"},
-            "buckets": {"raw": "after-raw-123456789012", "curated": "after-curated-123456789012", "queryResults": "after-athena-123456789012"},
-            "rawArchive": {"enabled": false},
-            "catalog": {"database": "after_heatmap"},
-            "query": {"workgroup": "after-wg"},
-        }
-    });
+    let mut after = minimal_named("after-restart", namespace);
+    after["spec"]["rawArchive"] = json!({"enabled": false});
     apply(&client, &after, Some(namespace)).await;
     let recovered = std::time::Instant::now();
     // The watches back off while the API server is down (up to 30 s between tries).

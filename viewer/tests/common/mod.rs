@@ -145,7 +145,7 @@ pub async fn serve_router(router: axum::Router) -> TestServer {
 
 /// GET returning status and JSON body.
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::get(url).await.expect("request");
+    let response = get(url).await.expect("request");
     let status = response.status().as_u16();
     let body = response.bytes().await.expect("body");
     let json = serde_json::from_slice(&body)
@@ -391,4 +391,17 @@ impl<C: AthenaClient> AthenaClient for Counting<C> {
         self.record("StopQueryExecution");
         self.inner.stop_query(execution_id)
     }
+}
+
+/// An HTTP client for requests to the viewer under test. reqwest is built without a crypto
+/// provider of its own (the workspace has one, ring: see clickheatmap-tls), so the process
+/// default is installed first, as the binaries do at start.
+pub fn http_client() -> reqwest::Client {
+    clickheatmap_tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// `reqwest::get` with [`http_client`].
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
 }
