@@ -566,6 +566,12 @@ impl Drop for OperatorProcess {
             );
         }
         self.kill();
+        // Its kubeconfig holds a token: keep the folder only to read a failed test's log.
+        if !std::thread::panicking()
+            && let Some(dir) = self.log.parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
