@@ -379,3 +379,34 @@ def test_troubleshooting_doc_covers_every_reason():
     for reason in ("InvalidSpec", "Conflict", "AccessDenied", "NotFound", "Throttled", "Retrying",
                    "Provisioning"):
         assert f"## Ready False, reason {reason}" in text, reason
+
+
+CONTAINERFILE = ROOT / "Containerfile"
+
+
+def containerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", CONTAINERFILE.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def test_offline_containerfile_matches_the_dockerfile_image():
+    """The offline image (scripts/build-image.sh) and the BuildKit one run the same way: one
+    stage FROM scratch, no RUN (there is no shell), the same user, entrypoint and port. The
+    node end-to-end suite checks the built archive itself (binaries, user, entrypoint)."""
+    offline = containerfile_instructions()
+    runtime = stages()[-1]
+    assert offline[0] == ("FROM", "scratch")
+    assert [k for k, _ in offline].count("FROM") == 1
+    assert not [rest for keyword, rest in offline if keyword == "RUN"]
+    for keyword in ("USER", "ENTRYPOINT", "EXPOSE", "LABEL"):
+        assert [r for k, r in offline if k == keyword] == [r for k, r in runtime if k == keyword], keyword
+    assert ("COPY", "rootfs/ /") in offline
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    for binary in ("clickheatmap-operator", "clickheatmap-aggregator", "clickheatmap-collector", "clickheatmap-viewer"):
+        assert binary in script, binary
