@@ -433,6 +433,14 @@ fn default_replicas() -> i32 {
     1
 }
 
+/// What runs the viewer's queries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ViewerEngine {
+    #[default]
+    Athena,
+    Embedded,
+}
+
 /// What runs the aggregation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AggregationEngine {
@@ -714,6 +722,13 @@ pub struct ViewerSpec {
     #[serde(default = "default_true")]
     pub live: bool,
 
+    /// What runs the viewer's SQL: `Athena` (the pipeline's workgroup over the Glue table) or
+    /// `Embedded` (an SQL engine inside the viewer reading the curated Parquet in S3 directly:
+    /// no Athena charges, suited to small sites, and the choice for AWS emulators without
+    /// Athena). Both run the same queries on the same table layout.
+    #[serde(default)]
+    pub engine: ViewerEngine,
+
     /// Let users run their own SQL on Athena from the UI. Off by default: only the viewer's
     /// parameterised queries run.
     #[serde(default)]
@@ -741,6 +756,7 @@ impl Default for ViewerSpec {
             enabled: false,
             replicas: default_frontend_replicas(),
             live: true,
+            engine: ViewerEngine::default(),
             allow_raw_sql: false,
             image: None,
             service_account_role_arn: None,

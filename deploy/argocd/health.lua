@@ -8,8 +8,11 @@
 --
 --   Healthy      the Ready condition is True and status.observedGeneration equals
 --                metadata.generation: every part of the pipeline matches the current spec.
+--   Suspended    Ready is True and the aggregator is paused on purpose (aggregation.replicas 0:
+--                AggregatorReady has the reason Paused).
 --   Degraded     Ready is False with a terminal reason: the operator stopped retrying and a
---                person must act (fix the spec, the IAM policy, the name clash).
+--                person must act (fix the spec, the IAM policy, the name clash, a workload
+--                whose container crash-loops or whose image cannot be pulled).
 --   Progressing  anything else: no status yet, the operator has not seen the latest spec, or
 --                Ready is False/Unknown with a reason it retries by itself (Provisioning,
 --                Retrying, Throttled, ...).
@@ -20,18 +23,24 @@ local terminalReasons = {
   Conflict = true,
   AccessDenied = true,
   NotFound = true,
+  PodFailing = true,
+  ProgressDeadlineExceeded = true,
 }
 
-local function readyCondition(status)
+local function findCondition(status, type_)
   if status == nil or status.conditions == nil then
     return nil
   end
   for _, condition in ipairs(status.conditions) do
-    if condition.type == "Ready" then
+    if condition.type == type_ then
       return condition
     end
   end
   return nil
+end
+
+local function readyCondition(status)
+  return findCondition(status, "Ready")
 end
 
 -- The condition's message, or its reason when the message is empty.
@@ -87,6 +96,12 @@ local function assess(obj)
     return hs
   end
 
+  local aggregator = findCondition(status, "AggregatorReady")
+  if ready.status == "True" and aggregator ~= nil and aggregator.reason == "Paused" then
+    hs.status = "Suspended"
+    hs.message = describe(aggregator)
+    return hs
+  end
   if ready.status == "True" then
     hs.status = "Healthy"
   elseif ready.status == "False" and ready.reason ~= nil and terminalReasons[ready.reason] then

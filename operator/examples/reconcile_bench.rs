@@ -170,6 +170,7 @@ async fn main() {
                 s3_force_path_style: true,
                 calls: Some(calls.clone()),
                 rate_limits: None,
+                ..ClientOptions::default()
             },
         )
         .unwrap_or_else(|e| panic!("clients: {e}"));

@@ -193,7 +193,26 @@ local terminal = {
   AccessDenied = "kinesis:CreateStream denied for arn:aws:sts::123456789012:assumed-role/clickheatmap-operator",
   NotFound = "IAM role arn:aws:iam::123456789012:role/shop-heatmap-firehose does not exist",
 }
-for _, reason in ipairs({ "InvalidSpec", "Conflict", "AccessDenied", "NotFound" }) do
+terminal.PodFailing = "AggregatorReady: StatefulSet shop-aggregator: pod shop-aggregator-0: container aggregator CrashLoopBackOff (last exit: Error, code 1; 4 restarts)"
+terminal.ProgressDeadlineExceeded = "CollectorReady: Deployment shop-collector: the rollout made no progress within its deadline (0 of 2 pods ready)"
+table.insert(cases, {
+  name = "suspended: the aggregator is paused on purpose",
+  obj = pipeline(4, { observedGeneration = 4, conditions = {
+    ready("True", "Ready", "Every part of the pipeline exists and matches the spec", 4),
+    condition("AggregatorReady", "True", "Paused", "StatefulSet shop-aggregator: paused", 4),
+  } }),
+  status = "Suspended",
+  message = "StatefulSet shop-aggregator: paused",
+})
+table.insert(cases, {
+  name = "rolling out: new pods are starting",
+  obj = pipeline(4, { observedGeneration = 4, conditions = {
+    ready("False", "RollingOut", "AggregatorReady: StatefulSet shop-aggregator: rolling out", 4),
+  } }),
+  status = "Progressing",
+  message = "AggregatorReady: StatefulSet shop-aggregator: rolling out",
+})
+for _, reason in ipairs({ "InvalidSpec", "Conflict", "AccessDenied", "NotFound", "PodFailing", "ProgressDeadlineExceeded" }) do
   table.insert(cases, {
     name = "terminal: Ready False, reason " .. reason,
     obj = pipeline(2, { observedGeneration = 2, conditions = {

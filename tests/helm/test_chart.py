@@ -26,6 +26,8 @@ RECONCILE_RULES = {
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    # Read only: the workloads' pods, for the reason a pod is failing (CrashLoopBackOff...).
+    ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }

@@ -268,6 +268,8 @@ pub struct ClientOptions {
     pub calls: Option<CallCounter>,
     /// Client-side rate limits per service (see [`throttle`]); none when absent.
     pub rate_limits: Option<throttle::RateLimits>,
+    /// An AWS emulator's endpoint for every service (`--aws-endpoint-url`); emulators only.
+    pub endpoint_url: Option<String>,
 }
 
 impl AwsClients {
@@ -325,14 +327,17 @@ impl AwsClients {
     /// `region`. When `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` points at an emulator, S3 uses
     /// path-style addressing, which emulators on `127.0.0.1` need.
     pub async fn from_env(region: &str, options: ClientOptions) -> Result<AwsClients, Error> {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(clickheatmap_tls::aws_http_client())
-            .region(aws_config::Region::new(region.to_owned()))
-            .load()
-            .await;
-        let emulated = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
-            .iter()
-            .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+            .region(aws_config::Region::new(region.to_owned()));
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let config = loader.load().await;
+        let emulated = options.endpoint_url.is_some()
+            || ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+                .iter()
+                .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
         AwsClients::new(
             &config,
             &ClientOptions {

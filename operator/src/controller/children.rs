@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -44,6 +44,8 @@ pub struct Stores {
     pub services: Store<Service>,
     pub config_maps: Store<ConfigMap>,
     pub service_accounts: Store<ServiceAccount>,
+    /// The workloads' pods (never applied; read for the reason a pod is failing).
+    pub pods: Store<Pod>,
 }
 
 macro_rules! child {
@@ -63,13 +65,22 @@ child!(ServiceAccount, service_accounts);
 
 /// A watch of one child kind that fills a cache; the stream goes to the controller
 /// (`Controller::owns_stream`), which maps each change to the owning pipeline.
-pub fn reflect<K: Child>(
+pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-) {
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
@@ -78,12 +89,38 @@ pub fn reflect<K: Child>(
     (reader, stream)
 }
 
-/// True when the cached `name` in `namespace` holds every field of `desired`.
-pub fn holds<K: Child>(store: &Store<K>, namespace: &str, name: &str, desired: &Value) -> bool {
-    let Some(live) = store.get(&ObjectRef::new(name).within(namespace)) else {
-        return false;
-    };
-    serde_json::to_value(live.as_ref()).is_ok_and(|live| is_subset(desired, &live))
+/// The cached `name` in `namespace` if it holds every field of `desired`.
+pub fn holding<K: Child>(
+    store: &Store<K>,
+    namespace: &str,
+    name: &str,
+    desired: &Value,
+) -> Option<std::sync::Arc<K>> {
+    let live = store.get(&ObjectRef::new(name).within(namespace))?;
+    serde_json::to_value(live.as_ref())
+        .is_ok_and(|value| is_subset(desired, &value))
+        .then_some(live)
+}
+
+/// The cached pods in `namespace` whose labels include every one of `selector`.
+pub fn pods_matching(
+    stores: &Stores,
+    namespace: &str,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Vec<std::sync::Arc<Pod>> {
+    stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata.namespace.as_deref() == Some(namespace)
+                && pod.metadata.labels.as_ref().is_some_and(|labels| {
+                    selector
+                        .iter()
+                        .all(|(key, value)| labels.get(key) == Some(value))
+                })
+        })
+        .collect()
 }
 
 /// Whether every field of `desired` is in `live` with the same value. Lists must match item by

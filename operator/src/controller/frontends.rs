@@ -10,7 +10,7 @@
 //!   (engine `Deployment`) adds the open windows of every aggregator replica, which it reaches
 //!   through the aggregator's headless Service.
 
-use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipeline};
+use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipeline, ViewerEngine};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Service, ServiceAccount,
@@ -214,19 +214,34 @@ pub fn desired_viewer(
     if !spec.viewer.enabled {
         return Ok(None);
     }
-    let results = format!(
-        "s3://{}/{}",
-        spec.buckets.query_results,
-        spec.query.results_prefix.trim_start_matches('/')
-    );
-    let mut env_vars = vec![
-        env("CLICKHEATMAP_VIEWER_LISTEN", listen()),
-        env("CLICKHEATMAP_VIEWER_ENGINE", "athena"),
-        env("CLICKHEATMAP_VIEWER_DATABASE", &spec.catalog.database),
-        env("CLICKHEATMAP_VIEWER_TABLE", &spec.catalog.table),
-        env("CLICKHEATMAP_VIEWER_WORKGROUP", &spec.query.workgroup),
-        env("CLICKHEATMAP_VIEWER_REGION", &spec.region),
-        env("CLICKHEATMAP_VIEWER_OUTPUT_LOCATION", results),
+    let mut env_vars = vec![env("CLICKHEATMAP_VIEWER_LISTEN", listen())];
+    match spec.viewer.engine {
+        ViewerEngine::Athena => {
+            let results = format!(
+                "s3://{}/{}",
+                spec.buckets.query_results,
+                spec.query.results_prefix.trim_start_matches('/')
+            );
+            env_vars.extend([
+                env("CLICKHEATMAP_VIEWER_ENGINE", "athena"),
+                env("CLICKHEATMAP_VIEWER_DATABASE", &spec.catalog.database),
+                env("CLICKHEATMAP_VIEWER_TABLE", &spec.catalog.table),
+                env("CLICKHEATMAP_VIEWER_WORKGROUP", &spec.query.workgroup),
+                env("CLICKHEATMAP_VIEWER_REGION", &spec.region),
+                env("CLICKHEATMAP_VIEWER_OUTPUT_LOCATION", results),
+            ]);
+        }
+        ViewerEngine::Embedded => env_vars.extend([
+            // The aggregator's output root (see workload::aggregator_config), read directly.
+            env("CLICKHEATMAP_VIEWER_ENGINE", "local"),
+            env(
+                "CLICKHEATMAP_VIEWER_CURATED",
+                format!("s3://{}/curated/", spec.buckets.curated),
+            ),
+            env("CLICKHEATMAP_VIEWER_TABLE", &spec.catalog.table),
+        ]),
+    }
+    env_vars.extend([
         env(
             "CLICKHEATMAP_VIEWER_COLUMNS",
             spec.aggregation.grid.columns.to_string(),
@@ -237,12 +252,12 @@ pub fn desired_viewer(
         ),
         env("AWS_REGION", &spec.region),
         env("CLICKHEATMAP_LOG_FORMAT", "json"),
-    ];
+    ]);
     let live = live_endpoints(pipeline)?;
     if !live.is_empty() {
         env_vars.push(env("CLICKHEATMAP_VIEWER_LIVE_URL", live.join(",")));
     }
-    if spec.viewer.allow_raw_sql {
+    if spec.viewer.allow_raw_sql && spec.viewer.engine == ViewerEngine::Athena {
         env_vars.push(env("CLICKHEATMAP_VIEWER_ALLOW_RAW_SQL", "true"));
     }
     build(
@@ -465,6 +480,36 @@ mod tests {
             env_value(&viewer.deployment, "CLICKHEATMAP_VIEWER_ALLOW_RAW_SQL"),
             Some("true")
         );
+    }
+
+    #[test]
+    fn an_embedded_viewer_reads_the_curated_bucket_without_athena() {
+        let mut pipeline = with_frontends();
+        pipeline.spec.viewer.engine = ViewerEngine::Embedded;
+        pipeline.spec.viewer.allow_raw_sql = true;
+        let viewer = desired_viewer(&pipeline, "img")
+            .expect("ok")
+            .expect("enabled");
+        let deployment = &viewer.deployment;
+        assert_eq!(
+            env_value(deployment, "CLICKHEATMAP_VIEWER_ENGINE"),
+            Some("local")
+        );
+        assert_eq!(
+            env_value(deployment, "CLICKHEATMAP_VIEWER_CURATED"),
+            Some("s3://shop-heatmap-curated-123456789012/curated/")
+        );
+        assert_eq!(
+            env_value(deployment, "CLICKHEATMAP_VIEWER_TABLE"),
+            Some("curated_heatmap")
+        );
+        for athena_only in [
+            "CLICKHEATMAP_VIEWER_WORKGROUP",
+            "CLICKHEATMAP_VIEWER_OUTPUT_LOCATION",
+            "CLICKHEATMAP_VIEWER_ALLOW_RAW_SQL",
+        ] {
+            assert_eq!(env_value(deployment, athena_only), None, "{athena_only}");
+        }
     }
 
     #[test]

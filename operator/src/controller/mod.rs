@@ -22,6 +22,7 @@ pub mod children;
 pub mod frontends;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 pub mod stored;
 pub mod workload;
 
@@ -35,13 +36,14 @@ use clickheatmap_crds::{
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -105,6 +107,14 @@ pub struct RunArgs {
     /// sts=10, kinesisanalyticsv2=5 (the AWS control-plane quotas).
     #[arg(long, value_delimiter = ',')]
     pub aws_rate_limit: Vec<String>,
+    /// For AWS emulators only (LocalStack, moto, MinIO): the endpoint of every AWS service, for
+    /// the operator's own clients and every workload it creates (AWS_ENDPOINT_URL there).
+    #[arg(long)]
+    pub aws_endpoint_url: Option<String>,
+    /// For AWS emulators only: a Secret in each pipeline's namespace holding AWS_ACCESS_KEY_ID
+    /// and AWS_SECRET_ACCESS_KEY, given to the workloads (envFrom).
+    #[arg(long)]
+    pub aws_credentials_secret: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -170,6 +180,7 @@ struct SharedContext {
     client: Client,
     backend: Arc<AwsBackend>,
     aggregator_image: String,
+    emulator: workload::EmulatorAws,
     metrics: Arc<Metrics>,
     resync: Duration,
     aws_drift_check: Duration,
@@ -184,6 +195,7 @@ impl SharedContext {
             self.metrics.clone(),
         )
         .with_intervals(self.resync, self.aws_drift_check)
+        .with_emulator(self.emulator.clone())
         .with_child_stores(stores)
     }
 }
@@ -267,6 +279,8 @@ pub struct Context<B> {
     pub backend: B,
     pub recorder: Recorder,
     pub aggregator_image: String,
+    /// An AWS emulator the workloads are pointed at (empty against AWS).
+    pub emulator: workload::EmulatorAws,
     pub metrics: Arc<Metrics>,
     /// Consecutive retryable failures per object (`namespace/name`), for the backoff.
     failures: Mutex<BTreeMap<String, u32>>,
@@ -306,6 +320,7 @@ impl<B: PipelineBackend> Context<B> {
             client,
             backend,
             aggregator_image,
+            emulator: workload::EmulatorAws::default(),
             metrics,
             failures: Mutex::new(BTreeMap::new()),
             resync: Duration::from_secs(300),
@@ -320,6 +335,12 @@ impl<B: PipelineBackend> Context<B> {
     pub fn with_intervals(mut self, resync: Duration, aws_drift_check: Duration) -> Self {
         self.resync = resync;
         self.aws_drift_check = aws_drift_check;
+        self
+    }
+
+    /// Points the workloads at an AWS emulator.
+    pub fn with_emulator(mut self, emulator: workload::EmulatorAws) -> Self {
+        self.emulator = emulator;
         self
     }
 
@@ -859,7 +880,7 @@ async fn apply_child<B, K>(
     ctx: &Context<B>,
     namespace: &str,
     object: &K,
-) -> Result<(), ControllerError>
+) -> Result<K, ControllerError>
 where
     K: children::Child,
 {
@@ -884,25 +905,54 @@ where
         .ok()
         .and_then(|applied| applied.get(&key).copied());
     if applied_before == Some(hash)
-        && ctx
+        && let Some(live) = ctx
             .children
             .as_ref()
-            .is_some_and(|stores| children::holds(K::store(stores), namespace, &name, &value))
+            .and_then(|stores| children::holding(K::store(stores), namespace, &name, &value))
     {
         ctx.metrics.observe_child_apply(false);
-        return Ok(());
+        return Ok(live.as_ref().clone());
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&value),
-    )
-    .await?;
+    let live = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await?;
     ctx.metrics.observe_child_apply(true);
     if let Ok(mut applied) = ctx.applied.lock() {
         applied.insert(key, hash);
     }
-    Ok(())
+    Ok(live)
+}
+
+/// The cached pods of one component of a pipeline (none without watch caches).
+fn pods_of<B>(ctx: &Context<B>, namespace: &str, pipeline: &str, component: &str) -> Vec<Arc<Pod>> {
+    ctx.children
+        .as_ref()
+        .map(|stores| {
+            children::pods_matching(
+                stores,
+                namespace,
+                &workload::selector_labels(pipeline, component),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The condition of a component from its live workload and pods.
+fn rollout_condition<B>(
+    ctx: &Context<B>,
+    namespace: &str,
+    pipeline: &str,
+    (type_, component): (&str, &str),
+    state: &rollout::RolloutState,
+    paused_note: Option<&str>,
+) -> DesiredCondition {
+    let pods = pods_of(ctx, namespace, pipeline, component);
+    let pods: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
+    rollout::condition(type_, state, &pods, paused_note)
 }
 
 /// Deletes the pipeline's children of kind `K` (found by label) whose names are not in `keep`.
@@ -1017,21 +1067,30 @@ async fn reconcile_children<B: PipelineBackend>(
             config_map,
             service_account,
             service,
-            stateful_set,
+            mut stateful_set,
         })) => {
+            if let Some(pod) = stateful_set
+                .spec
+                .as_mut()
+                .and_then(|spec| spec.template.spec.as_mut())
+            {
+                ctx.emulator.apply_to(pod);
+            }
             apply_child(ctx, &namespace, &config_map).await?;
             apply_child(ctx, &namespace, &service_account).await?;
             apply_child(ctx, &namespace, &service).await?;
-            apply_child(ctx, &namespace, &stateful_set).await?;
+            let live = apply_child(ctx, &namespace, &stateful_set).await?;
             keep.config_maps.insert(name_of(&config_map));
             keep.service_accounts.insert(name_of(&service_account));
             keep.services.insert(name_of(&service));
             keep.stateful_sets.insert(name_of(&stateful_set));
-            DesiredCondition::new(
-                AGGREGATOR_CONDITION,
-                true,
-                Reason::Ready,
-                format!("StatefulSet {} applied", workload::aggregator_name(&name)),
+            rollout_condition(
+                ctx,
+                &namespace,
+                &name,
+                (AGGREGATOR_CONDITION, workload::AGGREGATOR),
+                &rollout::RolloutState::of_stateful_set(&live),
+                Some(workload::PAUSED_NOTE),
             )
         }
         Ok(None) => DesiredCondition::new(
@@ -1067,19 +1126,28 @@ async fn reconcile_children<B: PipelineBackend>(
             Ok(Some(Frontend {
                 service_account,
                 service,
-                deployment,
+                mut deployment,
             })) => {
+                if let Some(pod) = deployment
+                    .spec
+                    .as_mut()
+                    .and_then(|spec| spec.template.spec.as_mut())
+                {
+                    ctx.emulator.apply_to(pod);
+                }
                 apply_child(ctx, &namespace, &service_account).await?;
                 apply_child(ctx, &namespace, &service).await?;
-                apply_child(ctx, &namespace, &deployment).await?;
+                let live = apply_child(ctx, &namespace, &deployment).await?;
                 keep.service_accounts.insert(name_of(&service_account));
                 keep.services.insert(name_of(&service));
                 keep.deployments.insert(name_of(&deployment));
-                conditions.push(DesiredCondition::new(
-                    type_,
-                    true,
-                    Reason::Ready,
-                    format!("Deployment and Service {} applied", name_of(&deployment)),
+                conditions.push(rollout_condition(
+                    ctx,
+                    &namespace,
+                    &name,
+                    (type_, component),
+                    &rollout::RolloutState::of_deployment(&live),
+                    None,
                 ));
             }
             Ok(None) => {}
@@ -1156,13 +1224,18 @@ async fn run_controller(
     let (config_maps, config_map_events) =
         children::reflect(scoped::<ConfigMap>(&client, &namespace), owned.clone());
     let (service_accounts, service_account_events) =
-        children::reflect(scoped::<ServiceAccount>(&client, &namespace), owned);
+        children::reflect(scoped::<ServiceAccount>(&client, &namespace), owned.clone());
+    // Pods belong to the StatefulSet or ReplicaSet, not to the pipeline: they are mapped to it
+    // by label, so that a crash loop (which changes no workload status) still reaches the
+    // workload's condition.
+    let (pods, pod_events) = children::reflect(scoped::<Pod>(&client, &namespace), owned);
     let stores = children::Stores {
         stateful_sets,
         deployments,
         services,
         config_maps,
         service_accounts,
+        pods,
     };
     let ctx = Arc::new(ctx.for_watch(stores));
     // Bounded concurrency: a thousand new pipelines must not open a thousand sets of AWS
@@ -1196,6 +1269,15 @@ async fn run_controller(
         .owns_stream(service_events)
         .owns_stream(config_map_events)
         .owns_stream(service_account_events)
+        .watches_stream(pod_events, |pod: Pod| {
+            let namespace = pod.metadata.namespace.clone()?;
+            let pipeline = pod
+                .metadata
+                .labels
+                .as_ref()?
+                .get(workload::PIPELINE_LABEL)?;
+            Some(ObjectRef::<StoredPipeline>::new(pipeline).within(&namespace))
+        })
         .shutdown_on_signal()
         .run(reconcile_stored, error_policy_stored, ctx)
         .for_each(|result| {
@@ -1291,6 +1373,7 @@ async fn run_controllers(
         s3_force_path_style: false,
         calls: Some(calls),
         rate_limits: Some(rate_limits),
+        endpoint_url: args.aws_endpoint_url.clone(),
     }));
     let mut client = client;
     loop {
@@ -1355,6 +1438,10 @@ async fn run_controllers_with(
         client: client.clone(),
         backend,
         aggregator_image: args.aggregator_image.clone(),
+        emulator: workload::EmulatorAws {
+            endpoint_url: args.aws_endpoint_url.clone(),
+            credentials_secret: args.aws_credentials_secret.clone(),
+        },
         metrics,
         resync: Duration::from_secs(args.resync_seconds),
         aws_drift_check: Duration::from_secs(args.aws_drift_check_seconds),

@@ -60,6 +60,18 @@ fn pipeline(finalizer: bool) -> ClickHeatmapPipeline {
 
 type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
+/// A reply key: echo the request's body with this `status` (a workload as its controller left it).
+const ECHO_WITH_STATUS: &str = "$echoWithStatus";
+
+/// The reply to a workload's apply: its controller rolled out every replica.
+fn rolled_out(replicas: i32) -> Value {
+    json!({ECHO_WITH_STATUS: {
+        "observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas,
+        "availableReplicas": replicas, "updatedReplicas": replicas,
+        "currentRevision": "r1", "updateRevision": "r1"
+    }})
+}
+
 /// The mock API server: a chain of expected calls, each checked and answered in order.
 struct ApiServer {
     handle: ApiHandle,
@@ -87,8 +99,18 @@ impl ApiServer {
         };
         let request = Request::from_parts(parts, Body::empty());
         check(&request, &value);
-        // `Null` answers with the request's own body (what a server-side apply returns, roughly).
-        let reply = if reply.is_null() { value } else { reply };
+        // `Null` answers with the request's own body (what a server-side apply returns, roughly);
+        // `{ECHO_WITH_STATUS: status}` with that body and this status.
+        let reply = if reply.is_null() {
+            value
+        } else if let Some(status) = reply.get(ECHO_WITH_STATUS) {
+            let mut value = value;
+            value["status"] = status.clone();
+            value["metadata"]["generation"] = json!(1);
+            value
+        } else {
+            reply
+        };
         let body = serde_json::to_vec(&reply).expect("reply");
         send.send_response(
             Response::builder()
@@ -114,6 +136,21 @@ impl ApiServer {
                 );
             },
             Value::Null,
+        )
+        .await
+    }
+
+    /// A server-side apply of a workload (StatefulSet, Deployment), answered with `reply`.
+    async fn expect_workload_apply(self, path: &str, kind: &str, reply: Value) -> Self {
+        let kind = kind.to_owned();
+        self.expect(
+            "PATCH",
+            path,
+            move |request, body| {
+                assert_ssa(request);
+                assert_eq!(body["kind"], kind);
+            },
+            reply,
         )
         .await
     }
@@ -274,9 +311,10 @@ async fn applies_the_workload_and_the_status() {
                 "Service",
             )
             .await
-            .expect_apply(
+            .expect_workload_apply(
                 "/apis/apps/v1/namespaces/analytics/statefulsets/shop-aggregator",
                 "StatefulSet",
+                rolled_out(1),
             )
             .await
             // What exists is exactly what is wanted: nothing is deleted.
@@ -321,6 +359,63 @@ async fn applies_the_workload_and_the_status() {
         .await
         .expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    within(server).await.expect("server");
+}
+
+#[tokio::test]
+async fn a_workload_whose_pods_are_not_ready_holds_ready_back() {
+    let (ctx, server) = context(Ok(ready_outcome()));
+    let object = pipeline(true);
+    let reply = serde_json::to_value(&object).expect("json");
+    let starting = json!({ECHO_WITH_STATUS: {
+        "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+        "currentRevision": "r1", "updateRevision": "r1"
+    }});
+    let server = tokio::spawn(async move {
+        server
+            .expect_apply(&format!("{CONFIGMAPS}/shop-aggregator"), "ConfigMap")
+            .await
+            .expect_apply(&format!("{ACCOUNTS}/shop-aggregator"), "ServiceAccount")
+            .await
+            .expect_apply(&format!("{SERVICES}/shop-aggregator"), "Service")
+            .await
+            .expect_workload_apply(
+                &format!("{STATEFULSETS}/shop-aggregator"),
+                "StatefulSet",
+                starting,
+            )
+            .await
+            .expect_sweep([
+                &["shop-aggregator"],
+                &[],
+                &["shop-aggregator"],
+                &["shop-aggregator"],
+                &["shop-aggregator"],
+            ])
+            .await
+            .expect(
+                "PATCH",
+                &format!("{PIPELINES}/shop/status"),
+                |_, body| {
+                    let status = &body["status"];
+                    let ready = &status["conditions"][0];
+                    assert_eq!(ready["type"], "Ready");
+                    assert_eq!(ready["status"], "False");
+                    assert_eq!(ready["reason"], rollout::PODS_NOT_READY);
+                    assert_eq!(
+                        ready["message"],
+                        "AggregatorReady: StatefulSet shop-aggregator: 0 of 1 pods ready"
+                    );
+                    assert!(status["resources"].get("aggregatorDeployment").is_none());
+                },
+                reply,
+            )
+            .await
+            .done()
+    });
+    within(reconcile(Arc::new(object), ctx))
+        .await
+        .expect("reconcile");
     within(server).await.expect("server");
 }
 
@@ -389,7 +484,11 @@ async fn collector_applied_and_a_disabled_viewer_removed() {
             .await
             .expect_apply(&format!("{SERVICES}/shop-aggregator"), "Service")
             .await
-            .expect_apply(&format!("{STATEFULSETS}/shop-aggregator"), "StatefulSet")
+            .expect_workload_apply(
+                &format!("{STATEFULSETS}/shop-aggregator"),
+                "StatefulSet",
+                rolled_out(1),
+            )
             .await
             .expect_apply(&format!("{ACCOUNTS}/shop-collector"), "ServiceAccount")
             .await
@@ -405,7 +504,7 @@ async fn collector_applied_and_a_disabled_viewer_removed() {
                     assert_eq!(container["command"][0], frontends::COLLECTOR_BINARY);
                     assert_eq!(container["image"], "registry.example.com/agg:test");
                 },
-                Value::Null,
+                rolled_out(1),
             )
             .await
             // The viewer was enabled before: its objects go.

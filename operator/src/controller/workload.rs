@@ -24,10 +24,10 @@ use clickheatmap_crds::{
 };
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -54,6 +54,10 @@ pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 /// the operator).
 pub const AGGREGATOR_BINARY: &str = "/usr/local/bin/clickheatmap-aggregator";
 
+/// What `AggregatorReady` says while `replicas` is 0.
+pub const PAUSED_NOTE: &str = "paused (aggregation.replicas is 0): clicks wait in the stream for \
+    as long as it retains them, and raising replicas resumes from the checkpoints";
+
 /// The pod-template annotation that holds a hash of `aggregator.json`.
 pub const CONFIG_HASH_ANNOTATION: &str = "clickheatmap.io/config-hash";
 
@@ -63,6 +67,51 @@ fn fnv1a_hex(bytes: &[u8]) -> String {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     format!("{hash:016x}")
+}
+
+/// How the workloads reach an AWS emulator (LocalStack, moto, MinIO): the operator's
+/// `--aws-endpoint-url` and `--aws-credentials-secret`. Empty (the default) against AWS, where the
+/// SDK finds every endpoint and IRSA or Pod Identity gives each workload its role.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmulatorAws {
+    pub endpoint_url: Option<String>,
+    /// A Secret in the pipeline's namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub credentials_secret: Option<String>,
+}
+
+impl EmulatorAws {
+    /// Adds the emulator's endpoint and credentials to every container of `pod`.
+    pub fn apply_to(&self, pod: &mut PodSpec) {
+        let mut env = Vec::new();
+        if let Some(url) = &self.endpoint_url {
+            env.push(super::workload::env("AWS_ENDPOINT_URL", url.clone()));
+            // object_store (the aggregator's and viewer's S3 client) refuses plain HTTP unless
+            // told; the AWS SDK needs no such flag.
+            if url.starts_with("http://") {
+                env.push(super::workload::env("AWS_ALLOW_HTTP", "true"));
+            }
+            // No instance metadata service to ask for credentials or a region.
+            env.push(super::workload::env("AWS_EC2_METADATA_DISABLED", "true"));
+        }
+        for container in &mut pod.containers {
+            container
+                .env
+                .get_or_insert_with(Vec::new)
+                .extend(env.iter().cloned());
+            if let Some(secret) = &self.credentials_secret {
+                container
+                    .env_from
+                    .get_or_insert_with(Vec::new)
+                    .push(EnvFromSource {
+                        secret_ref: Some(SecretEnvSource {
+                            name: secret.clone(),
+                            optional: Some(false),
+                        }),
+                        ..EnvFromSource::default()
+                    });
+            }
+        }
+    }
 }
 
 /// The aggregator objects of one pipeline.
@@ -116,7 +165,7 @@ pub fn children_selector(pipeline_name: &str) -> String {
 }
 
 /// The labels a component's selectors match (a stable subset of [`component_labels`]).
-pub(crate) fn selector_labels(pipeline_name: &str, component: &str) -> BTreeMap<String, String> {
+pub fn selector_labels(pipeline_name: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
@@ -422,7 +471,8 @@ pub fn desired(
     let stateful_set = StatefulSet {
         metadata: metadata(pipeline, &owner, None)?,
         spec: Some(StatefulSetSpec {
-            replicas: Some(pipeline.spec.aggregation.replicas.max(1)),
+            // 0 pauses: no pod reads the stream, the checkpoints stay where they are.
+            replicas: Some(pipeline.spec.aggregation.replicas.max(0)),
             // The headless Service above: stable DNS names for the live endpoint.
             service_name: Some(aggregator.clone()),
             pod_management_policy: Some("Parallel".to_owned()),
@@ -680,6 +730,60 @@ mod tests {
         pipeline.spec.aggregation.grid.columns = 40;
         let after = desired(&pipeline, "img").expect("ok").expect("some");
         assert_ne!(hash(&before), hash(&after));
+    }
+
+    #[test]
+    fn zero_replicas_stop_every_pod() {
+        let mut pipeline = fixture("pipeline-minimal.yaml");
+        pipeline.spec.aggregation.replicas = 0;
+        let w = desired(&pipeline, "img").expect("ok").expect("some");
+        assert_eq!(
+            w.stateful_set.spec.as_ref().and_then(|s| s.replicas),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn an_emulator_endpoint_and_its_credentials_reach_every_container() {
+        let mut w = workload("pipeline-minimal.yaml");
+        let pod = w
+            .stateful_set
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .expect("pod");
+        EmulatorAws::default().apply_to(pod);
+        assert!(
+            !pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name.starts_with("AWS_ENDPOINT"))
+        );
+        EmulatorAws {
+            endpoint_url: Some("http://10.88.0.1:5000".to_owned()),
+            credentials_secret: Some("moto-credentials".to_owned()),
+        }
+        .apply_to(pod);
+        let container = &pod.containers[0];
+        let env = |name: &str| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env("AWS_ENDPOINT_URL").as_deref(),
+            Some("http://10.88.0.1:5000")
+        );
+        assert_eq!(env("AWS_ALLOW_HTTP").as_deref(), Some("true"));
+        let from = container.env_from.as_ref().expect("envFrom");
+        assert_eq!(
+            from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+            Some("moto-credentials")
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub async fn start() -> Env {
             s3_force_path_style: true,
             calls: Some(calls.clone()),
             rate_limits: None,
+            ..ClientOptions::default()
         },
     )
     .expect("clients");

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use clickheatmap_testkit::{MotoServer, free_port, workspace_root};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
@@ -123,11 +123,82 @@ fn start_cluster() -> Option<Cluster> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+    start_stand_in_kubelet(state.join("kubeconfig"));
     Some(Cluster {
         kubeconfig: state.join("kubeconfig"),
         audit_log: Some(audit_log),
         state: Some(state),
     })
+}
+
+/// This control plane has no node, so the workloads' pods stay Pending and the operator's
+/// `AggregatorReady`/`CollectorReady`/`ViewerReady` would never become True. A thread stands in
+/// for the kubelet: it marks every pod of the operator's workloads Running and Ready, as a
+/// kubelet reports a pod whose probes answer. The StatefulSet and ReplicaSet controllers of the
+/// real controller manager then count them. (Pods that really run are tested in the node
+/// cluster: operator/tests/node.)
+fn start_stand_in_kubelet(kubeconfig: PathBuf) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let client = async {
+                let kubeconfig = Kubeconfig::read_from(&kubeconfig).ok()?;
+                let config =
+                    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                        .await
+                        .ok()?;
+                Client::try_from(config).ok()
+            };
+            let Some(client) = client.await else {
+                return;
+            };
+            let pods: Api<Pod> = Api::all(client.clone());
+            let selector =
+                ListParams::default().labels("app.kubernetes.io/managed-by=clickheatmap-operator");
+            let running = json!({"status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ],
+            }});
+            loop {
+                if let Ok(list) = pods.list(&selector).await {
+                    for pod in list.items {
+                        let ready = pod
+                            .status
+                            .as_ref()
+                            .and_then(|status| status.conditions.as_ref())
+                            .is_some_and(|conditions| {
+                                conditions
+                                    .iter()
+                                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                            });
+                        if ready || pod.metadata.deletion_timestamp.is_some() {
+                            continue;
+                        }
+                        let (Some(namespace), Some(name)) = (
+                            pod.metadata.namespace.as_deref(),
+                            pod.metadata.name.as_deref(),
+                        ) else {
+                            continue;
+                        };
+                        let _ = Api::<Pod>::namespaced(client.clone(), namespace)
+                            .patch_status(name, &PatchParams::default(), &Patch::Merge(&running))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    });
 }
 
 impl Cluster {
