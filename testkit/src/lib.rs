@@ -303,6 +303,30 @@ impl MotoServer {
         panic!("moto_server could not get a free port on 127.0.0.1 in 5 tries");
     }
 
+    /// A plain-HTTP moto server on `host:port` (e.g. `0.0.0.0` inside a test cluster's network
+    /// namespace, where pods reach it on the node's address).
+    pub fn start_on(host: &str, port: u16) -> MotoServer {
+        let binary = moto_binary();
+        let child = Command::new(&binary)
+            .args(["-H", host, "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let mut server = MotoServer {
+            child,
+            port,
+            ca: None,
+        };
+        assert!(
+            wait_for_port(port, Duration::from_secs(60))
+                && matches!(server.child.try_wait(), Ok(None)),
+            "moto_server did not listen on {host}:{port} within 60 s"
+        );
+        server
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

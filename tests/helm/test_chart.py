@@ -173,6 +173,7 @@ def test_render_full_values(render, full_values):
     assert env["RUST_LOG"]["value"] == "info,clickheatmap_operator=debug"
     assert env["AWS_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["key"] == "url"
     assert container["args"] == [
+        "run",
         "--metrics-port", "9443",
         "--log-format", "text",
         "--aggregator-image", "registry.example.com/clickheatmap/aggregator:0.1.0",
@@ -182,6 +183,8 @@ def test_render_full_values(render, full_values):
         "--resync-seconds", "120",
         "--aws-drift-check-seconds", "900",
         "--aws-rate-limit", "glue=2.5,kinesis=10",
+        "--aws-endpoint-url", "http://localstack.localstack.svc:4566",
+        "--aws-credentials-secret", "localstack-credentials",
     ]
     sa = rendered.one("ServiceAccount")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/clickheatmap-operator")
@@ -525,3 +528,16 @@ def test_chart_declares_the_kubernetes_floor(chart):
     # Argo CD refuse older clusters. (Offline lint does not check kubeVersion, so only the
     # declaration is tested here.)
     assert chart.metadata["kubeVersion"] == ">=1.33.0-0"
+
+
+def test_the_container_runs_the_controller_subcommand(render):
+    """The image's entrypoint is the operator binary, whose controller is `run`."""
+    assert args_of(render({}))[0] == "run"
+
+
+def test_host_network_is_off_unless_asked(render):
+    pod = render({}).one("Deployment")["spec"]["template"]["spec"]
+    assert "hostNetwork" not in pod
+    pod = render({"hostNetwork": True}).one("Deployment")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"

@@ -553,7 +553,6 @@ impl OperatorProcess {
         let log = dir.join("operator.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_clickheatmap-operator"))
-            .arg("run")
             .args(&args)
             .envs(moto.aws_env())
             .env("KUBECONFIG", &kubeconfig)

@@ -10,6 +10,7 @@
 //! Without either, the tests say they were skipped — except under `CI=true`, where they fail.
 
 mod harness;
+mod node;
 
 use std::time::Duration;
 
