@@ -220,8 +220,8 @@ fn check_archive(archive: &Path) {
     let last = |keyword: &str| {
         dockerfile
             .lines()
-            .filter_map(|line| line.strip_prefix(keyword))
-            .last()
+            .rev()
+            .find_map(|line| line.strip_prefix(keyword))
             .map(str::trim)
             .map(str::to_owned)
     };
