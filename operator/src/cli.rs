@@ -216,6 +216,9 @@ pub fn render_text(owner: &str, plan: &PipelinePlan) -> String {
             match &part.readiness {
                 crate::aws::Readiness::Ready => {
                     text.push_str(&format!("    = {}\n", part.summary));
+                    for kept in &part.kept {
+                        text.push_str(&format!("    ! kept: {kept}\n"));
+                    }
                 }
                 crate::aws::Readiness::Provisioning(message) => {
                     text.push_str(&format!("    ~ no changes; {message}\n"));

@@ -118,6 +118,9 @@ pub struct PartPlan {
     pub summary: String,
     /// The part's names/ARNs once `changes` are applied (only this part's fields are set).
     pub resources: PipelineResources,
+    /// Settings of the existing resource that are stronger than the spec asks and are kept (the
+    /// operator never weakens a resource); said in the part's condition.
+    pub kept: Vec<String>,
 }
 
 /// What a whole pipeline needs.
@@ -405,6 +408,7 @@ fn part_plan(part: Part) -> PartPlan {
         readiness: Readiness::Ready,
         summary: String::new(),
         resources: PipelineResources::default(),
+        kept: Vec::new(),
     }
 }
 
@@ -453,6 +457,7 @@ async fn plan_buckets(ctx: &Context<'_>) -> PartPlan {
                 *field = Some(bucket.name.clone());
             }
         }
+        plan.kept.extend(s3::kept(bucket, observed.as_ref()));
         not_ready(&mut plan, s3::readiness(observed.as_ref()));
     }
     let names: Vec<&str> = desired.iter().map(|b| b.name.as_str()).collect();
@@ -478,6 +483,7 @@ async fn plan_stream(ctx: &Context<'_>) -> PartPlan {
                         .unwrap_or_else(|| desired.arn.clone()),
                 );
             }
+            plan.kept.extend(kinesis::kept(&desired, observed.as_ref()));
             plan.readiness = kinesis::readiness(observed.as_ref());
         }
         Err(error) => plan.error = Some(error),
@@ -753,6 +759,11 @@ async fn execute(
     resources: &mut PipelineResources,
 ) -> PartOutcome {
     let part = plan.part;
+    let kept = if plan.kept.is_empty() {
+        String::new()
+    } else {
+        format!("; kept as they are: {}", plan.kept.join("; "))
+    };
     if let Some(error) = plan.error {
         tracing::warn!(part = %part, reason = %error.reason(), error = %error, "part not reconciled");
         return PartOutcome {
@@ -771,7 +782,7 @@ async fn execute(
                 part,
                 ready: true,
                 reason: Reason::Ready,
-                message: plan.summary,
+                message: format!("{}{kept}", plan.summary),
                 applied: Vec::new(),
                 error: None,
             },
@@ -836,7 +847,7 @@ async fn execute(
             part,
             ready: true,
             reason: Reason::Ready,
-            message: format!("applied: {done}"),
+            message: format!("applied: {done}{kept}"),
             applied,
             error: None,
         }

@@ -314,6 +314,63 @@ async fn an_untagged_stream_is_adopted_only_when_asked() {
 }
 
 #[tokio::test]
+async fn adopting_an_encrypted_stream_never_stops_its_encryption() {
+    let env = start().await;
+    // The minimal example asks for no encryption; the team's stream has their KMS key.
+    let stream = desired(&env, "minimal", true).await;
+    let client = &env.clients.kinesis;
+    client
+        .create_stream()
+        .stream_name(&stream.name)
+        .shard_count(1)
+        .send()
+        .await
+        .expect("create");
+    converge_until_active(&env, &stream).await;
+    client
+        .start_stream_encryption()
+        .stream_name(&stream.name)
+        .encryption_type(aws_sdk_kinesis::types::EncryptionType::Kms)
+        .key_id("alias/team-streams")
+        .send()
+        .await
+        .expect("encrypt");
+
+    let rounds = converge(&env, &stream).await;
+    let flat: Vec<kinesis::Change> = rounds.into_iter().flatten().collect();
+    assert_eq!(
+        flat,
+        vec![kinesis::Change::AddTagsToStream {
+            stream: stream.name.clone(),
+            tags: stream.tags.clone()
+        }],
+        "only the owner tags: the encryption stays"
+    );
+    let observed = kinesis::observe(client, &stream.name, &stream.consumer.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(observed.encryption_type, "KMS");
+    assert_eq!(observed.key_id.as_deref(), Some("alias/team-streams"));
+    let kept = kinesis::kept(&stream, Some(&observed));
+    assert!(kept[0].contains("alias/team-streams"), "{kept:?}");
+}
+
+/// Waits until the stream is ACTIVE (moto makes it so at once; the wait is for AWS parity).
+async fn converge_until_active(env: &Env, stream: &kinesis::DesiredStream) {
+    for _ in 0..50 {
+        let observed = kinesis::observe(&env.clients.kinesis, &stream.name, &stream.consumer.name)
+            .await
+            .expect("observe");
+        if observed.is_some_and(|o| o.status == "ACTIVE") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("stream {} never became ACTIVE", stream.name);
+}
+
+#[tokio::test]
 async fn deletion_policies() {
     let env = start().await;
     let stream = desired(&env, "minimal", false).await;

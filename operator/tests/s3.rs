@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    Tag, Tagging,
+    BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
+    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    NoncurrentVersionExpiration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
 };
 use clickheatmap_crds::DeletionPolicy;
 use clickheatmap_operator::aws::{Deletion, s3};
@@ -34,6 +35,91 @@ async fn desired(env: &Env, adopt: bool) -> Vec<s3::DesiredBucket> {
     let mut pipeline = pipeline("minimal");
     pipeline.spec.adopt_existing = adopt;
     s3::desired(&pipeline.spec, &env.names(&pipeline).await)
+}
+
+/// A customer's lifecycle rule with a field the operator's own vocabulary does not know.
+fn users_rule() -> LifecycleRule {
+    LifecycleRule::builder()
+        .id("team-expire-exports")
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("exports/").build())
+        .expiration(LifecycleExpiration::builder().days(30).build())
+        .noncurrent_version_expiration(
+            NoncurrentVersionExpiration::builder()
+                .noncurrent_days(3)
+                .build(),
+        )
+        .build()
+        .expect("rule")
+}
+
+/// The customer's settings: SSE-KMS and only their own lifecycle rule.
+async fn customise(env: &Env, bucket: &str) {
+    let client = env.s3();
+    client
+        .put_bucket_encryption()
+        .bucket(bucket)
+        .server_side_encryption_configuration(
+            ServerSideEncryptionConfiguration::builder()
+                .rules(
+                    ServerSideEncryptionRule::builder()
+                        .apply_server_side_encryption_by_default(
+                            ServerSideEncryptionByDefault::builder()
+                                .sse_algorithm(ServerSideEncryption::AwsKms)
+                                .kms_master_key_id("alias/team-data")
+                                .build()
+                                .expect("default"),
+                        )
+                        .build(),
+                )
+                .build()
+                .expect("encryption"),
+        )
+        .send()
+        .await
+        .expect("put encryption");
+    client
+        .put_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .rules(users_rule())
+                .build()
+                .expect("lifecycle"),
+        )
+        .send()
+        .await
+        .expect("put lifecycle");
+}
+
+/// The bucket still has the customer's KMS key and rule, exactly.
+async fn assert_customer_settings_kept(env: &Env, bucket: &str) {
+    let client = env.s3();
+    let encryption = client
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("encryption");
+    let default = encryption
+        .server_side_encryption_configuration()
+        .and_then(|c| c.rules().first())
+        .and_then(|r| r.apply_server_side_encryption_by_default())
+        .expect("default encryption");
+    assert_eq!(default.sse_algorithm(), &ServerSideEncryption::AwsKms);
+    assert_eq!(default.kms_master_key_id(), Some("alias/team-data"));
+    let lifecycle = client
+        .get_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("lifecycle");
+    let theirs = lifecycle
+        .rules()
+        .iter()
+        .find(|r| r.id() == Some("team-expire-exports"))
+        .expect("the customer's rule is still there");
+    assert_eq!(theirs, &users_rule(), "the customer's rule, field by field");
 }
 
 async fn create_foreign_bucket(env: &Env, bucket: &str, tags: &[(&str, &str)]) {
@@ -155,41 +241,16 @@ async fn drift_is_repaired() {
     reconcile(&env, &buckets).await.expect("create");
     let bucket = &buckets[0].name;
     let client = env.s3();
-    // Behind the operator's back: public access allowed, KMS encryption, lifecycle gone, and an
-    // extra tag someone added (which must survive).
+    // Behind the operator's back: public access allowed (repaired), KMS encryption with the
+    // team's key and a lifecycle configuration with only the team's rule (both kept, the
+    // operator's rules added back), and an extra tag someone added (which must survive).
     client
         .delete_public_access_block()
         .bucket(bucket)
         .send()
         .await
         .expect("delete block");
-    client
-        .put_bucket_encryption()
-        .bucket(bucket)
-        .server_side_encryption_configuration(
-            ServerSideEncryptionConfiguration::builder()
-                .rules(
-                    ServerSideEncryptionRule::builder()
-                        .apply_server_side_encryption_by_default(
-                            ServerSideEncryptionByDefault::builder()
-                                .sse_algorithm(ServerSideEncryption::AwsKms)
-                                .build()
-                                .expect("default"),
-                        )
-                        .build(),
-                )
-                .build()
-                .expect("encryption"),
-        )
-        .send()
-        .await
-        .expect("put encryption");
-    client
-        .delete_bucket_lifecycle()
-        .bucket(bucket)
-        .send()
-        .await
-        .expect("delete lifecycle");
+    customise(&env, bucket).await;
     let mut tags = tags_of(&env, bucket).await;
     tags.insert("team".into(), "web".into());
     let tag_set = tags
@@ -216,11 +277,7 @@ async fn drift_is_repaired() {
         .collect();
     assert_eq!(
         ops,
-        [
-            "PutPublicAccessBlock",
-            "PutBucketEncryption",
-            "PutBucketLifecycleConfiguration"
-        ]
+        ["PutPublicAccessBlock", "PutBucketLifecycleConfiguration"]
     );
     let observed = s3::observe(&env.clients.s3, &buckets[0])
         .await
@@ -228,9 +285,9 @@ async fn drift_is_repaired() {
         .expect("exists");
     let config = observed.config.expect("config");
     assert_eq!(config.public_access_block, s3::PublicAccessBlock::ALL);
-    assert_eq!(config.encryption.as_deref(), Some("AES256"));
     assert_eq!(config.lifecycle, buckets[0].lifecycle);
     assert_eq!(observed.tags["team"], "web");
+    assert_customer_settings_kept(&env, bucket).await;
 
     let before = env.calls.snapshot();
     assert_eq!(reconcile(&env, &buckets).await.expect("resync"), vec![]);
@@ -365,4 +422,46 @@ async fn deletion_policies() {
         s3::delete(&env.clients.s3, &buckets[0], DeletionPolicy::Delete).await,
         Ok(Deletion::Gone)
     );
+}
+
+#[tokio::test]
+async fn adopting_a_bucket_never_weakens_it() {
+    let env = start().await;
+    let buckets = desired(&env, true).await;
+    let bucket = buckets[0].name.clone();
+    create_foreign_bucket(&env, &bucket, &[("team", "web")]).await;
+    customise(&env, &bucket).await;
+
+    let made = reconcile(&env, &buckets[..1]).await.expect("adopt");
+    let ops: Vec<_> = made
+        .iter()
+        .map(|c| serde_json::to_value(c).expect("json")["op"].clone())
+        .collect();
+    // Tagged as the pipeline's, public access blocked, the operator's rules added: no
+    // encryption call, and the team's rule written back verbatim.
+    assert_eq!(
+        ops,
+        [
+            "PutBucketTagging",
+            "PutPublicAccessBlock",
+            "PutBucketLifecycleConfiguration"
+        ]
+    );
+    assert!(
+        made[2]
+            .to_string()
+            .ends_with("keeping the bucket's own [team-expire-exports]"),
+        "{}",
+        made[2]
+    );
+    assert_customer_settings_kept(&env, &bucket).await;
+
+    // A resync changes nothing of the customer's, and writes nothing at all.
+    let before = env.calls.snapshot();
+    assert_eq!(
+        reconcile(&env, &buckets[..1]).await.expect("resync"),
+        vec![]
+    );
+    assert_no_writes(&env.calls, &before, "resync after adopting");
+    assert_customer_settings_kept(&env, &bucket).await;
 }

@@ -257,7 +257,7 @@ def test_operator_policy_is_the_contract():
         "kinesis:CreateStream", "kinesis:DescribeStream", "kinesis:DescribeStreamSummary",
         "kinesis:UpdateShardCount", "kinesis:UpdateStreamMode",
         "kinesis:IncreaseStreamRetentionPeriod", "kinesis:DecreaseStreamRetentionPeriod",
-        "kinesis:StartStreamEncryption", "kinesis:StopStreamEncryption",
+        "kinesis:StartStreamEncryption",
         "kinesis:AddTagsToStream", "kinesis:ListTagsForStream", "kinesis:DeleteStream",
         "kinesis:RegisterStreamConsumer", "kinesis:DescribeStreamConsumer",
         "kinesis:DeregisterStreamConsumer",

@@ -124,10 +124,6 @@ pub enum Change {
         stream: String,
         key_id: String,
     },
-    StopStreamEncryption {
-        stream: String,
-        key_id: String,
-    },
     UpdateStreamMode {
         stream: String,
         stream_arn: String,
@@ -160,7 +156,6 @@ impl Change {
             self,
             Change::CreateStream { .. }
                 | Change::StartStreamEncryption { .. }
-                | Change::StopStreamEncryption { .. }
                 | Change::UpdateStreamMode { .. }
                 | Change::UpdateShardCount { .. }
         )
@@ -194,9 +189,6 @@ impl fmt::Display for Change {
             }
             Change::StartStreamEncryption { stream, key_id } => {
                 write!(f, "encrypt stream {stream} with KMS key {key_id}")
-            }
-            Change::StopStreamEncryption { stream, .. } => {
-                write!(f, "stop encrypting stream {stream}")
             }
             Change::UpdateStreamMode {
                 stream, from, to, ..
@@ -460,10 +452,8 @@ pub fn diff(
                 key_id: key_id.clone(),
             });
         }
-        None if encrypted => changes.push(Change::StopStreamEncryption {
-            stream: stream.clone(),
-            key_id: observed.key_id.clone().unwrap_or_default(),
-        }),
+        // Never weakened: a stream encrypted with KMS stays encrypted when the spec says
+        // `None` (see [`kept`]); stopping encryption is for a person to do on purpose.
         _ => {}
     }
     if observed.mode != desired.mode {
@@ -495,6 +485,22 @@ pub fn diff(
         });
     }
     Ok(changes)
+}
+
+/// What the stream has that is stronger than the spec asks, and keeps: KMS encryption while
+/// the spec says `encryption: None`.
+pub fn kept(desired: &DesiredStream, observed: Option<&ObservedStream>) -> Vec<String> {
+    match observed {
+        Some(observed) if observed.encryption_type == "KMS" && desired.kms_key_id.is_none() => {
+            vec![format!(
+                "stream {} server-side encryption with KMS key {} (the spec says None; stop it \
+                 yourself if that is really wanted)",
+                desired.name,
+                observed.key_id.as_deref().unwrap_or("(unknown)")
+            )]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A stream is ready when it is `ACTIVE`.
@@ -639,23 +645,6 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .map_err(|e| {
                     from_sdk(
                         "kinesis:StartStreamEncryption",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
-            Ok(())
-        }
-        Change::StopStreamEncryption { stream, key_id } => {
-            client
-                .stop_stream_encryption()
-                .stream_name(stream)
-                .encryption_type(EncryptionType::Kms)
-                .key_id(key_id)
-                .send()
-                .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:StopStreamEncryption",
                         &format!("stream {stream}"),
                         e,
                     )
@@ -963,19 +952,16 @@ mod tests {
     }
 
     #[test]
-    fn encryption_is_stopped_when_the_spec_drops_it() {
+    fn encryption_is_never_stopped_only_reported_as_kept() {
         let minimal = fixture("pipeline-minimal.yaml");
         let stream = desired(&minimal.spec, &names_for(&minimal));
         let mut observed = in_sync(&stream);
         observed.encryption_type = "KMS".into();
         observed.key_id = Some("alias/x".into());
-        assert_eq!(
-            diff(&stream, Some(&observed)),
-            Ok(vec![Change::StopStreamEncryption {
-                stream: "shop-clicks".into(),
-                key_id: "alias/x".into()
-            }])
-        );
+        assert_eq!(diff(&stream, Some(&observed)), Ok(vec![]));
+        let kept = kept(&stream, Some(&observed));
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].contains("KMS key alias/x"), "{kept:?}");
     }
 
     #[test]

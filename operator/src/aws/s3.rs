@@ -12,8 +12,12 @@
 //! * every bucket: incomplete multipart uploads are aborted after
 //!   [`ABORT_INCOMPLETE_UPLOAD_DAYS`] days.
 //!
-//! The lifecycle configuration of a pipeline bucket is managed as a whole (S3 only has "replace
-//! all rules"): rules someone adds by hand are removed on the next reconcile.
+//! The operator never weakens a bucket it adopts or repairs: it manages only what it declares.
+//! Default encryption is set to SSE-S3 only when a bucket has none; a bucket encrypted with
+//! SSE-KMS (or DSSE-KMS) keeps its key. Of the lifecycle rules it manages only its own, the
+//! ones whose id starts with [`RULE_ID_PREFIX`]; S3 can only replace the whole configuration,
+//! so every other rule is written back exactly as it was read (the SDK's own value, not the
+//! operator's smaller vocabulary). Public access is only ever blocked, never opened.
 //!
 //! S3 has no "create with tags" for general-purpose buckets without an extra permission, so
 //! [`Change::CreateBucket`] creates and then tags in one step. If the operator dies between the
@@ -90,6 +94,36 @@ impl PublicAccessBlock {
     };
 }
 
+/// The id prefix of the lifecycle rules the operator manages; every other rule is the user's.
+pub const RULE_ID_PREFIX: &str = "clickheatmap-";
+
+/// Lifecycle rules that are not the operator's, kept verbatim (every field S3 returned) so that
+/// writing the configuration back leaves them as they were.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OtherRules(pub Vec<SdkLifecycleRule>);
+
+// The SDK type has no `Eq` only because of its generated derives; rules compare field by field.
+impl Eq for OtherRules {}
+
+impl OtherRules {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn ids(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .map(|rule| rule.id().unwrap_or("(no id)"))
+            .collect()
+    }
+}
+
+impl Serialize for OtherRules {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.ids())
+    }
+}
+
 /// One lifecycle rule, in the small vocabulary the operator uses. Rules the operator does not
 /// write are read into this shape too (features it does not know are dropped), which is enough
 /// to see that they differ from the desired ones.
@@ -134,8 +168,11 @@ pub struct BucketConfig {
     pub public_access_block: PublicAccessBlock,
     /// Default encryption algorithm (`AES256`, `aws:kms`, …), if any.
     pub encryption: Option<String>,
-    /// Sorted by id.
+    /// The operator's own rules ([`RULE_ID_PREFIX`]), sorted by id.
     pub lifecycle: Vec<LifecycleRule>,
+    /// Everyone else's rules, kept as they are.
+    #[serde(skip_serializing_if = "OtherRules::is_empty")]
+    pub other_rules: OtherRules,
 }
 
 /// An existing bucket.
@@ -175,9 +212,12 @@ pub enum Change {
         bucket: String,
         algorithm: String,
     },
+    /// The operator's rules, and the bucket's other rules written back unchanged.
     PutBucketLifecycleConfiguration {
         bucket: String,
         rules: Vec<LifecycleRule>,
+        #[serde(skip_serializing_if = "OtherRules::is_empty")]
+        kept: OtherRules,
     },
 }
 
@@ -217,13 +257,21 @@ impl fmt::Display for Change {
                     "set default encryption of bucket {bucket} to {algorithm}"
                 )
             }
-            Change::PutBucketLifecycleConfiguration { bucket, rules } => {
+            Change::PutBucketLifecycleConfiguration {
+                bucket,
+                rules,
+                kept,
+            } => {
                 let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
                 write!(
                     f,
-                    "set the lifecycle rules of bucket {bucket} to [{}]",
+                    "set the operator's lifecycle rules of bucket {bucket} to [{}]",
                     ids.join(", ")
-                )
+                )?;
+                if !kept.is_empty() {
+                    write!(f, ", keeping the bucket's own [{}]", kept.ids().join(", "))?;
+                }
+                Ok(())
             }
         }
     }
@@ -382,21 +430,26 @@ async fn read_config(client: &Client, bucket: &str, what: &str) -> Result<Bucket
         }
         Err(error) => return Err(from_sdk("s3:GetBucketEncryption", what, error)),
     };
-    let mut lifecycle = match client
+    let rules = match client
         .get_bucket_lifecycle_configuration()
         .bucket(bucket)
         .send()
         .await
     {
-        Ok(output) => output.rules().iter().map(rule_from_sdk).collect(),
+        Ok(output) => output.rules().to_vec(),
         Err(error) if code_of(&error) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
         Err(error) => return Err(from_sdk("s3:GetBucketLifecycleConfiguration", what, error)),
     };
+    let (ours, others): (Vec<_>, Vec<_>) = rules
+        .into_iter()
+        .partition(|rule| rule.id().is_some_and(|id| id.starts_with(RULE_ID_PREFIX)));
+    let mut lifecycle: Vec<LifecycleRule> = ours.iter().map(rule_from_sdk).collect();
     lifecycle.sort();
     Ok(BucketConfig {
         public_access_block,
         encryption,
         lifecycle,
+        other_rules: OtherRules(others),
     })
 }
 
@@ -449,6 +502,7 @@ pub fn diff(
             Change::PutBucketLifecycleConfiguration {
                 bucket: bucket.clone(),
                 rules: desired.lifecycle.clone(),
+                kept: OtherRules::default(),
             },
         ]);
     };
@@ -478,13 +532,16 @@ pub fn diff(
         });
     }
     let config = observed.config.clone().unwrap_or_default();
+    // Only ever more blocked: a switch the spec wants on is turned on (the others are on too).
     if config.public_access_block != desired.public_access_block {
         changes.push(Change::PutPublicAccessBlock {
             bucket: bucket.clone(),
             config: desired.public_access_block,
         });
     }
-    if config.encryption.as_deref() != Some(desired.encryption.as_str()) {
+    // SSE-S3 where there is no default encryption; an existing one (SSE-KMS with the user's
+    // key, DSSE-KMS, or SSE-S3) is at least as strong and stays.
+    if config.encryption.is_none() {
         changes.push(Change::PutBucketEncryption {
             bucket: bucket.clone(),
             algorithm: desired.encryption.clone(),
@@ -494,9 +551,32 @@ pub fn diff(
         changes.push(Change::PutBucketLifecycleConfiguration {
             bucket: bucket.clone(),
             rules: desired.lifecycle.clone(),
+            kept: config.other_rules.clone(),
         });
     }
     Ok(changes)
+}
+
+/// What the bucket has beyond what the operator manages, and keeps: a stronger default
+/// encryption than SSE-S3, lifecycle rules of its own.
+pub fn kept(desired: &DesiredBucket, observed: Option<&ObservedBucket>) -> Vec<String> {
+    let Some(config) = observed.and_then(|o| o.config.as_ref()) else {
+        return Vec::new();
+    };
+    let bucket = &desired.name;
+    let mut kept = Vec::new();
+    if let Some(algorithm) = &config.encryption
+        && *algorithm != desired.encryption
+    {
+        kept.push(format!("bucket {bucket} default encryption {algorithm}"));
+    }
+    if !config.other_rules.is_empty() {
+        kept.push(format!(
+            "bucket {bucket} lifecycle rules [{}]",
+            config.other_rules.ids().join(", ")
+        ));
+    }
+    kept
 }
 
 /// A bucket is ready as soon as it exists: S3 has no provisioning states.
@@ -634,8 +714,13 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .map_err(|e| from_sdk("s3:PutBucketEncryption", &format!("bucket {bucket}"), e))?;
             Ok(())
         }
-        Change::PutBucketLifecycleConfiguration { bucket, rules } => {
-            let rules = rules.iter().map(sdk_rule).collect::<Result<Vec<_>, _>>()?;
+        Change::PutBucketLifecycleConfiguration {
+            bucket,
+            rules,
+            kept,
+        } => {
+            let mut rules = rules.iter().map(sdk_rule).collect::<Result<Vec<_>, _>>()?;
+            rules.extend(kept.0.iter().cloned());
             let configuration = BucketLifecycleConfiguration::builder()
                 .set_rules(Some(rules))
                 .build()
@@ -836,6 +921,7 @@ mod tests {
                 public_access_block: desired.public_access_block,
                 encryption: Some(desired.encryption.clone()),
                 lifecycle: desired.lifecycle.clone(),
+                other_rules: OtherRules::default(),
             }),
         }
     }
@@ -868,7 +954,7 @@ mod tests {
         let mut observed = in_sync(&bucket);
         let config = observed.config.as_mut().expect("config");
         config.public_access_block.block_public_policy = false;
-        config.encryption = Some("aws:kms".into());
+        config.encryption = None;
         config.lifecycle.clear();
         let changes = diff(&bucket, Some(&observed)).expect("diff");
         let ops: Vec<_> = changes
@@ -882,6 +968,39 @@ mod tests {
                 "PutBucketEncryption",
                 "PutBucketLifecycleConfiguration"
             ]
+        );
+    }
+
+    #[test]
+    fn a_stronger_encryption_and_the_users_rules_are_kept() {
+        let pipeline = fixture("pipeline-minimal.yaml");
+        let bucket = desired(&pipeline.spec, &names_for(&pipeline)).remove(0);
+        let mut observed = in_sync(&bucket);
+        let config = observed.config.as_mut().expect("config");
+        config.encryption = Some("aws:kms".into());
+        let users = SdkLifecycleRule::builder()
+            .id("expire-logs")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+            .expiration(LifecycleExpiration::builder().days(7).build())
+            .build()
+            .expect("rule");
+        config.other_rules = OtherRules(vec![users.clone()]);
+        // KMS and the user's rule alone: nothing to do.
+        assert_eq!(diff(&bucket, Some(&observed)), Ok(vec![]));
+        // The operator's own rules drifted: they are written, the user's rule with them.
+        observed.config.as_mut().expect("config").lifecycle.clear();
+        let changes = diff(&bucket, Some(&observed)).expect("diff");
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let Change::PutBucketLifecycleConfiguration { kept, rules, .. } = &changes[0] else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(kept, &OtherRules(vec![users]));
+        assert_eq!(rules, &bucket.lifecycle);
+        assert!(
+            changes[0]
+                .to_string()
+                .ends_with("keeping the bucket's own [expire-logs]")
         );
     }
 

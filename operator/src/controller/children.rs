@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -151,6 +152,50 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
+/// Whether the pipeline may apply `desired` over the `existing` object of the same name: when
+/// the existing one is the pipeline's (its controller owner reference has the pipeline's uid), or
+/// was left by an earlier pipeline of the same name (no controller, and the operator's labels
+/// naming this pipeline). Anything else belongs to someone else: a `Conflict` that names it.
+pub fn check_takeover<K: Child>(
+    existing: &ObjectMeta,
+    desired: &ObjectMeta,
+    namespace: &str,
+) -> Result<(), crate::error::Error> {
+    let wanted_owner = desired
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    let controller = existing
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    let label = |key: &str| existing.labels.as_ref().and_then(|labels| labels.get(key));
+    let ours = match (controller, wanted_owner) {
+        (Some(controller), Some(wanted)) => controller.uid == wanted.uid,
+        (None, Some(wanted)) => {
+            label("app.kubernetes.io/managed-by").map(String::as_str)
+                == Some(super::workload::MANAGER)
+                && label(super::workload::PIPELINE_LABEL) == Some(&wanted.name)
+        }
+        _ => false,
+    };
+    if ours {
+        return Ok(());
+    }
+    let name = existing.name.as_deref().unwrap_or_default();
+    let held_by = match controller {
+        Some(owner) => format!("is controlled by {} {}", owner.kind, owner.name),
+        None => "was not made by this pipeline".to_owned(),
+    };
+    Err(crate::error::Error::Conflict(format!(
+        "{} {namespace}/{name} already exists and {held_by}; the pipeline does not take it \
+         over (delete or rename it, or rename the pipeline)",
+        K::kind(&())
+    )))
+}
+
 /// The key of a child in the record of what was applied.
 pub fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
     format!("{}/{namespace}/{name}", K::kind(&()))
@@ -218,6 +263,48 @@ mod tests {
         ));
         // Empty desired values match absent ones.
         assert!(is_subset(&json!({"annotations": {}}), &json!({})));
+    }
+
+    fn meta(yaml: &str) -> ObjectMeta {
+        serde_norway::from_str(yaml).expect("metadata")
+    }
+
+    #[test]
+    fn only_the_pipelines_own_objects_are_taken_over() {
+        let desired = meta(
+            "{name: shop-aggregator, ownerReferences: [{apiVersion: clickheatmap.io/v1alpha1, \
+             kind: ClickHeatmapPipeline, name: shop, uid: u1, controller: true}]}",
+        );
+        // Its own object, and one an earlier `shop` left behind (labels, no controller).
+        assert_eq!(
+            check_takeover::<ConfigMap>(&desired, &desired, "ns"),
+            Ok(())
+        );
+        let orphan = meta(
+            "{name: shop-aggregator, labels: {app.kubernetes.io/managed-by: clickheatmap-operator, \
+             clickheatmap.io/pipeline: shop}}",
+        );
+        assert_eq!(check_takeover::<ConfigMap>(&orphan, &desired, "ns"), Ok(()));
+        // Someone else's: no labels, or another controller.
+        let foreign = meta("{name: shop-aggregator}");
+        let error = check_takeover::<ConfigMap>(&foreign, &desired, "ns").expect_err("foreign");
+        assert_eq!(
+            error.to_string(),
+            "ConfigMap ns/shop-aggregator already exists and was not made by this \
+             pipeline; the pipeline does not take it over (delete or rename it, or rename the \
+             pipeline)"
+        );
+        let controlled = meta(
+            "{name: shop-aggregator, ownerReferences: [{apiVersion: apps/v1, kind: Deployment, \
+             name: web, uid: u9, controller: true}]}",
+        );
+        let error = check_takeover::<ConfigMap>(&controlled, &desired, "ns").expect_err("taken");
+        assert!(
+            error
+                .to_string()
+                .contains("is controlled by Deployment web"),
+            "{error}"
+        );
     }
 
     #[test]

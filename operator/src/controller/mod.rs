@@ -904,6 +904,22 @@ where
         .lock()
         .ok()
         .and_then(|applied| applied.get(&key).copied());
+    // Never take over an object of the same name that is not the pipeline's. Objects the
+    // operator labelled are in the watch cache; any other is looked up once, before the first
+    // apply of this process (a later apply finds it in the cache, labelled).
+    if let Some(stores) = &ctx.children {
+        let cached = K::store(stores).get(&ObjectRef::new(&name).within(namespace));
+        let existing = match cached {
+            Some(cached) => Some(cached.meta().clone()),
+            None if applied_before.is_none() => {
+                api.get_opt(&name).await?.map(|found| found.meta().clone())
+            }
+            None => None,
+        };
+        if let Some(existing) = existing {
+            children::check_takeover::<K>(&existing, object.meta(), namespace)?;
+        }
+    }
     if applied_before == Some(hash)
         && let Some(live) = ctx
             .children
@@ -1035,6 +1051,16 @@ fn name_of<K: Resource>(object: &K) -> String {
     object.meta().name.clone().unwrap_or_default()
 }
 
+/// The condition of a component one of whose objects could not be applied because its name is
+/// taken by an object the pipeline does not own (terminal: `Conflict`); any other error fails
+/// the reconcile (and is retried).
+fn refused(type_: &str, error: ControllerError) -> Result<DesiredCondition, ControllerError> {
+    match error {
+        ControllerError::Pipeline(error @ Error::Conflict(_)) => invalid(type_, error),
+        other => Err(other),
+    }
+}
+
 /// The condition of a component whose desired state could not be built.
 fn invalid(type_: &str, error: Error) -> Result<DesiredCondition, ControllerError> {
     if error.is_retryable() {
@@ -1076,22 +1102,28 @@ async fn reconcile_children<B: PipelineBackend>(
             {
                 ctx.emulator.apply_to(pod);
             }
-            apply_child(ctx, &namespace, &config_map).await?;
-            apply_child(ctx, &namespace, &service_account).await?;
-            apply_child(ctx, &namespace, &service).await?;
-            let live = apply_child(ctx, &namespace, &stateful_set).await?;
+            let applied = async {
+                apply_child(ctx, &namespace, &config_map).await?;
+                apply_child(ctx, &namespace, &service_account).await?;
+                apply_child(ctx, &namespace, &service).await?;
+                apply_child(ctx, &namespace, &stateful_set).await
+            }
+            .await;
             keep.config_maps.insert(name_of(&config_map));
             keep.service_accounts.insert(name_of(&service_account));
             keep.services.insert(name_of(&service));
             keep.stateful_sets.insert(name_of(&stateful_set));
-            rollout_condition(
-                ctx,
-                &namespace,
-                &name,
-                (AGGREGATOR_CONDITION, workload::AGGREGATOR),
-                &rollout::RolloutState::of_stateful_set(&live),
-                Some(workload::PAUSED_NOTE),
-            )
+            match applied {
+                Ok(live) => rollout_condition(
+                    ctx,
+                    &namespace,
+                    &name,
+                    (AGGREGATOR_CONDITION, workload::AGGREGATOR),
+                    &rollout::RolloutState::of_stateful_set(&live),
+                    Some(workload::PAUSED_NOTE),
+                ),
+                Err(error) => refused(AGGREGATOR_CONDITION, error)?,
+            }
         }
         Ok(None) => DesiredCondition::new(
             AGGREGATOR_CONDITION,
@@ -1135,20 +1167,26 @@ async fn reconcile_children<B: PipelineBackend>(
                 {
                     ctx.emulator.apply_to(pod);
                 }
-                apply_child(ctx, &namespace, &service_account).await?;
-                apply_child(ctx, &namespace, &service).await?;
-                let live = apply_child(ctx, &namespace, &deployment).await?;
+                let applied = async {
+                    apply_child(ctx, &namespace, &service_account).await?;
+                    apply_child(ctx, &namespace, &service).await?;
+                    apply_child(ctx, &namespace, &deployment).await
+                }
+                .await;
                 keep.service_accounts.insert(name_of(&service_account));
                 keep.services.insert(name_of(&service));
                 keep.deployments.insert(name_of(&deployment));
-                conditions.push(rollout_condition(
-                    ctx,
-                    &namespace,
-                    &name,
-                    (type_, component),
-                    &rollout::RolloutState::of_deployment(&live),
-                    None,
-                ));
+                conditions.push(match applied {
+                    Ok(live) => rollout_condition(
+                        ctx,
+                        &namespace,
+                        &name,
+                        (type_, component),
+                        &rollout::RolloutState::of_deployment(&live),
+                        None,
+                    ),
+                    Err(error) => refused(type_, error)?,
+                });
             }
             Ok(None) => {}
             Err(error) => {

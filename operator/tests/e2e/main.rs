@@ -694,6 +694,95 @@ async fn a_foreign_resource_is_a_condition_and_a_warning_event() {
     wait_ready(&api, "shop").await;
 }
 
+/// A Kubernetes object with a child's name that the pipeline does not own is never taken over:
+/// the component's condition says `Conflict` and names it, a Warning Event says the same, and the
+/// object stays exactly as it was; once it is gone the pipeline makes its own.
+#[tokio::test]
+async fn a_foreign_object_with_a_childs_name_is_not_taken_over() {
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.admin().await;
+    let namespace = "e2e-takeover";
+    let installed = setup(&client, namespace, json!({})).await;
+    let moto = MotoServer::start_https();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shop-aggregator", "namespace": namespace},
+        "data": {"owner": "the web team"}});
+    apply(&client, &theirs, Some(namespace)).await;
+    let _operator =
+        OperatorProcess::start(cluster, &installed, &client, &moto, "operator-0", &[]).await;
+    apply_example(&client, "pipeline-minimal.yaml", namespace).await;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    let pipeline = eventually("AggregatorReady False with Conflict", WAIT, || async {
+        let pipeline = api.get("shop").await.ok()?;
+        let aggregator = condition(&pipeline, "AggregatorReady")?;
+        (aggregator.reason == "Conflict").then_some(pipeline)
+    })
+    .await;
+    let aggregator = condition(&pipeline, "AggregatorReady").expect("AggregatorReady");
+    assert_eq!(aggregator.status, "False");
+    assert!(
+        aggregator.message.contains(&format!(
+            "ConfigMap {namespace}/shop-aggregator already exists"
+        )),
+        "{}",
+        aggregator.message
+    );
+    // Once the AWS side is ready, the refused component is what holds Ready back.
+    eventually("Ready False with the Conflict", WAIT, || async {
+        let pipeline = api.get("shop").await.ok()?;
+        (condition(&pipeline, "Ready")?.reason == "Conflict").then_some(())
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    eventually("a Warning Event naming the ConfigMap", WAIT, || async {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=shop"))
+            .await
+            .ok()?;
+        list.items.into_iter().find(|event| {
+            event.type_.as_deref() == Some("Warning")
+                && event
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("ConfigMap") && m.contains("shop-aggregator"))
+        })
+    })
+    .await;
+    let untouched = config_maps.get("shop-aggregator").await.expect("theirs");
+    assert_eq!(
+        untouched
+            .data
+            .as_ref()
+            .and_then(|d| d.get("owner"))
+            .map(String::as_str),
+        Some("the web team")
+    );
+    assert!(untouched.metadata.owner_references.is_none(), "not adopted");
+    assert!(
+        untouched
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .all(|field| field.manager.as_deref() != Some("clickheatmap-operator")),
+        "the operator wrote nothing to it"
+    );
+    // The team removes theirs; a change of the pipeline reconciles and makes the operator's own.
+    config_maps
+        .delete("shop-aggregator", &DeleteParams::default())
+        .await
+        .expect("deleting theirs");
+    api.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"e2e/retry": "1"}}})),
+    )
+    .await
+    .expect("touching the pipeline");
+    wait_ready(&api, "shop").await;
+}
+
 /// One stored object that does not fit the Rust type (here a lateness the schema admits but a
 /// 64-bit duration cannot hold) gets its own condition and Warning Event; the watch goes on and
 /// the other pipelines are reconciled.
