@@ -268,10 +268,16 @@ pub struct BucketsSpec {
 /// The Firehose raw archive.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!self.enabled || has(self.roleArn)",
-    "message": "rawArchive.roleArn is required when rawArchive.enabled is true: Firehose needs an IAM role that can read the stream and write to the raw bucket"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!self.enabled || has(self.roleArn)",
+        "message": "rawArchive.roleArn is required when rawArchive.enabled is true: Firehose needs an IAM role that can read the stream and write to the raw bucket"
+    },
+    {
+        "rule": "has(self.deliveryStreamName) == has(oldSelf.deliveryStreamName) && (!has(self.deliveryStreamName) || self.deliveryStreamName == oldSelf.deliveryStreamName)",
+        "message": "rawArchive.deliveryStreamName is immutable: the old delivery stream would keep archiving into the raw bucket beside the new one; create a new pipeline instead"
+    }
+]))]
 pub struct RawArchiveSpec {
     /// Whether the raw archive exists at all.
     #[serde(default = "default_true")]
@@ -302,7 +308,7 @@ pub struct RawArchiveSpec {
     #[schemars(pattern(IAM_ROLE_ARN_PATTERN))]
     pub role_arn: Option<String>,
 
-    /// Name of the delivery stream. Defaults to `<stream name>-raw`.
+    /// Name of the delivery stream. Defaults to `<stream name>-raw`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(AWS_NAME_PATTERN))]
     pub delivery_stream_name: Option<String>,
@@ -480,8 +486,12 @@ fn default_grid_side() -> i32 {
 /// A Managed Service for Apache Flink application running the aggregation job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.applicationName) == has(oldSelf.applicationName) && (!has(self.applicationName) || self.applicationName == oldSelf.applicationName)",
+    "message": "aggregation.flink.applicationName is immutable: the old application would keep running beside the new one; create a new pipeline instead"
+}]))]
 pub struct FlinkSpec {
-    /// Application name. Defaults to `<pipeline name>-aggregator`.
+    /// Application name. Defaults to `<pipeline name>-aggregator`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128), pattern(AWS_NAME_PATTERN))]
     pub application_name: Option<String>,
@@ -530,14 +540,22 @@ fn default_one() -> i32 {
     "message": "catalog.crawler.roleArn is required when catalog.partitions is Crawler"
 }]))]
 pub struct CatalogSpec {
-    /// Glue database.
+    /// Glue database. Immutable.
     #[serde(default = "default_database")]
     #[schemars(length(min = 1, max = 255), pattern(GLUE_NAME_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "catalog.database is immutable: the old database and table would stay behind, registered over the same data; create a new pipeline instead"
+    }]))]
     pub database: String,
 
-    /// Glue table over the curated Parquet files.
+    /// Glue table over the curated Parquet files. Immutable.
     #[serde(default = "default_table")]
     #[schemars(length(min = 1, max = 255), pattern(GLUE_NAME_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "catalog.table is immutable: the old table would stay registered over the same data; create a new pipeline instead"
+    }]))]
     pub table: String,
 
     /// How partitions become visible: `Projection` (Athena partition projection, no crawler,
@@ -580,8 +598,12 @@ pub enum PartitionDiscovery {
 /// A Glue crawler that adds the curated table's partitions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
+    "message": "catalog.crawler.name is immutable: the old crawler would keep running beside the new one; create a new pipeline instead"
+}]))]
 pub struct CrawlerSpec {
-    /// Crawler name. Defaults to `<pipeline name>-curated`.
+    /// Crawler name. Defaults to `<pipeline name>-curated`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub name: Option<String>,
@@ -605,9 +627,13 @@ fn default_crawler_schedule() -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuerySpec {
-    /// Workgroup name.
+    /// Workgroup name. Immutable.
     #[serde(default = "default_workgroup")]
     #[schemars(length(min = 1, max = 128), pattern(WORKGROUP_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "query.workgroup is immutable: the old workgroup and its settings would stay behind; create a new pipeline instead"
+    }]))]
     pub workgroup: String,
 
     /// Key prefix for query results in the query-results bucket.

@@ -735,6 +735,82 @@ fn cel_rules_keep_identities_immutable() {
 }
 
 #[test]
+fn cel_rules_keep_aws_names_immutable() {
+    // The full example names every resource itself.
+    let old = as_json(FULL);
+    type Edit = fn(&mut Value);
+    let cases: [(&str, Edit, Option<&str>); 8] = [
+        (
+            "delivery stream renamed",
+            |o| set(o, "/spec/rawArchive/deliveryStreamName", json!("other-raw")),
+            Some("rawArchive.deliveryStreamName is immutable"),
+        ),
+        (
+            "delivery stream name dropped (back to the default name)",
+            |o| remove(o, "/spec/rawArchive/deliveryStreamName"),
+            Some("rawArchive.deliveryStreamName is immutable"),
+        ),
+        (
+            "database",
+            |o| set(o, "/spec/catalog/database", json!("other_db")),
+            Some("catalog.database is immutable"),
+        ),
+        (
+            "table",
+            |o| set(o, "/spec/catalog/table", json!("other_table")),
+            Some("catalog.table is immutable"),
+        ),
+        (
+            "workgroup",
+            |o| set(o, "/spec/query/workgroup", json!("other-wg")),
+            Some("query.workgroup is immutable"),
+        ),
+        (
+            "flink application",
+            |o| {
+                set(
+                    o,
+                    "/spec/aggregation/flink/applicationName",
+                    json!("other-app"),
+                )
+            },
+            Some("aggregation.flink.applicationName is immutable"),
+        ),
+        (
+            "crawler",
+            |o| set(o, "/spec/catalog/crawler/name", json!("other-crawler")),
+            Some("catalog.crawler.name is immutable"),
+        ),
+        (
+            "the crawler's schedule is not a name",
+            |o| {
+                set(
+                    o,
+                    "/spec/catalog/crawler/schedule",
+                    json!("cron(0/5 * * * ? *)"),
+                )
+            },
+            None,
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let mut new = old.clone();
+        edit(&mut new);
+        let result = cel(&new, Some(&old));
+        match expected {
+            None => assert_eq!(result, Ok(()), "{name}"),
+            Some(message) => {
+                let errors = result.expect_err(name);
+                assert!(
+                    errors.iter().any(|e| e.contains(message)),
+                    "{name}: expected {message:?}, got {errors:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn status_round_trips_with_conditions_and_resources() {
     let status: ClickHeatmapPipelineStatus = serde_json::from_value(json!({
         "observedGeneration": 3,

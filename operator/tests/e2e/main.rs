@@ -512,6 +512,17 @@ async fn the_api_server_rejects_invalid_specs_with_clear_messages() {
         ),
         other => panic!("renaming the stream was accepted: {other:?}"),
     }
+    // A defaulted name too: the API server defaults it first, then the transition rule holds.
+    let mut renamed = created.clone();
+    renamed.spec.catalog.table = "other_table".to_owned();
+    match api.replace(&created.name_any(), &dry_run, &renamed).await {
+        Err(kube::Error::Api(status)) => assert!(
+            status.message.contains("catalog.table is immutable"),
+            "{}",
+            status.message
+        ),
+        other => panic!("renaming the table was accepted: {other:?}"),
+    }
 }
 
 /// Creates an object as raw JSON (for specs the Rust type cannot even hold).
