@@ -33,6 +33,6 @@ pub use pipeline::{
     AggregationEngine, AggregationSpec, BucketsSpec, CatalogSpec, ClickHeatmapPipeline,
     ClickHeatmapPipelineSpec, ClickHeatmapPipelineStatus, CollectorSpec, Compression, CrawlerSpec,
     DeletionPolicy, FlinkSpec, GridSpec, PartitionDiscovery, PipelineResources, QuerySpec,
-    READY_CONDITION, RawArchiveSpec, StreamEncryption, StreamMode, StreamSpec, ViewerEngine,
-    ViewerSpec, crd_yaml,
+    READY_CONDITION, RawArchiveSpec, ResultsEncryption, StreamEncryption, StreamMode, StreamSpec,
+    ViewerEngine, ViewerSpec, crd_yaml,
 };

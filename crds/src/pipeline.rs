@@ -626,6 +626,16 @@ fn default_crawler_schedule() -> String {
 /// The Athena workgroup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.resultsEncryption) || self.resultsEncryption != 'SseKms' || has(self.resultsKmsKeyId)",
+        "message": "query.resultsKmsKeyId is required when query.resultsEncryption is SseKms"
+    },
+    {
+        "rule": "!has(self.resultsKmsKeyId) || (has(self.resultsEncryption) && self.resultsEncryption == 'SseKms')",
+        "message": "query.resultsKmsKeyId applies only to resultsEncryption SseKms"
+    }
+]))]
 pub struct QuerySpec {
     /// Workgroup name. Immutable.
     #[serde(default = "default_workgroup")]
@@ -645,6 +655,24 @@ pub struct QuerySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = MIN_BYTES_SCANNED_CUTOFF))]
     pub bytes_scanned_cutoff_per_query: Option<i64>,
+
+    /// Encryption of the query results Athena writes: `SseS3` (the default) or `SseKms` with
+    /// `resultsKmsKeyId`. A workgroup that already encrypts more strongly keeps its setting.
+    #[serde(default)]
+    pub results_encryption: ResultsEncryption,
+
+    /// KMS key (ARN or alias) of `resultsEncryption: SseKms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub results_kms_key_id: Option<String>,
+}
+
+/// How Athena encrypts query results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ResultsEncryption {
+    #[default]
+    SseS3,
+    SseKms,
 }
 
 impl Default for QuerySpec {
@@ -653,6 +681,8 @@ impl Default for QuerySpec {
             workgroup: default_workgroup(),
             results_prefix: default_results_prefix(),
             bytes_scanned_cutoff_per_query: None,
+            results_encryption: ResultsEncryption::default(),
+            results_kms_key_id: None,
         }
     }
 }
@@ -693,6 +723,15 @@ pub struct CollectorSpec {
     #[schemars(range(min = 0, max = 1_000_000))]
     pub rate_limit_per_second: i32,
 
+    /// How many proxies in front of the collector (an Ingress controller, a cloud load
+    /// balancer) append to `X-Forwarded-For`: the client address, for the rate limit, is read
+    /// that many hops back. 0 (the default) ignores the header; behind an Ingress leave it at
+    /// 0 and every browser shares the proxy's one rate-limit bucket. Never set it higher than
+    /// the proxies you run: clients could then choose their own address.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    pub forwarded_for_hops: i32,
+
     /// Container image. Defaults to the image that matches the operator's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
@@ -716,6 +755,7 @@ impl Default for CollectorSpec {
             replicas: default_frontend_replicas(),
             allowed_origins: Vec::new(),
             rate_limit_per_second: default_rate_limit(),
+            forwarded_for_hops: 0,
             image: None,
             service_account_role_arn: None,
             resources: None,

@@ -596,6 +596,7 @@ async fn plan_query(ctx: &Context<'_>) -> PartPlan {
             ) {
                 plan.resources.workgroup = Some(desired.name.clone());
             }
+            plan.kept.extend(athena::kept(&desired, observed.as_ref()));
             plan.readiness = athena::readiness(observed.as_ref());
         }
         Err(error) => plan.error = Some(error),

@@ -10,7 +10,9 @@
 
 mod common;
 
-use aws_sdk_athena::types::{ResultConfiguration, Tag, WorkGroupConfiguration};
+use aws_sdk_athena::types::{
+    EncryptionConfiguration, EncryptionOption, ResultConfiguration, Tag, WorkGroupConfiguration,
+};
 use clickheatmap_crds::DeletionPolicy;
 use clickheatmap_operator::aws::{Deletion, athena};
 use clickheatmap_operator::{Error, Owner, Reason};
@@ -36,6 +38,17 @@ async fn desired(env: &Env, file: &str, adopt: bool) -> athena::DesiredWorkgroup
 }
 
 async fn create_foreign(env: &Env, name: &str, output: &str, tags: Vec<(String, String)>) {
+    create_foreign_encrypted(env, name, output, tags, EncryptionOption::SseS3, None).await;
+}
+
+async fn create_foreign_encrypted(
+    env: &Env,
+    name: &str,
+    output: &str,
+    tags: Vec<(String, String)>,
+    encryption: EncryptionOption,
+    kms_key: Option<&str>,
+) {
     env.clients
         .athena
         .create_work_group()
@@ -45,8 +58,16 @@ async fn create_foreign(env: &Env, name: &str, output: &str, tags: Vec<(String, 
                 .result_configuration(
                     ResultConfiguration::builder()
                         .output_location(output)
+                        .encryption_configuration(
+                            EncryptionConfiguration::builder()
+                                .encryption_option(encryption)
+                                .set_kms_key(kms_key.map(str::to_owned))
+                                .build()
+                                .expect("encryption"),
+                        )
                         .build(),
                 )
+                .enforce_work_group_configuration(true)
                 .build(),
         )
         .set_tags(Some(
@@ -234,4 +255,38 @@ async fn deletion_policies() {
         athena::observe(&env.clients.athena, &workgroup).await,
         Ok(None)
     );
+}
+
+#[tokio::test]
+async fn adopting_a_workgroup_keeps_its_kms_result_encryption() {
+    let env = start().await;
+    let with = desired(&env, "minimal", true).await;
+    create_foreign_encrypted(
+        &env,
+        &with.name,
+        &with.settings.output_location,
+        Vec::new(),
+        EncryptionOption::SseKms,
+        Some("alias/team-results"),
+    )
+    .await;
+    let made = reconcile(&env, &with).await.expect("adopt");
+    assert!(
+        matches!(made.as_slice(), [athena::Change::TagResource { .. }]),
+        "only the owner tags: {made:?}"
+    );
+    let observed = athena::observe(&env.clients.athena, &with)
+        .await
+        .expect("observe")
+        .expect("exists");
+    let encryption = observed.results_encryption.clone().expect("encrypted");
+    assert_eq!(
+        (encryption.option.as_str(), encryption.kms_key.as_deref()),
+        ("SSE_KMS", Some("alias/team-results"))
+    );
+    let kept = athena::kept(&with, Some(&observed));
+    assert!(kept[0].contains("alias/team-results"), "{kept:?}");
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &with).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "resync after adoption");
 }

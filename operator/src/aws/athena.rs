@@ -13,10 +13,10 @@ use std::fmt;
 
 use aws_sdk_athena::Client;
 use aws_sdk_athena::types::{
-    ResultConfiguration, ResultConfigurationUpdates, Tag, WorkGroupConfiguration,
-    WorkGroupConfigurationUpdates, WorkGroupState,
+    EncryptionConfiguration, EncryptionOption, ResultConfiguration, ResultConfigurationUpdates,
+    Tag, WorkGroupConfiguration, WorkGroupConfigurationUpdates, WorkGroupState,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, ResultsEncryption};
 use serde::Serialize;
 
 use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
@@ -31,6 +31,33 @@ pub struct WorkgroupSettings {
     pub enforce_configuration: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_scanned_cutoff_per_query: Option<i64>,
+    /// How results are encrypted: `SSE_S3` or `SSE_KMS` (with the key).
+    pub results_encryption: ResultsEncryptionSetting,
+}
+
+/// Athena's result encryption, as the operator sets and reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultsEncryptionSetting {
+    /// `SSE_S3`, `SSE_KMS` or `CSE_KMS`.
+    pub option: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+}
+
+impl ResultsEncryptionSetting {
+    /// KMS (server- or client-side) is stronger than SSE-S3: the user holds the key.
+    fn uses_kms(&self) -> bool {
+        self.option.ends_with("_KMS")
+    }
+
+    fn to_sdk(&self) -> Result<EncryptionConfiguration, Error> {
+        EncryptionConfiguration::builder()
+            .encryption_option(EncryptionOption::from(self.option.as_str()))
+            .set_kms_key(self.kms_key.clone())
+            .build()
+            .map_err(|e| Error::internal(format!("an Athena encryption configuration: {e}")))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -54,6 +81,8 @@ pub struct ObservedWorkgroup {
     pub output_location: Option<String>,
     pub enforce_configuration: Option<bool>,
     pub bytes_scanned_cutoff_per_query: Option<i64>,
+    /// `None` when results are not encrypted.
+    pub results_encryption: Option<ResultsEncryptionSetting>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -95,6 +124,11 @@ fn describe(settings: &WorkgroupSettings) -> String {
     match settings.bytes_scanned_cutoff_per_query {
         Some(limit) => text.push_str(&format!(", at most {limit} bytes scanned per query")),
         None => text.push_str(", no scan limit"),
+    }
+    let encryption = &settings.results_encryption;
+    text.push_str(&format!(", results encrypted with {}", encryption.option));
+    if let Some(key) = &encryption.kms_key {
+        text.push_str(&format!(" key {key}"));
     }
     text
 }
@@ -153,6 +187,16 @@ pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredWorkgro
             output_location: query_results_location(spec),
             enforce_configuration: true,
             bytes_scanned_cutoff_per_query: spec.query.bytes_scanned_cutoff_per_query,
+            results_encryption: match spec.query.results_encryption {
+                ResultsEncryption::SseS3 => ResultsEncryptionSetting {
+                    option: "SSE_S3".to_owned(),
+                    kms_key: None,
+                },
+                ResultsEncryption::SseKms => ResultsEncryptionSetting {
+                    option: "SSE_KMS".to_owned(),
+                    kms_key: spec.query.results_kms_key_id.clone(),
+                },
+            },
         },
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
@@ -216,6 +260,13 @@ pub async fn observe(
             .and_then(WorkGroupConfiguration::enforce_work_group_configuration),
         bytes_scanned_cutoff_per_query: configuration
             .and_then(WorkGroupConfiguration::bytes_scanned_cutoff_per_query),
+        results_encryption: configuration
+            .and_then(WorkGroupConfiguration::result_configuration)
+            .and_then(ResultConfiguration::encryption_configuration)
+            .map(|encryption| ResultsEncryptionSetting {
+                option: encryption.encryption_option().as_str().to_owned(),
+                kms_key: encryption.kms_key().map(str::to_owned),
+            }),
         tags,
     }))
 }
@@ -264,20 +315,51 @@ pub fn diff(
             tags: missing,
         });
     }
-    let settings = &desired.settings;
+    let mut settings = desired.settings.clone();
+    // Never weakened: results encrypted with KMS stay so when the spec asks for SSE-S3 (see
+    // [`kept`]).
+    if let Some(existing) = &observed.results_encryption
+        && existing.uses_kms()
+        && !settings.results_encryption.uses_kms()
+    {
+        settings.results_encryption = existing.clone();
+    }
     let enable = observed.state != "ENABLED";
     if enable
         || observed.output_location.as_deref() != Some(settings.output_location.as_str())
         || observed.enforce_configuration != Some(settings.enforce_configuration)
         || observed.bytes_scanned_cutoff_per_query != settings.bytes_scanned_cutoff_per_query
+        || observed.results_encryption.as_ref() != Some(&settings.results_encryption)
     {
         changes.push(Change::UpdateWorkGroup {
             workgroup: name.clone(),
-            settings: settings.clone(),
+            settings,
             enable,
         });
     }
     Ok(changes)
+}
+
+/// What the workgroup has that is stronger than the spec asks, and keeps: results encrypted
+/// with KMS while the spec says SSE-S3.
+pub fn kept(desired: &DesiredWorkgroup, observed: Option<&ObservedWorkgroup>) -> Vec<String> {
+    match observed.and_then(|o| o.results_encryption.as_ref()) {
+        Some(existing)
+            if existing.uses_kms() && !desired.settings.results_encryption.uses_kms() =>
+        {
+            vec![format!(
+                "Athena workgroup {} result encryption {}{}",
+                desired.name,
+                existing.option,
+                existing
+                    .kms_key
+                    .as_deref()
+                    .map(|key| format!(" with key {key}"))
+                    .unwrap_or_default()
+            )]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A workgroup is ready when it exists and is enabled.
@@ -311,6 +393,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .result_configuration(
                     ResultConfiguration::builder()
                         .output_location(&settings.output_location)
+                        .encryption_configuration(settings.results_encryption.to_sdk()?)
                         .build(),
                 )
                 .enforce_work_group_configuration(settings.enforce_configuration)
@@ -362,6 +445,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .result_configuration_updates(
                     ResultConfigurationUpdates::builder()
                         .output_location(&settings.output_location)
+                        .encryption_configuration(settings.results_encryption.to_sdk()?)
                         .build(),
                 )
                 .enforce_work_group_configuration(settings.enforce_configuration);
@@ -437,6 +521,7 @@ mod tests {
             output_location: Some(desired.settings.output_location.clone()),
             enforce_configuration: Some(desired.settings.enforce_configuration),
             bytes_scanned_cutoff_per_query: desired.settings.bytes_scanned_cutoff_per_query,
+            results_encryption: Some(desired.settings.results_encryption.clone()),
             tags: desired.tags.clone(),
         }
     }
@@ -452,6 +537,10 @@ mod tests {
                 output_location: "s3://shop-heatmap-athena-123456789012/athena-results/".into(),
                 enforce_configuration: true,
                 bytes_scanned_cutoff_per_query: None,
+                results_encryption: ResultsEncryptionSetting {
+                    option: "SSE_S3".into(),
+                    kms_key: None,
+                },
             }
         );
         let full = fixture("pipeline-full.yaml");
@@ -464,13 +553,46 @@ mod tests {
     }
 
     #[test]
+    fn results_are_encrypted_and_kms_is_never_weakened() {
+        let mut minimal = fixture("pipeline-minimal.yaml");
+        let workgroup = desired(&minimal.spec, &names_for(&minimal));
+        // Unencrypted results: SSE-S3 is set.
+        let mut observed = in_sync(&workgroup);
+        observed.results_encryption = None;
+        let changes = diff(&workgroup, Some(&observed)).expect("diff");
+        assert!(
+            changes[0]
+                .to_string()
+                .contains("results encrypted with SSE_S3")
+        );
+        // The team's KMS key stays, and is said to be kept.
+        let team = ResultsEncryptionSetting {
+            option: "SSE_KMS".into(),
+            kms_key: Some("alias/team".into()),
+        };
+        observed.results_encryption = Some(team.clone());
+        assert_eq!(diff(&workgroup, Some(&observed)), Ok(vec![]));
+        assert_eq!(kept(&workgroup, Some(&observed)).len(), 1);
+        // A spec asking for another KMS key changes it.
+        minimal.spec.query.results_encryption = ResultsEncryption::SseKms;
+        minimal.spec.query.results_kms_key_id = Some("alias/heatmap".into());
+        let workgroup = desired(&minimal.spec, &names_for(&minimal));
+        let changes = diff(&workgroup, Some(&observed)).expect("diff");
+        assert!(
+            changes[0].to_string().contains("SSE_KMS key alias/heatmap"),
+            "{}",
+            changes[0]
+        );
+    }
+
+    #[test]
     fn create_sync_and_drift() {
         let full = fixture("pipeline-full.yaml");
         let workgroup = desired(&full.spec, &names_for(&full));
         let changes = diff(&workgroup, None).expect("diff");
         assert_eq!(
             changes[0].to_string(),
-            "create Athena workgroup shop-heatmap-wg (results to s3://shop-full-heatmap-athena-123456789012/athena-results/, enforced, at most 1073741824 bytes scanned per query), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full"
+            "create Athena workgroup shop-heatmap-wg (results to s3://shop-full-heatmap-athena-123456789012/athena-results/, enforced, at most 1073741824 bytes scanned per query, results encrypted with SSE_S3), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full"
         );
         assert_eq!(diff(&workgroup, Some(&in_sync(&workgroup))), Ok(vec![]));
         let mut observed = in_sync(&workgroup);

@@ -165,6 +165,10 @@ pub fn desired_collector(
             "CLICKHEATMAP_COLLECTOR_RATE_LIMIT",
             spec.rate_limit_per_second.to_string(),
         ),
+        env(
+            "CLICKHEATMAP_COLLECTOR_FORWARDED_FOR_HOPS",
+            spec.forwarded_for_hops.max(0).to_string(),
+        ),
         env("AWS_REGION", &pipeline.spec.region),
         env("CLICKHEATMAP_LOG_FORMAT", "json"),
     ];
@@ -249,6 +253,15 @@ pub fn desired_viewer(
         env(
             "CLICKHEATMAP_VIEWER_ROWS",
             spec.aggregation.grid.rows.to_string(),
+        ),
+        // Partitions are named after window starts: the viewer widens its partition range by
+        // the longest window in use (at least its default hour, which older data may have).
+        env(
+            "CLICKHEATMAP_VIEWER_MAX_WINDOW",
+            spec.aggregation
+                .window
+                .max(clickheatmap_crds::Duration::from_secs(3600))
+                .to_string(),
         ),
         env("AWS_REGION", &spec.region),
         env("CLICKHEATMAP_LOG_FORMAT", "json"),
@@ -347,6 +360,10 @@ mod tests {
         );
         assert_eq!(value("CLICKHEATMAP_COLLECTOR_LISTEN"), Some("0.0.0.0:8080"));
         assert_eq!(value("CLICKHEATMAP_COLLECTOR_RATE_LIMIT"), Some("50"));
+        assert_eq!(
+            value("CLICKHEATMAP_COLLECTOR_FORWARDED_FOR_HOPS"),
+            Some("0")
+        );
 
         let spec = deployment.spec.as_ref().unwrap();
         let pod = spec.template.spec.as_ref().unwrap();
@@ -479,6 +496,34 @@ mod tests {
         assert_eq!(
             env_value(&viewer.deployment, "CLICKHEATMAP_VIEWER_ALLOW_RAW_SQL"),
             Some("true")
+        );
+    }
+
+    #[test]
+    fn the_viewer_knows_the_longest_window_and_the_collector_its_proxies() {
+        let mut pipeline = with_frontends();
+        pipeline.spec.aggregation.window = clickheatmap_crds::Duration::from_secs(2 * 3600);
+        pipeline.spec.collector.forwarded_for_hops = 1;
+        let viewer = desired_viewer(&pipeline, "img").expect("ok").expect("on");
+        assert_eq!(
+            env_value(&viewer.deployment, "CLICKHEATMAP_VIEWER_MAX_WINDOW"),
+            Some("2h")
+        );
+        pipeline.spec.aggregation.window = clickheatmap_crds::Duration::from_secs(60);
+        let viewer = desired_viewer(&pipeline, "img").expect("ok").expect("on");
+        assert_eq!(
+            env_value(&viewer.deployment, "CLICKHEATMAP_VIEWER_MAX_WINDOW"),
+            Some("1h")
+        );
+        let collector = desired_collector(&pipeline, "img")
+            .expect("ok")
+            .expect("on");
+        assert_eq!(
+            env_value(
+                &collector.deployment,
+                "CLICKHEATMAP_COLLECTOR_FORWARDED_FOR_HOPS"
+            ),
+            Some("1")
         );
     }
 
