@@ -216,6 +216,21 @@ pub fn desired(
             ),
             ("CURATED_S3_PATH".to_owned(), curated_table_location(spec)),
             ("AWS_REGION".to_owned(), names.region.clone()),
+            // The aggregation the job must perform: the same window, lateness and grid as the
+            // Rust aggregator (docs/ARCHITECTURE.md, the contracts).
+            (
+                "WINDOW_SIZE_MS".to_owned(),
+                spec.aggregation.window.as_millis().to_string(),
+            ),
+            (
+                "ALLOWED_LATENESS_MS".to_owned(),
+                spec.aggregation.allowed_lateness.as_millis().to_string(),
+            ),
+            (
+                "GRID_COLUMNS".to_owned(),
+                spec.aggregation.grid.columns.to_string(),
+            ),
+            ("GRID_ROWS".to_owned(), spec.aggregation.grid.rows.to_string()),
         ]),
     )]);
     Ok(Some(DesiredApplication {
@@ -851,6 +866,10 @@ mod tests {
             "s3://shop-full-heatmap-curated-123456789012/curated/curated_heatmap/"
         );
         assert_eq!(group["AWS_REGION"], "ap-northeast-2");
+        // The full example: 5-minute windows, 1 minute of lateness, a 32 x 18 grid.
+        assert_eq!(group["WINDOW_SIZE_MS"], "300000");
+        assert_eq!(group["ALLOWED_LATENESS_MS"], "60000");
+        assert_eq!((group["GRID_COLUMNS"].as_str(), group["GRID_ROWS"].as_str()), ("32", "18"));
         assert!(app.running);
         assert_eq!(name_from_arn(&app.arn), Some("shop-full-heatmap"));
     }

@@ -204,7 +204,17 @@ impl fmt::Display for Change {
                     "change shard count of stream {stream} from {from} to {to}"
                 )?;
                 if to != target {
-                    write!(f, " (one step towards {target})")?;
+                    let steps = resize_steps(*from, *target);
+                    write!(f, " (step 1 of {steps} towards {target}")?;
+                    if steps > RESHARDS_PER_DAY {
+                        write!(
+                            f,
+                            "; AWS allows {RESHARDS_PER_DAY} resizes per stream per 24 hours, so \
+                             this takes at least {} days",
+                            steps.div_ceil(RESHARDS_PER_DAY)
+                        )?;
+                    }
+                    f.write_str(")")?;
                 }
                 Ok(())
             }
@@ -255,6 +265,19 @@ pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredStream 
                 && spec.aggregation.engine == AggregationEngine::Deployment,
         },
     }
+}
+
+/// `UpdateShardCount` calls AWS allows per stream in a rolling 24 hours.
+pub const RESHARDS_PER_DAY: u32 = 10;
+
+/// How many `UpdateShardCount` calls take the stream from `current` to `target` shards.
+pub fn resize_steps(current: i32, target: i32) -> u32 {
+    let (mut shards, mut steps) = (current, 0);
+    while shards != target && steps < 64 {
+        shards = next_shard_count(shards, target);
+        steps += 1;
+    }
+    steps
 }
 
 /// The next shard count on the way from `current` to `target` that `UpdateShardCount` accepts:
@@ -672,7 +695,9 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 })?;
             Ok(())
         }
-        Change::UpdateShardCount { stream, to, .. } => {
+        Change::UpdateShardCount {
+            stream, to, target, ..
+        } => {
             client
                 .update_shard_count()
                 .stream_name(stream)
@@ -681,7 +706,22 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .send()
                 .await
                 .map_err(|e| {
-                    from_sdk("kinesis:UpdateShardCount", &format!("stream {stream}"), e)
+                    let error =
+                        from_sdk("kinesis:UpdateShardCount", &format!("stream {stream}"), e);
+                    // The resharding quota, not a throttle: say so in the condition (a throttle
+                    // only backs off and leaves the status as it was) and try again later.
+                    if matches!(error, Error::Throttled { .. }) {
+                        Error::Busy {
+                            resource: format!("stream {stream}"),
+                            message: format!(
+                                "AWS's resharding quota is used up ({RESHARDS_PER_DAY} \
+                                 UpdateShardCount calls per stream per rolling 24 hours); the \
+                                 resize to {target} shards continues when it allows"
+                            ),
+                        }
+                    } else {
+                        error
+                    }
                 })?;
             Ok(())
         }
@@ -947,7 +987,25 @@ mod tests {
         );
         assert_eq!(
             changes[3].to_string(),
-            "change shard count of stream shop-full-clicks from 8 to 4 (one step towards 2)"
+            "change shard count of stream shop-full-clicks from 8 to 4 (step 1 of 2 towards 2)"
+        );
+    }
+
+    #[test]
+    fn a_resize_beyond_a_days_quota_says_how_long_it_takes() {
+        assert_eq!(resize_steps(1, 1), 0);
+        assert_eq!(resize_steps(1, 2), 1);
+        assert_eq!(resize_steps(1, 4096), 12);
+        let change = Change::UpdateShardCount {
+            stream: "s".into(),
+            from: 1,
+            to: 2,
+            target: 4096,
+        };
+        assert_eq!(
+            change.to_string(),
+            "change shard count of stream s from 1 to 2 (step 1 of 12 towards 4096; AWS allows \
+             10 resizes per stream per 24 hours, so this takes at least 2 days)"
         );
     }
 
