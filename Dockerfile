@@ -24,7 +24,9 @@ WORKDIR /src
 COPY . .
 
 # Cache mounts keep the registry and the target folder between builds; the binaries are copied
-# out of the cache mount so that the next stage can see them.
+# out of the cache mount so that the next stage can see them, and stripped (the release profile
+# keeps line tables for local backtraces; the image ships without them, as
+# scripts/build-image.sh does).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
@@ -32,7 +34,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       -p clickheatmap-collector -p clickheatmap-viewer \
  && mkdir -p /out \
  && cp target/release/clickheatmap-operator target/release/clickheatmap-aggregator \
-       target/release/clickheatmap-collector target/release/clickheatmap-viewer /out/
+       target/release/clickheatmap-collector target/release/clickheatmap-viewer /out/ \
+ && strip --strip-all /out/clickheatmap-*
 
 # ---- runtime -------------------------------------------------------------------------------
 # glibc + libgcc + CA certificates, no shell; Debian 12 like the builder, so glibc matches.

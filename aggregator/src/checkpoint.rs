@@ -89,6 +89,11 @@ impl CheckpointStore {
         }
     }
 
+    /// The folder of the stream's checkpoints.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
     fn path(&self, shard_id: &str, suffix: &str) -> Path {
         self.prefix
             .clone()

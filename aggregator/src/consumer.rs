@@ -82,6 +82,19 @@ impl Targets {
             coordination,
         })
     }
+
+    /// Every object-store prefix a consumer of `config` writes below (the table, dead letters,
+    /// checkpoints with their intents and shard leases), for least-privilege policies: the IAM
+    /// contract test checks each against docs/iam/aggregator-policy.json.
+    pub fn write_prefixes(&self, config: &AggregatorConfig) -> Vec<String> {
+        let mut prefixes = vec![self.output.child(&config.output.table).to_string()];
+        if let Some(dead_letters) = &self.dead_letters {
+            prefixes.push(dead_letters.prefix.to_string());
+        }
+        prefixes.push(self.checkpoints.prefix().to_string());
+        prefixes.push(self.coordination.prefix.to_string());
+        prefixes
+    }
 }
 
 /// One shard's aggregation state, sink and checkpoint.

@@ -226,8 +226,8 @@ fn default_idle_watermark_delay() -> Duration {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// `s3://bucket/checkpoints/` or a local directory. Defaults to `<output.root>/../checkpoints`
-    /// for local roots and `s3://<curated bucket>/checkpoints/` for S3 roots.
+    /// `s3://bucket/prefix/` or a local directory. Defaults to `<output.root>/_checkpoints`
+    /// (beside the table, never inside it), e.g. `s3://<curated bucket>/curated/_checkpoints/`.
     #[serde(default)]
     pub location: Option<String>,
     /// Longest time between two checkpoints of a shard that is making progress.

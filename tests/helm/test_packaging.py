@@ -306,10 +306,16 @@ def test_aggregator_policy_reads_the_stream_and_writes_only_its_prefixes():
     for statement in document["Statement"]:
         resources = statement["Resource"]
         for resource in [resources] if isinstance(resources, str) else resources:
+            # The prefixes the aggregator writes (operator/tests/iam_contract.rs derives them from
+            # the aggregator's configuration and checks this policy against them).
             if resource.startswith("arn:aws:s3:::") and "/" in resource:
-                assert resource.split("/", 1)[1] in ("curated/*", "checkpoints/*"), resource
+                assert resource.split("/", 1)[1] in (
+                    "curated/<GLUE_TABLE>/*", "curated/dead_letter/*", "curated/_checkpoints/*",
+                ), resource
             if resource == "arn:aws:s3:::<CURATED_BUCKET>":
-                assert statement["Condition"]["StringLike"]["s3:prefix"] == ["curated/*", "checkpoints/*"]
+                assert statement["Condition"]["StringLike"]["s3:prefix"] == [
+                    "curated/<GLUE_TABLE>/*", "curated/_checkpoints/*",
+                ]
 
 
 def test_collector_policy_only_writes_the_stream():

@@ -91,6 +91,7 @@ fn build(
                 .cloned()
                 .unwrap_or_else(|| default_image.to_owned()),
         ),
+        image_pull_policy: Some(super::workload::IMAGE_PULL_POLICY.to_owned()),
         command: Some(vec![plan.binary.to_owned()]),
         env: Some(plan.env),
         ports: Some(vec![container_port("http", HTTP_PORT)]),

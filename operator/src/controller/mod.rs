@@ -58,6 +58,14 @@ use metrics::Metrics;
 use stored::StoredPipeline;
 use workload::{MANAGER, Workload};
 
+/// The workloads' image when neither the chart nor the spec names one: the operator's own
+/// release, pinned by its version (never `:latest`, which would pull on every pod start and
+/// could run a different version than the operator).
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/clickheatmap/clickheatmap:",
+    env!("CARGO_PKG_VERSION")
+);
+
 /// The finalizer that guards AWS cleanup.
 pub const FINALIZER: &str = "clickheatmap.io/cleanup";
 /// The condition about the aggregator workload in Kubernetes.
@@ -81,7 +89,7 @@ pub struct RunArgs {
     pub leader_election: bool,
     /// Image of the workloads the operator runs — aggregator, collector and viewer — which holds
     /// their binaries in /usr/local/bin (a pipeline's `image` fields override it).
-    #[arg(long, default_value = "ghcr.io/clickheatmap/clickheatmap:latest")]
+    #[arg(long, default_value = DEFAULT_IMAGE)]
     pub aggregator_image: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -1518,6 +1526,24 @@ mod tests;
 #[cfg(test)]
 mod stall_tests {
     use super::*;
+
+    #[test]
+    fn the_default_image_is_this_release_not_latest() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let args = Args::parse_from(["clickheatmap-operator"]);
+        assert_eq!(
+            args.run.aggregator_image,
+            format!(
+                "ghcr.io/clickheatmap/clickheatmap:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
 
     #[test]
     fn a_run_of_watch_failures_spanning_a_minute_is_a_stall() {

@@ -58,6 +58,9 @@ pub const AGGREGATOR_BINARY: &str = "/usr/local/bin/clickheatmap-aggregator";
 pub const PAUSED_NOTE: &str = "paused (aggregation.replicas is 0): clicks wait in the stream for \
     as long as it retains them, and raising replicas resumes from the checkpoints";
 
+/// The workloads' image pull policy.
+pub const IMAGE_PULL_POLICY: &str = "IfNotPresent";
+
 /// The pod-template annotation that holds a hash of `aggregator.json`.
 pub const CONFIG_HASH_ANNOTATION: &str = "clickheatmap.io/config-hash";
 
@@ -433,6 +436,8 @@ pub fn desired(
     let container = Container {
         name: AGGREGATOR.to_owned(),
         image: Some(image),
+        // Explicit: a version tag is pulled once per node, and a pre-loaded image runs offline.
+        image_pull_policy: Some(IMAGE_PULL_POLICY.to_owned()),
         command: Some(vec![AGGREGATOR_BINARY.to_owned()]),
         args: Some(vec![
             "run".to_owned(),
@@ -561,6 +566,7 @@ mod tests {
         assert_eq!(pod_sc.run_as_user, Some(65532));
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("registry.example.com/agg:default"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         assert_eq!(
             c.args.as_deref(),
             Some(
