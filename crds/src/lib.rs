@@ -34,5 +34,5 @@ pub use pipeline::{
     ClickHeatmapPipelineSpec, ClickHeatmapPipelineStatus, CollectorSpec, Compression, CrawlerSpec,
     DeletionPolicy, FlinkSpec, GridSpec, PartitionDiscovery, PipelineResources, QuerySpec,
     READY_CONDITION, RawArchiveSpec, ResultsEncryption, StreamEncryption, StreamMode, StreamSpec,
-    ViewerEngine, ViewerSpec, crd_yaml,
+    ViewerEngine, ViewerSpec, WorkloadsSpec, crd_yaml,
 };

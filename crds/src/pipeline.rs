@@ -14,6 +14,7 @@
 //! committed copy in the Helm chart is checked against it by a test.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -133,6 +134,17 @@ pub struct ClickHeatmapPipelineSpec {
     #[serde(default)]
     pub adopt_existing: bool,
 
+    /// Tags added to every AWS resource the pipeline makes (buckets, stream, delivery stream,
+    /// Glue database and crawler, workgroup, Flink application), e.g. for cost allocation. Keys
+    /// under `clickheatmap.io/` are the operator's own. A key removed here stays on the resources
+    /// (the operator never removes tags it did not put there itself).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 40, "x-kubernetes-validations" = [{
+        "rule": "self.all(key, !key.startsWith('clickheatmap.io/'))",
+        "message": "tags under clickheatmap.io/ are the operator's own"
+    }]))]
+    pub tags: BTreeMap<String, String>,
+
     /// The Kinesis data stream the click events are written to.
     pub stream: StreamSpec,
 
@@ -163,6 +175,51 @@ pub struct ClickHeatmapPipelineSpec {
     /// mode fed by the aggregator replicas. Off by default.
     #[serde(default)]
     pub viewer: ViewerSpec,
+
+    /// What a platform team sets on every pod the operator runs for this pipeline (aggregator,
+    /// collector, viewer), on top of the operator's own settings.
+    #[serde(default, skip_serializing_if = "WorkloadsSpec::is_empty")]
+    pub workloads: WorkloadsSpec,
+}
+
+/// Settings of every workload pod of a pipeline; the operator keeps them as it applies its own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadsSpec {
+    /// Extra environment variables of every container, e.g. `RUST_LOG` or `HTTPS_PROXY`. One with
+    /// the name of a variable the operator sets replaces the operator's (on purpose: that is the
+    /// escape hatch; see docs/install.md for what each workload reads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub extra_env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+
+    /// Extra annotations of every pod (the operator's own keys win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Extra labels of every pod (the operator's own keys, which its selectors use, win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+}
+
+impl WorkloadsSpec {
+    pub fn is_empty(&self) -> bool {
+        *self == WorkloadsSpec::default()
+    }
 }
 
 /// What happens to the AWS resources when the pipeline is deleted.

@@ -86,6 +86,16 @@ impl Account {
     }
 }
 
+/// The tags of every AWS resource of a pipeline: the spec's own, then the owner tags (which win).
+pub fn resource_tags(
+    spec: &clickheatmap_crds::ClickHeatmapPipelineSpec,
+    owner: &Owner,
+) -> BTreeMap<String, String> {
+    let mut tags = spec.tags.clone();
+    tags.extend(owner.tags());
+    tags
+}
+
 /// Everything that names the pipeline's resources.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Names {

@@ -12,7 +12,9 @@ use clickheatmap_operator::controller::workload::aggregator_config;
 use serde_json::Value;
 
 fn example(file: &str) -> ClickHeatmapPipeline {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
     let text = std::fs::read_to_string(&path).expect("example");
     let mut pipeline: ClickHeatmapPipeline = serde_norway::from_str(&text).expect("pipeline");
     pipeline.metadata.namespace = Some("analytics".to_owned());
@@ -21,7 +23,9 @@ fn example(file: &str) -> ClickHeatmapPipeline {
 
 /// The policy with the pipeline's names in place of the placeholders.
 fn policy(file: &str, pipeline: &ClickHeatmapPipeline) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/iam").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/iam")
+        .join(file);
     let text = std::fs::read_to_string(&path)
         .expect("policy")
         .replace("<CURATED_BUCKET>", &pipeline.spec.buckets.curated)
@@ -35,8 +39,7 @@ fn glob(pattern: &str, text: &str) -> bool {
         None => pattern == text,
         Some((head, rest)) => {
             text.starts_with(head)
-                && (0..=text.len() - head.len())
-                    .any(|skip| glob(rest, &text[head.len() + skip..]))
+                && (0..=text.len() - head.len()).any(|skip| glob(rest, &text[head.len() + skip..]))
         }
     }
 }
@@ -98,7 +101,10 @@ fn the_aggregator_policy_allows_exactly_the_prefixes_it_writes() {
 
         // Listing: the checkpoints and leases folders (and the table), nothing else.
         let list = statement(&policy, "S3ListCuratedPrefixes");
-        assert_eq!(strings(&list["Resource"]), [format!("arn:aws:s3:::{bucket}")]);
+        assert_eq!(
+            strings(&list["Resource"]),
+            [format!("arn:aws:s3:::{bucket}")]
+        );
         let allowed = strings(&list["Condition"]["StringLike"]["s3:prefix"]);
         for prefix in [
             targets.checkpoints.prefix().to_string(),

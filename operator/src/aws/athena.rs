@@ -200,7 +200,7 @@ pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredWorkgro
         },
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
-        tags: names.owner.tags(),
+        tags: crate::names::resource_tags(spec, &names.owner),
     }
 }
 
@@ -592,7 +592,7 @@ mod tests {
         let changes = diff(&workgroup, None).expect("diff");
         assert_eq!(
             changes[0].to_string(),
-            "create Athena workgroup shop-heatmap-wg (results to s3://shop-full-heatmap-athena-123456789012/athena-results/, enforced, at most 1073741824 bytes scanned per query, results encrypted with SSE_KMS key arn:aws:kms:ap-northeast-2:123456789012:alias/shop-heatmap), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full"
+            "create Athena workgroup shop-heatmap-wg (results to s3://shop-full-heatmap-athena-123456789012/athena-results/, enforced, at most 1073741824 bytes scanned per query, results encrypted with SSE_KMS key arn:aws:kms:ap-northeast-2:123456789012:alias/shop-heatmap), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full, cost-center=4711, team=web"
         );
         assert_eq!(diff(&workgroup, Some(&in_sync(&workgroup))), Ok(vec![]));
         let mut observed = in_sync(&workgroup);

@@ -199,7 +199,7 @@ pub fn desired(
         },
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
-        tags: names.owner.tags(),
+        tags: crate::names::resource_tags(spec, &names.owner),
     }))
 }
 

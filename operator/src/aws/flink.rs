@@ -230,7 +230,10 @@ pub fn desired(
                 "GRID_COLUMNS".to_owned(),
                 spec.aggregation.grid.columns.to_string(),
             ),
-            ("GRID_ROWS".to_owned(), spec.aggregation.grid.rows.to_string()),
+            (
+                "GRID_ROWS".to_owned(),
+                spec.aggregation.grid.rows.to_string(),
+            ),
         ]),
     )]);
     Ok(Some(DesiredApplication {
@@ -248,7 +251,7 @@ pub fn desired(
         running: spec.aggregation.replicas > 0,
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
-        tags: names.owner.tags(),
+        tags: crate::names::resource_tags(spec, &names.owner),
     }))
 }
 
@@ -869,7 +872,10 @@ mod tests {
         // The full example: 5-minute windows, 1 minute of lateness, a 32 x 18 grid.
         assert_eq!(group["WINDOW_SIZE_MS"], "300000");
         assert_eq!(group["ALLOWED_LATENESS_MS"], "60000");
-        assert_eq!((group["GRID_COLUMNS"].as_str(), group["GRID_ROWS"].as_str()), ("32", "18"));
+        assert_eq!(
+            (group["GRID_COLUMNS"].as_str(), group["GRID_ROWS"].as_str()),
+            ("32", "18")
+        );
         assert!(app.running);
         assert_eq!(name_from_arn(&app.arn), Some("shop-full-heatmap"));
     }

@@ -385,7 +385,7 @@ pub fn desired(
                 delete_behavior: "LOG".to_owned(),
                 configuration: CRAWLER_CONFIGURATION.to_owned(),
             },
-            tags: names.owner.tags(),
+            tags: crate::names::resource_tags(spec, &names.owner),
         })
     } else {
         None
@@ -401,7 +401,7 @@ pub fn desired(
                 "Click heatmaps of pipeline {} (managed by clickheatmap-operator)",
                 names.owner.tag_value()
             ),
-            tags: names.owner.tags(),
+            tags: crate::names::resource_tags(spec, &names.owner),
         },
         table,
         crawler,

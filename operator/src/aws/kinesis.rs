@@ -258,7 +258,7 @@ pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredStream 
         },
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
-        tags: names.owner.tags(),
+        tags: crate::names::resource_tags(spec, &names.owner),
         consumer: DesiredConsumer {
             name: names.fan_out_consumer(),
             wanted: spec.aggregation.enhanced_fan_out
@@ -880,7 +880,7 @@ mod tests {
         assert!(changes[0].needs_settling());
         assert_eq!(
             changes[0].to_string(),
-            "create stream shop-full-clicks (PROVISIONED, 2 shards), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full"
+            "create stream shop-full-clicks (PROVISIONED, 2 shards), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full, cost-center=4711, team=web"
         );
         assert_eq!(
             changes[1],
@@ -1057,12 +1057,15 @@ mod tests {
         full.spec.adopt_existing = true;
         let stream = desired(&full.spec, &names_for(&full));
         let mut observed = in_sync(&stream);
+        // The team's own tag is there already (with the spec's value): only the rest is added.
         observed.tags = BTreeMap::from([("team".into(), "web".into())]);
+        let mut missing = stream.tags.clone();
+        missing.remove("team");
         assert_eq!(
             diff(&stream, Some(&observed)),
             Ok(vec![Change::AddTagsToStream {
                 stream: "shop-full-clicks".into(),
-                tags: stream.tags.clone()
+                tags: missing
             }])
         );
     }

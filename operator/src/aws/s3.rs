@@ -320,7 +320,7 @@ pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> Vec<DesiredBuc
                 region: names.region.clone(),
                 owner: names.owner.clone(),
                 adopt_existing: spec.adopt_existing,
-                tags: names.owner.tags(),
+                tags: crate::names::resource_tags(spec, &names.owner),
                 public_access_block: PublicAccessBlock::ALL,
                 encryption: SSE_ALGORITHM.to_owned(),
                 lifecycle: vec![abort.clone()],
@@ -969,6 +969,20 @@ mod tests {
                 "PutBucketLifecycleConfiguration"
             ]
         );
+    }
+
+    #[test]
+    fn the_specs_tags_go_on_every_bucket_and_cannot_replace_the_owner() {
+        let mut pipeline = fixture("pipeline-full.yaml");
+        pipeline
+            .spec
+            .tags
+            .insert("clickheatmap.io/pipeline".into(), "forged".into());
+        for bucket in desired(&pipeline.spec, &names_for(&pipeline)) {
+            assert_eq!(bucket.tags["team"], "web");
+            assert_eq!(bucket.tags["cost-center"], "4711");
+            assert_eq!(bucket.tags["clickheatmap.io/pipeline"], "default/shop-full");
+        }
     }
 
     #[test]

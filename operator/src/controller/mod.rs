@@ -1103,12 +1103,12 @@ async fn reconcile_children<B: PipelineBackend>(
             service,
             mut stateful_set,
         })) => {
-            if let Some(pod) = stateful_set
-                .spec
-                .as_mut()
-                .and_then(|spec| spec.template.spec.as_mut())
-            {
-                ctx.emulator.apply_to(pod);
+            if let Some(spec) = stateful_set.spec.as_mut() {
+                // The spec's settings last: an extra variable replaces the operator's.
+                if let Some(pod) = spec.template.spec.as_mut() {
+                    ctx.emulator.apply_to(pod);
+                }
+                workload::apply_workload_settings(&mut spec.template, &pipeline.spec.workloads);
             }
             let applied = async {
                 apply_child(ctx, &namespace, &config_map).await?;
@@ -1168,12 +1168,11 @@ async fn reconcile_children<B: PipelineBackend>(
                 service,
                 mut deployment,
             })) => {
-                if let Some(pod) = deployment
-                    .spec
-                    .as_mut()
-                    .and_then(|spec| spec.template.spec.as_mut())
-                {
-                    ctx.emulator.apply_to(pod);
+                if let Some(spec) = deployment.spec.as_mut() {
+                    if let Some(pod) = spec.template.spec.as_mut() {
+                        ctx.emulator.apply_to(pod);
+                    }
+                    workload::apply_workload_settings(&mut spec.template, &pipeline.spec.workloads);
                 }
                 let applied = async {
                     apply_child(ctx, &namespace, &service_account).await?;

@@ -117,6 +117,52 @@ impl EmulatorAws {
     }
 }
 
+/// Applies the spec's `workloads` settings to a pod template the operator built: extra
+/// environment variables (replacing the operator's of the same name), pod labels and annotations
+/// (the operator's own keys win: its selectors and the configuration hash depend on them), node
+/// selector, tolerations and priority class.
+pub fn apply_workload_settings(
+    template: &mut PodTemplateSpec,
+    settings: &clickheatmap_crds::WorkloadsSpec,
+) {
+    if settings.is_empty() {
+        return;
+    }
+    let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+    for (target, extra) in [
+        (&mut metadata.labels, &settings.pod_labels),
+        (&mut metadata.annotations, &settings.pod_annotations),
+    ] {
+        if extra.is_empty() {
+            continue;
+        }
+        let mut merged = extra.clone();
+        merged.extend(target.take().unwrap_or_default());
+        *target = Some(merged);
+    }
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    for container in &mut pod.containers {
+        let env = container.env.get_or_insert_with(Vec::new);
+        for extra in &settings.extra_env {
+            match env.iter_mut().find(|var| var.name == extra.name) {
+                Some(existing) => *existing = extra.clone(),
+                None => env.push(extra.clone()),
+            }
+        }
+    }
+    if !settings.node_selector.is_empty() {
+        pod.node_selector = Some(settings.node_selector.clone());
+    }
+    if !settings.tolerations.is_empty() {
+        pod.tolerations = Some(settings.tolerations.clone());
+    }
+    if settings.priority_class_name.is_some() {
+        pod.priority_class_name = settings.priority_class_name.clone();
+    }
+}
+
 /// The aggregator objects of one pipeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
@@ -736,6 +782,64 @@ mod tests {
         pipeline.spec.aggregation.grid.columns = 40;
         let after = desired(&pipeline, "img").expect("ok").expect("some");
         assert_ne!(hash(&before), hash(&after));
+    }
+
+    #[test]
+    fn the_platform_teams_settings_reach_the_pods_without_breaking_the_operators() {
+        let mut w = workload("pipeline-minimal.yaml");
+        let settings: clickheatmap_crds::WorkloadsSpec = serde_norway::from_str(
+            r"
+extraEnv: [{name: RUST_LOG, value: debug}, {name: AWS_REGION, value: eu-west-1}]
+podLabels: {team: web, app.kubernetes.io/name: hijack}
+podAnnotations: {prometheus.io/scrape: 'true'}
+nodeSelector: {pool: data}
+tolerations: [{key: dedicated, operator: Equal, value: data, effect: NoSchedule}]
+priorityClassName: heatmap
+",
+        )
+        .expect("settings");
+        let template = &mut w.stateful_set.spec.as_mut().expect("spec").template;
+        apply_workload_settings(template, &settings);
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert_eq!(labels["team"], "web");
+        assert_eq!(
+            labels["app.kubernetes.io/name"], "clickheatmap-aggregator",
+            "ours win"
+        );
+        let annotations = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .expect("annotations");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        let pod = template.spec.as_ref().expect("pod");
+        let env = pod.containers[0].env.as_ref().expect("env");
+        let value = |name: &str| {
+            let found: Vec<_> = env.iter().filter(|e| e.name == name).collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "{name} once: server-side apply refuses duplicates"
+            );
+            found[0].value.clone()
+        };
+        assert_eq!(value("RUST_LOG").as_deref(), Some("debug"));
+        assert_eq!(
+            value("AWS_REGION").as_deref(),
+            Some("eu-west-1"),
+            "replaced on purpose"
+        );
+        assert_eq!(
+            pod.node_selector.as_ref().map(|n| n["pool"].as_str()),
+            Some("data")
+        );
+        assert_eq!(pod.tolerations.as_ref().map(Vec::len), Some(1));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("heatmap"));
     }
 
     #[test]

@@ -426,8 +426,92 @@ async fn curated() -> BTreeMap<(String, i64, i64, i64), i64> {
     sums
 }
 
+/// What the workloads say about the clicks, for a failure report: the collector's and every
+/// aggregator replica's counters, and the dead letters.
+async fn click_accounting(client: &Client) -> String {
+    let mut report = String::new();
+    for (component, port) in [("collector", 8080), ("aggregator", 9090)] {
+        for pod in pods(client, component).await {
+            let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                continue;
+            };
+            let metrics = http("GET", &ip, port, "/metrics", "")
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            let lines: Vec<&str> = metrics
+                .lines()
+                .filter(|line| {
+                    !line.starts_with('#')
+                        && [
+                            "events_accepted",
+                            "events_put",
+                            "events_rejected",
+                            "put_record_failures",
+                            "records_over_retry",
+                            "clickheatmap_records_total",
+                            "clickheatmap_clicks_total",
+                            "late_clicks",
+                            "rejected_total",
+                            "checkpoints_total",
+                        ]
+                        .iter()
+                        .any(|name| line.contains(name))
+                })
+                .collect();
+            report.push_str(&format!("\n  {}: {}", pod.name_any(), lines.join("; ")));
+        }
+    }
+    // The aggregators' own story: leases, recoveries, shutdowns (this and the previous
+    // container of each pod).
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    for pod in pods(client, "aggregator").await {
+        for previous in [true, false] {
+            let params = kube::api::LogParams {
+                previous,
+                ..kube::api::LogParams::default()
+            };
+            let Ok(log) = pod_api.logs(&pod.name_any(), &params).await else {
+                continue;
+            };
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|line| !line.contains("\"DEBUG\""))
+                .collect();
+            report.push_str(&format!(
+                "\n  --- {} ({}):\n    {}",
+                pod.name_any(),
+                if previous {
+                    "previous container"
+                } else {
+                    "current container"
+                },
+                lines.join("\n    ")
+            ));
+        }
+    }
+    if let Ok(location) = Location::open(&format!("s3://{CURATED}/curated/")) {
+        use futures_util::TryStreamExt;
+        let dead: Vec<_> = location
+            .store
+            .list(Some(&location.child("dead_letter")))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        report.push_str(&format!("\n  dead-letter objects: {}", dead.len()));
+        let files: Vec<_> = location
+            .store
+            .list(Some(&location.child(TABLE)))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        let names: Vec<String> = files.iter().map(|f| f.location.to_string()).collect();
+        report.push_str(&format!("\n  curated files: {names:?}"));
+    }
+    report
+}
+
 /// Waits until the curated table holds exactly `clicks` (no click lost, none counted twice).
-async fn wait_exact(clicks: &Clicks, what: &str) {
+async fn wait_exact_in(client: Option<&Client>, clicks: &Clicks, what: &str) {
     let started = Instant::now();
     let mut last = BTreeMap::new();
     while started.elapsed() < WAIT {
@@ -449,9 +533,22 @@ async fn wait_exact(clicks: &Clicks, what: &str) {
         .filter(|(key, count)| last.get(*key) != Some(count))
         .take(5)
         .collect();
+    let actual: Vec<_> = missing
+        .iter()
+        .map(|(key, _)| (key, last.get(*key)))
+        .collect();
+    let extra: Vec<_> = last
+        .iter()
+        .filter(|(key, _)| !clicks.expected.contains_key(*key))
+        .take(5)
+        .collect();
+    let accounting = match client {
+        Some(client) => click_accounting(client).await,
+        None => String::new(),
+    };
     panic!(
         "{what}: the curated table holds {total} clicks, {} were sent; first differences \
-         (expected): {missing:?}",
+         (expected): {missing:?}; found there: {actual:?}; unexpected keys: {extra:?}{accounting}",
         clicks.sent
     );
 }
@@ -698,7 +795,7 @@ async fn inside_the_node() {
     let window_ms = 10_000;
     let body = clicks.batch("home", 1, now_ms(), window_ms, (COLUMNS, ROWS));
     post_clicks(&collector, &body).await;
-    wait_exact(&clicks, "the first click").await;
+    wait_exact_in(Some(&client), &clicks, "the first click").await;
     let first_click = applied_at.elapsed();
     eprintln!(
         "node: kubectl apply -> Ready {:.1} s, -> first click queryable {:.1} s",
@@ -715,7 +812,7 @@ async fn inside_the_node() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("node: pod RSS under load (KiB): {:?}", workload_rss(&state));
-    wait_exact(&clicks, "steady clicks").await;
+    wait_exact_in(Some(&client), &clicks, "steady clicks").await;
 
     // The viewer pod: closed windows from the table (embedded engine over S3).
     let viewer = ready_pod_ip(&client, "viewer").await;
@@ -780,7 +877,12 @@ async fn inside_the_node() {
         },
     )
     .await;
-    wait_exact(&clicks, "live clicks, once their window closed").await;
+    wait_exact_in(
+        Some(&client),
+        &clicks,
+        "live clicks, once their window closed",
+    )
+    .await;
 
     // Rollout: replicas 1 -> 2. The viewer follows (its live endpoints name both replicas).
     patch_spec(&api, pipeline_spec("10s", COLUMNS, 2)).await;
@@ -830,7 +932,12 @@ async fn inside_the_node() {
         restarts >= 1,
         "the SIGKILLed container was restarted in place"
     );
-    wait_exact(&clicks, "clicks across a deleted and a SIGKILLed pod").await;
+    wait_exact_in(
+        Some(&client),
+        &clicks,
+        "clicks across a deleted and a SIGKILLed pod",
+    )
+    .await;
 
     // Rollout: a new window (20 s). The pods restart with it; windows already written keep
     // their size; new clicks fall in 20 s windows.
@@ -845,7 +952,7 @@ async fn inside_the_node() {
     let window_ms = 20_000;
     let body = clicks.batch("after-window", 30, now_ms(), window_ms, (COLUMNS, ROWS));
     post_clicks(&ready_pod_ip(&client, "collector").await, &body).await;
-    wait_exact(&clicks, "clicks in 20 s windows").await;
+    wait_exact_in(Some(&client), &clicks, "clicks in 20 s windows").await;
 
     // Rollout: a new grid (10 columns). The viewer follows it too.
     let columns = 10;
@@ -853,7 +960,7 @@ async fn inside_the_node() {
     wait_ready(&api, "the new grid rolled out").await;
     let body = clicks.batch("after-grid", 30, now_ms(), window_ms, (columns, ROWS));
     post_clicks(&ready_pod_ip(&client, "collector").await, &body).await;
-    wait_exact(&clicks, "clicks on the 10-column grid").await;
+    wait_exact_in(Some(&client), &clicks, "clicks on the 10-column grid").await;
     let viewer_env = Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
         .get("shop-viewer")
         .await
@@ -888,7 +995,7 @@ async fn inside_the_node() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     patch_spec(&api, pipeline_spec("20s", columns, 1)).await;
     wait_ready(&api, "the aggregator resumed").await;
-    wait_exact(&clicks, "clicks sent while paused").await;
+    wait_exact_in(Some(&client), &clicks, "clicks sent while paused").await;
     eprintln!(
         "node: all {} clicks exact through every rollout",
         clicks.sent
