@@ -25,6 +25,7 @@ local terminalReasons = {
   NotFound = true,
   PodFailing = true,
   ProgressDeadlineExceeded = true,
+  ReplicaFailure = true,
 }
 
 local function findCondition(status, type_)

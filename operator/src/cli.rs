@@ -54,11 +54,41 @@ pub enum Output {
     Json,
 }
 
+/// Reports a command-line error the way the logs of this run were asked for: a JSON line when
+/// the arguments say `--log-format json` (what a log pipeline expects from a pod), clap's own
+/// text otherwise (help and version included).
+fn usage_error(error: &clap::Error, args: &[String]) -> ExitCode {
+    let wants_json = args
+        .windows(2)
+        .any(|pair| pair[0] == "--log-format" && pair[1] == "json")
+        || args.iter().any(|arg| arg == "--log-format=json");
+    let is_error = error.use_stderr();
+    if wants_json && is_error {
+        let line = json!({
+            "timestamp": jiff_now(),
+            "level": "ERROR",
+            "fields": {"message": "invalid command line", "error": error.render().to_string().trim()},
+            "target": "clickheatmap_operator::cli",
+        });
+        eprintln!("{line}");
+        return ExitCode::from(2);
+    }
+    let _ = error.print();
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
+}
+
+fn jiff_now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
     clickheatmap_tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error, std::env::args().collect::<Vec<_>>().as_slice()),
+    };
     let json_logs = matches!(
         &cli.command,
         Command::Run(args) if args.log_format == crate::controller::LogFormat::Json

@@ -212,7 +212,8 @@ table.insert(cases, {
   status = "Progressing",
   message = "AggregatorReady: StatefulSet shop-aggregator: rolling out",
 })
-for _, reason in ipairs({ "InvalidSpec", "Conflict", "AccessDenied", "NotFound", "PodFailing", "ProgressDeadlineExceeded" }) do
+terminal.ReplicaFailure = "ViewerReady: Deployment shop-viewer: pods \"shop-viewer-1\" is forbidden: no PriorityClass with name analytics was found"
+for _, reason in ipairs({ "InvalidSpec", "Conflict", "AccessDenied", "NotFound", "PodFailing", "ProgressDeadlineExceeded", "ReplicaFailure" }) do
   table.insert(cases, {
     name = "terminal: Ready False, reason " .. reason,
     obj = pipeline(2, { observedGeneration = 2, conditions = {

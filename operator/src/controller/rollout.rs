@@ -20,6 +20,9 @@ pub const PODS_NOT_READY: &str = "PodsNotReady";
 pub const POD_FAILING: &str = "PodFailing";
 /// The Deployment stopped progressing (`progressDeadlineSeconds`). A person must act.
 pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+/// The Deployment's controller cannot create pods (admission refused them: an unknown priority
+/// class, a quota, a policy). A person must act.
+pub const REPLICA_FAILURE: &str = "ReplicaFailure";
 /// `replicas: 0`: the aggregator is stopped on purpose; clicks wait in the stream.
 pub const PAUSED: &str = "Paused";
 
@@ -49,6 +52,8 @@ pub struct RolloutState {
     pub ready: i32,
     /// Deployment: the `Progressing` condition says `ProgressDeadlineExceeded`.
     pub deadline_exceeded: bool,
+    /// Deployment: the `ReplicaFailure` condition's message (pods could not be created).
+    pub replica_failure: Option<String>,
 }
 
 impl RolloutState {
@@ -78,6 +83,7 @@ impl RolloutState {
             },
             ready: status.ready_replicas.unwrap_or(0),
             deadline_exceeded: false,
+            replica_failure: None,
         }
     }
 
@@ -92,7 +98,16 @@ impl RolloutState {
             condition.type_ == "Progressing"
                 && condition.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
         });
+        let replica_failure = status.conditions.iter().flatten().find_map(|condition| {
+            (condition.type_ == "ReplicaFailure" && condition.status == "True").then(|| {
+                condition
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "pods cannot be created".to_owned())
+            })
+        });
         RolloutState {
+            replica_failure,
             what: format!(
                 "Deployment {}",
                 deployment.metadata.name.as_deref().unwrap_or_default()
@@ -169,6 +184,9 @@ pub fn condition(
     let what = &state.what;
     if let Some(failing) = failing_pod(pods) {
         return not_ready(POD_FAILING, format!("{what}: {failing}"));
+    }
+    if let Some(failure) = &state.replica_failure {
+        return not_ready(REPLICA_FAILURE, format!("{what}: {failure}"));
     }
     if state.deadline_exceeded {
         return not_ready(
@@ -411,6 +429,25 @@ status:
         let stuck = condition("CollectorReady", &state, &[], None);
         assert_eq!(stuck.reason, PROGRESS_DEADLINE_EXCEEDED);
         assert!(!stuck.ready);
+        let mut refused = deployment.clone();
+        if let Some(status) = refused.status.as_mut() {
+            status.conditions = Some(vec![serde_norway::from_str(
+                "{type: ReplicaFailure, status: 'True', reason: FailedCreate, message: 'pods \"x\" is forbidden: no PriorityClass with name analytics was found'}",
+            )
+            .expect("condition")]);
+        }
+        let failed = condition(
+            "CollectorReady",
+            &RolloutState::of_deployment(&refused),
+            &[],
+            None,
+        );
+        assert_eq!(failed.reason, REPLICA_FAILURE);
+        assert!(
+            failed
+                .message
+                .ends_with("no PriorityClass with name analytics was found")
+        );
         let mut fine = deployment.clone();
         if let Some(status) = fine.status.as_mut() {
             status.conditions = None;

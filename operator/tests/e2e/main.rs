@@ -349,6 +349,15 @@ async fn full_pipeline_is_deleted_with_its_aws_resources() {
     let moto = MotoServer::start_https();
     let _operator =
         OperatorProcess::start(cluster, &installed, &client, &moto, "operator-0", &[]).await;
+    // The example's spec.workloads.priorityClassName names a class the cluster must have (pods of
+    // an unknown class are refused at admission; the Deployment says so in ReplicaFailure).
+    apply(
+        &client,
+        &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": "analytics"}, "value": 1000}),
+        None,
+    )
+    .await;
 
     let manifest = apply_example(&client, "pipeline-full.yaml", namespace).await;
     let name = manifest["metadata"]["name"]
