@@ -10,7 +10,6 @@
 //! Without either, the tests say they were skipped — except under `CI=true`, where they fail.
 
 mod harness;
-mod node;
 
 use std::time::Duration;
 

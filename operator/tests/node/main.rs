@@ -6,11 +6,19 @@
 //! viewer pod; aggregator pods deleted and SIGKILLed while clicks flow; rollouts of a new
 //! window, grid and replica count.
 //!
+//! A test binary of its own (cargo runs test binaries one after the other), so that the node
+//! never shares the machine's two cores with the control-plane suite's operators.
+//!
 //! Every client of the cluster runs inside the node's network namespace, so the test re-runs
 //! this binary there (`in-node.sh`, test [`inside_the_node`]); the outer test builds the image,
 //! starts and stops the node. The node has no cluster DNS and no kube-proxy: the operator pod
 //! uses the host network to reach the API server, and the test stands in for cluster DNS by
 //! giving the viewer `hostAliases` for the aggregator replicas' names.
+
+// The control-plane suite's helpers (chart rendering, applying, waiting); this binary uses some.
+#[allow(dead_code)]
+#[path = "../e2e/harness.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -29,7 +37,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::harness::{self, USER, apply, create_namespace, eventually, install_chart};
+use crate::harness::{USER, apply, create_namespace, eventually, install_chart};
 
 const IMAGE: &str = "localhost/clickheatmap:e2e";
 const NAMESPACE: &str = "shop";
@@ -168,7 +176,7 @@ fn the_image_runs_the_whole_pipeline_as_pods_in_a_node() {
         .arg(&state)
         .arg(std::env::current_exe().expect("this test binary"))
         .args([
-            "node::inside_the_node",
+            "inside_the_node",
             "--exact",
             "--ignored",
             "--nocapture",
