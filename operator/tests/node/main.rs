@@ -434,6 +434,57 @@ async fn curated() -> BTreeMap<(String, i64, i64, i64), i64> {
     sums
 }
 
+/// Every click in the stream, per page, read from the start of every shard: tells a loss before
+/// the stream (collector, emulator) from one after it (aggregator).
+async fn stream_clicks() -> BTreeMap<String, i64> {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(clickheatmap_tls::aws_http_client())
+        .load()
+        .await;
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let mut pages = BTreeMap::new();
+    let Ok(shards) = kinesis
+        .list_shards()
+        .stream_name("shop-clicks")
+        .send()
+        .await
+    else {
+        return pages;
+    };
+    for shard in shards.shards() {
+        let Ok(start) = kinesis
+            .get_shard_iterator()
+            .stream_name("shop-clicks")
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let mut iterator = start.shard_iterator().map(str::to_owned);
+        while let Some(current) = iterator.take() {
+            let Ok(batch) = kinesis.get_records().shard_iterator(current).send().await else {
+                break;
+            };
+            for record in batch.records() {
+                for line in String::from_utf8_lossy(record.data().as_ref()).lines() {
+                    if let Ok(event) = serde_json::from_str::<Value>(line)
+                        && let Some(page) = event["page_id"].as_str()
+                    {
+                        *pages.entry(page.to_owned()).or_insert(0) += 1;
+                    }
+                }
+            }
+            if batch.records().is_empty() {
+                break;
+            }
+            iterator = batch.next_shard_iterator().map(str::to_owned);
+        }
+    }
+    pages
+}
+
 /// What the workloads say about the clicks, for a failure report: the collector's and every
 /// aggregator replica's counters, and the dead letters.
 async fn click_accounting(client: &Client) -> String {
@@ -497,6 +548,10 @@ async fn click_accounting(client: &Client) -> String {
             ));
         }
     }
+    report.push_str(&format!(
+        "\n  clicks per page in the stream itself: {:?}",
+        stream_clicks().await
+    ));
     if let Ok(location) = Location::open(&format!("s3://{CURATED}/curated/")) {
         use futures_util::TryStreamExt;
         let dead: Vec<_> = location
