@@ -785,3 +785,16 @@ fn lua_string(text: &str) -> String {
     quoted.push('"');
     quoted
 }
+
+/// The pipeline's condition of this type, if its status has one.
+pub fn condition<'a>(
+    pipeline: &'a clickheatmap_crds::ClickHeatmapPipeline,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    pipeline
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}

@@ -16,8 +16,8 @@ use std::time::Duration;
 use clickheatmap_crds::ClickHeatmapPipeline;
 use clickheatmap_testkit::MotoServer;
 use harness::{
-    Installed, OperatorProcess, apply, aws_config, cluster, create_namespace, eventually, example,
-    install_chart,
+    Installed, OperatorProcess, apply, aws_config, cluster, condition, create_namespace,
+    eventually, example, install_chart,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -42,18 +42,6 @@ async fn apply_example(client: &Client, name: &str, namespace: &str) -> Value {
     manifest["metadata"]["namespace"] = json!(namespace);
     apply(client, &manifest, Some(namespace)).await;
     manifest
-}
-
-fn condition<'a>(
-    pipeline: &'a ClickHeatmapPipeline,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    pipeline
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
 }
 
 async fn wait_ready(api: &Api<ClickHeatmapPipeline>, name: &str) -> ClickHeatmapPipeline {

@@ -37,7 +37,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::harness::{USER, apply, create_namespace, eventually, install_chart};
+use crate::harness::{USER, apply, condition, create_namespace, eventually, install_chart};
 
 const IMAGE: &str = "localhost/clickheatmap:e2e";
 const NAMESPACE: &str = "shop";
@@ -386,18 +386,6 @@ async fn ready_pod_ip(client: &Client, component: &str) -> String {
             .map(pod_ip)
     })
     .await
-}
-
-fn condition<'a>(
-    pipeline: &'a ClickHeatmapPipeline,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    pipeline
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
 }
 
 /// Waits until the pipeline's current generation is Ready (every workload rolled out).
