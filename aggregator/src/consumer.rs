@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use clickheatmap_crds::progress::{ProgressCounts, ShardProgress};
 use clickheatmap_crds::{AggregatorConfig, KinesisSourceConfig, ReplicasConfig, ShardAssignment};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +26,7 @@ use crate::lease::ShardLeases;
 use crate::live::LiveBoard;
 use crate::location::{Location, LocationError};
 use crate::metrics::{Metrics, ShardGauges};
+use crate::progress::{ProgressBoard, ProgressWriter, counts_of};
 use crate::sink::{CuratedSink, DeadLetterTarget, FlushPlan, SinkError};
 use crate::time::now_ms;
 
@@ -117,6 +119,11 @@ pub struct ShardWorker {
     pending: Option<(Flush, FlushPlan)>,
     published: Counters,
     metrics: Arc<Metrics>,
+    /// What the replica's progress report says about this shard, and what was counted since it
+    /// was last handed to the board.
+    progress: ShardProgress,
+    unreported: ProgressCounts,
+    board: Arc<ProgressBoard>,
 }
 
 impl ShardWorker {
@@ -127,6 +134,7 @@ impl ShardWorker {
         stream: &str,
         shard_id: &str,
         metrics: Arc<Metrics>,
+        board: Arc<ProgressBoard>,
     ) -> Result<ShardWorker, ConsumerError> {
         let dead_letters = targets
             .dead_letters
@@ -168,6 +176,12 @@ impl ShardWorker {
         }
         tracing::info!(shard = shard_id, epoch, position = ?position, finished, "shard recovered");
         let published = aggregator.counters();
+        let progress = ShardProgress {
+            shard_id: shard_id.to_owned(),
+            sequence_number: position.clone(),
+            watermark_ms: aggregator.watermark(),
+            ..ShardProgress::default()
+        };
         Ok(ShardWorker {
             stream: stream.to_owned(),
             shard_id: shard_id.to_owned(),
@@ -184,6 +198,9 @@ impl ShardWorker {
             pending: None,
             published,
             metrics,
+            progress,
+            unreported: ProgressCounts::default(),
+            board,
         })
     }
 
@@ -208,7 +225,28 @@ impl ShardWorker {
         }
         let counters = self.aggregator.counters();
         self.metrics.add_counters(&counters, &self.published);
+        let read = counts_of(&counters).since(&counts_of(&self.published));
+        let now = now_ms();
+        if !records.is_empty() {
+            self.progress.last_record_at_ms = Some(now);
+        }
+        if read.accepted > 0 {
+            self.progress.last_accepted_at_ms = Some(now);
+            self.progress.last_event_time_ms = self.aggregator.watermark();
+        }
+        self.progress.counts.add(&read);
+        self.unreported.add(&read);
         self.published = counters;
+    }
+
+    /// Hands the shard's progress to the replica's report (once per read, never per event).
+    pub fn report_progress(&mut self, millis_behind_latest: Option<i64>, committed: bool) {
+        if millis_behind_latest.is_some() {
+            self.progress.millis_behind_latest = millis_behind_latest;
+        }
+        self.progress.watermark_ms = self.aggregator.watermark();
+        let read = std::mem::take(&mut self.unreported);
+        self.board.update(&self.progress, &read, committed);
     }
 
     /// Shows the shard's open windows on the live endpoint: right after a flush (so written
@@ -308,6 +346,14 @@ impl ShardWorker {
             .await?;
         let report = self.sink.write(&flush.windows, &flush.dead_letters).await?;
         self.metrics.add_written(&report);
+        self.progress.files_committed += report.files;
+        if let Some(end) = flush.windows.iter().map(|window| window.window_end).max() {
+            let newest = self
+                .progress
+                .last_committed_window_end_ms
+                .get_or_insert(end);
+            *newest = (*newest).max(end);
+        }
         self.pending = None;
         self.commit().await
     }
@@ -328,6 +374,9 @@ impl ShardWorker {
         self.committed_position = self.position.clone();
         self.last_commit = Instant::now();
         self.metrics.checkpoint_written();
+        self.progress.sequence_number = self.committed_position.clone();
+        self.progress.last_commit_at_ms = Some(now_ms());
+        self.report_progress(None, true);
         Ok(())
     }
 }
@@ -458,6 +507,7 @@ impl ShardReader<'_> {
         }
         self.metrics
             .set_shard(self.worker.shard_id(), self.worker.gauges(behind));
+        self.worker.report_progress(millis_behind_latest, false);
         if shard_ended {
             flush_with_retry(self.worker, self.stop, self.metrics, true).await?;
             tracing::info!(
@@ -754,13 +804,30 @@ pub async fn consume_from(
     let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
     let mut discovery = tokio::time::interval(tick);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let board = Arc::new(ProgressBoard::default());
+    let mut progress = ProgressWriter::new(
+        &targets.coordination,
+        source.stream(),
+        &replica_identity(&config.writer_id),
+        now_ms(),
+    );
+    let mut progress_tick = tokio::time::interval(Duration::from_secs(2));
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = discovery.tick() => {}
+            _ = progress_tick.tick() => {
+                // The operator's view of this replica; a failure only delays it.
+                if let Err(err) = progress.write_if_due(&board, now_ms()).await {
+                    tracing::warn!(path = %progress.path(), error = %err, "writing the progress report failed; retrying");
+                }
+                continue;
+            }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
                     Ok((shard_id, outcome)) => {
                         running.remove(&shard_id);
+                        board.remove(&shard_id);
                         subscribed.remove(&shard_id);
                         match outcome {
                             Ok(ShardOutcome::Finished) => { finished.insert(shard_id.clone()); }
@@ -899,6 +966,7 @@ pub async fn consume_from(
                 source.stream(),
                 shard_id,
                 metrics.clone(),
+                board.clone(),
             )
             .await
             {
@@ -1105,6 +1173,69 @@ mod tests {
         found
     }
 
+    /// The progress a shard hands to the replica's report: counts by reason, the newest
+    /// committed window, files and the commit time, at the path the operator reads.
+    #[tokio::test]
+    async fn a_commit_reports_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = AggregatorConfig::default();
+        config.output.root = dir.path().join("out").to_str().unwrap().to_owned();
+        config.window.allowed_lateness = clickheatmap_crds::Duration::ZERO;
+        let targets = Targets::open(&config, "clicks").unwrap();
+        // (A local store's paths are relative to its root; an S3 one's to the bucket.)
+        let written = format!("{}/", targets.coordination.child("_progress"));
+        assert!(
+            config.progress_location("clicks").ends_with(&written),
+            "the operator reads where the aggregator writes: {written}"
+        );
+        let board = Arc::new(ProgressBoard::default());
+        let metrics = Arc::new(Metrics::default());
+        const T: i64 = 1_766_919_000_000;
+        let mut worker = ShardWorker::recover(
+            &config,
+            &targets,
+            "clicks",
+            "shard-0",
+            metrics,
+            board.clone(),
+        )
+        .await
+        .unwrap();
+        worker.aggregator.set_clock(T);
+        let mut bad = record(3, "a", T + 2);
+        bad.data = bytes::Bytes::from_static(b"{not json");
+        worker.apply(&[record(1, "a", T + 1), bad, record(4, "a", T + 60_001)]);
+        worker.report_progress(Some(1_500), false);
+        worker.flush().await.unwrap();
+
+        let mut writer = ProgressWriter::new(&targets.coordination, "clicks", "replica-0", T);
+        assert!(writer.write_if_due(&board, T).await.unwrap());
+        let bytes = std::fs::read(
+            dir.path()
+                .join("out/_checkpoints/clicks/_progress/replica-0.json"),
+        )
+        .unwrap();
+        let report: clickheatmap_crds::progress::ReplicaProgress =
+            serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(report.shards.len(), 1);
+        let shard = &report.shards[0];
+        assert_eq!(shard.shard_id, "shard-0");
+        assert_eq!(
+            shard.sequence_number.as_deref(),
+            Some("00000000000000000004")
+        );
+        assert_eq!(shard.millis_behind_latest, Some(1_500));
+        assert_eq!(shard.last_committed_window_end_ms, Some(T + 60_000));
+        // The window's Parquet file and the dead letter of the malformed record.
+        assert_eq!(shard.files_committed, 2);
+        assert!(shard.last_commit_at_ms.is_some() && shard.last_accepted_at_ms.is_some());
+        assert_eq!(shard.last_event_time_ms, Some(T + 60_001));
+        assert_eq!(shard.counts.accepted, 2);
+        assert_eq!(shard.counts.records, 3);
+        assert_eq!(shard.counts.rejected["malformed_json"], 1);
+        assert_eq!(report.totals, shard.counts);
+    }
+
     /// A crash after a flush's files were written but before its checkpoint: the restart deletes
     /// those files, resumes from the committed position with the committed windows, and the
     /// replayed records produce each click exactly once.
@@ -1119,9 +1250,16 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         const T: i64 = 1_766_919_000_000;
 
-        let mut worker = ShardWorker::recover(&config, &targets, "s", "shard-0", metrics.clone())
-            .await
-            .unwrap();
+        let mut worker = ShardWorker::recover(
+            &config,
+            &targets,
+            "s",
+            "shard-0",
+            metrics.clone(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         worker.aggregator.set_clock(T);
         worker.apply(&[record(1, "a", T + 1), record(2, "a", T + 60_001)]);
         worker.flush().await.unwrap();
@@ -1147,9 +1285,16 @@ mod tests {
         std::fs::remove_dir(&checkpoint_file).unwrap();
         std::fs::write(&checkpoint_file, committed).unwrap();
 
-        let mut worker = ShardWorker::recover(&config, &targets, "s", "shard-0", metrics)
-            .await
-            .unwrap();
+        let mut worker = ShardWorker::recover(
+            &config,
+            &targets,
+            "s",
+            "shard-0",
+            metrics,
+            Default::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(worker.position(), Some("00000000000000000002"));
         assert_eq!(
             parquet_files(dir.path()),

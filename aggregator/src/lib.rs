@@ -20,6 +20,7 @@ pub mod live;
 pub mod location;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod query;
 pub mod render;
 pub mod server;

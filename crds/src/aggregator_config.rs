@@ -396,6 +396,19 @@ impl AggregatorConfig {
         Ok(config)
     }
 
+    /// Where the replicas consuming `stream` keep their progress reports
+    /// ([`crate::progress`]): `<checkpoint location>/<stream>/_progress/`.
+    pub fn progress_location(&self, stream: &str) -> String {
+        let checkpoints = match &self.checkpoint.location {
+            Some(location) => location.trim_end_matches('/').to_owned(),
+            None => format!("{}/_checkpoints", self.output.root.trim_end_matches('/')),
+        };
+        format!(
+            "{checkpoints}/{stream}/{}/",
+            crate::progress::PROGRESS_FOLDER
+        )
+    }
+
     /// Checks the rules the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {

@@ -11,6 +11,8 @@
 //!   (`clickheatmap.io/v1alpha1`, short name `chp`) — its spec with the original demo's defaults,
 //!   the schema validation the API server enforces, the status the operator writes, and
 //!   `crd_yaml()`, which renders the CustomResourceDefinition (printed by the `crdgen` binary).
+//! * [`progress`]: the progress report each aggregator replica keeps beside its checkpoints and
+//!   the operator reads for the pipeline's data-plane status.
 //!
 //! The `resource` feature pulls in `kube` (derive only, no client), `k8s-openapi` and `schemars`;
 //! it is off by default so the aggregator, which only needs [`AggregatorConfig`], never compiles
@@ -21,6 +23,7 @@ pub mod aggregator_config;
 pub mod duration;
 #[cfg(feature = "resource")]
 pub mod pipeline;
+pub mod progress;
 
 pub use aggregator_config::{
     AggregatorConfig, CheckpointConfig, ConfigError, EnhancedFanOutConfig, GridConfig,
