@@ -100,6 +100,10 @@ impl Aggregator {
         self.windows.open_windows()
     }
 
+    pub fn oldest_open_window(&self) -> Option<i64> {
+        self.windows.oldest_open_window()
+    }
+
     pub fn watermark(&self) -> Option<i64> {
         self.windows.watermark()
     }

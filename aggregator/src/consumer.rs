@@ -180,6 +180,8 @@ impl ShardWorker {
             shard_id: shard_id.to_owned(),
             sequence_number: position.clone(),
             watermark_ms: aggregator.watermark(),
+            oldest_open_window_start_ms: aggregator.oldest_open_window(),
+            window_size_ms: aggregator.window_size_ms(),
             ..ShardProgress::default()
         };
         Ok(ShardWorker {
@@ -245,6 +247,7 @@ impl ShardWorker {
             self.progress.millis_behind_latest = millis_behind_latest;
         }
         self.progress.watermark_ms = self.aggregator.watermark();
+        self.progress.oldest_open_window_start_ms = self.aggregator.oldest_open_window();
         let read = std::mem::take(&mut self.unreported);
         self.board.update(&self.progress, &read, committed);
     }
@@ -1230,6 +1233,9 @@ mod tests {
         assert_eq!(shard.files_committed, 2);
         assert!(shard.last_commit_at_ms.is_some() && shard.last_accepted_at_ms.is_some());
         assert_eq!(shard.last_event_time_ms, Some(T + 60_001));
+        // The second click's window is still open (the watermark is inside it).
+        assert_eq!(shard.oldest_open_window_start_ms, Some(T + 60_000));
+        assert_eq!(shard.window_size_ms, 60_000);
         assert_eq!(shard.counts.accepted, 2);
         assert_eq!(shard.counts.records, 3);
         assert_eq!(shard.counts.rejected["malformed_json"], 1);

@@ -202,6 +202,11 @@ impl Windows {
         self.open.len()
     }
 
+    /// The start of the oldest window still open.
+    pub fn oldest_open_window(&self) -> Option<i64> {
+        self.open.first().map(|(start, _)| *start)
+    }
+
     /// Whether corrections are waiting to be handed out.
     pub fn has_corrections(&self) -> bool {
         !self.corrections.is_empty()

@@ -62,6 +62,12 @@ pub struct ShardProgress {
     pub millis_behind_latest: Option<i64>,
     /// The end of the newest window written to the table.
     pub last_committed_window_end_ms: Option<i64>,
+    /// The start of the oldest window still open (not in the table yet); `None` when none is.
+    #[serde(default)]
+    pub oldest_open_window_start_ms: Option<i64>,
+    /// The window length, to tell when an open window is overdue.
+    #[serde(default)]
+    pub window_size_ms: i64,
     /// When the shard last committed (files and checkpoint).
     pub last_commit_at_ms: Option<i64>,
     /// When the last record arrived, and the last valid click.
