@@ -35,7 +35,7 @@ pub use duration::{Duration, DurationParseError};
 pub use pipeline::{
     AggregationEngine, AggregationSpec, BucketsSpec, CatalogSpec, ClickHeatmapPipeline,
     ClickHeatmapPipelineSpec, ClickHeatmapPipelineStatus, CollectorSpec, Compression, CrawlerSpec,
-    DeletionPolicy, FlinkSpec, GridSpec, PartitionDiscovery, PipelineResources, QuerySpec,
-    READY_CONDITION, RawArchiveSpec, ResultsEncryption, StreamEncryption, StreamMode, StreamSpec,
-    ViewerEngine, ViewerSpec, WorkloadsSpec, crd_yaml,
+    DataPlaneStatus, DeletionPolicy, FlinkSpec, GridSpec, HealthSpec, PartitionDiscovery,
+    PipelineResources, QuerySpec, READY_CONDITION, RawArchiveSpec, ResultsEncryption,
+    StreamEncryption, StreamMode, StreamSpec, ViewerEngine, ViewerSpec, WorkloadsSpec, crd_yaml,
 };

@@ -92,6 +92,12 @@ impl JsonSchema for Duration {
         description = "Whether every part of the pipeline exists and matches the spec"
     ),
     printcolumn(
+        name = "Data",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="DataFlowing")].reason"#,
+        description = "Whether clicks are flowing (DataFlowing's reason: ClicksAccepted, NoTraffic, AllRejected, Stalled…)"
+    ),
+    printcolumn(
         name = "Stream",
         type_ = "string",
         json_path = ".spec.stream.name",
@@ -180,6 +186,57 @@ pub struct ClickHeatmapPipelineSpec {
     /// collector, viewer), on top of the operator's own settings.
     #[serde(default, skip_serializing_if = "WorkloadsSpec::is_empty")]
     pub workloads: WorkloadsSpec,
+
+    /// How the operator judges the data plane (`status.dataPlane`, the `DataFlowing` and
+    /// `Fresh` conditions) from the aggregator's progress reports.
+    #[serde(default)]
+    pub health: HealthSpec,
+}
+
+/// The data-plane checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.checkInterval) || self.checkInterval.contains('d') || duration(self.checkInterval).getSeconds() >= 10",
+    "message": "health.checkInterval must be at least 10s (each check reads the progress reports from S3)"
+}]))]
+pub struct HealthSpec {
+    /// `DataFlowing` turns False (`NoTraffic`, `AllRejected`) when no click was accepted for
+    /// this long.
+    #[serde(default = "default_quiet_period")]
+    pub quiet_period: Duration,
+
+    /// How often the operator reads the progress reports (one S3 LIST plus one GET per
+    /// aggregator replica per check).
+    #[serde(default = "default_check_interval")]
+    pub check_interval: Duration,
+
+    /// Extra time a window may take to reach the table beyond its length and the allowed
+    /// lateness before `Fresh` turns False.
+    #[serde(default = "default_freshness_margin")]
+    pub freshness_margin: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            quiet_period: default_quiet_period(),
+            check_interval: default_check_interval(),
+            freshness_margin: default_freshness_margin(),
+        }
+    }
+}
+
+fn default_quiet_period() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_freshness_margin() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// Settings of every workload pod of a pipeline; the operator keeps them as it applies its own.
@@ -907,6 +964,53 @@ pub struct ClickHeatmapPipelineStatus {
     /// Names and ARNs of the resources the pipeline made.
     #[serde(default, skip_serializing_if = "PipelineResources::is_empty")]
     pub resources: PipelineResources,
+
+    /// What the aggregator reports about the data: is it flowing, how fresh is the table, what
+    /// is rejected (engine `Deployment`; read from its progress reports every
+    /// `health.checkInterval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane: Option<DataPlaneStatus>,
+}
+
+/// The data plane as the aggregator replicas last reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataPlaneStatus {
+    /// When the operator read the reports.
+    pub observed_time: String,
+    /// Replicas whose report is recent (written within the last three minutes).
+    pub replicas_reporting: u32,
+    /// Shards being read.
+    pub shards: u32,
+    /// The latest event time any shard delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_time: Option<String>,
+    /// The slowest shard's watermark: windows ending before it are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
+    /// The largest `MillisBehindLatest` of the shards' last reads: how far the aggregator is
+    /// behind the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_millis: Option<i64>,
+    /// The end of the newest window in the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_committed_window_end: Option<String>,
+    /// When a shard last committed files and a checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit_time: Option<String>,
+    /// When the last valid click was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted_time: Option<String>,
+    /// Clicks accepted per minute (over about the last minute).
+    pub accepted_per_minute: u64,
+    /// Records rejected per minute, by reason (`malformed_json`, `missing_field`…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected_per_minute: BTreeMap<String, u64>,
+    /// Since the reporting replicas started: clicks accepted, records rejected, and Parquet
+    /// files committed.
+    pub accepted_total: u64,
+    pub rejected_total: u64,
+    pub files_committed: u64,
 }
 
 /// Names and ARNs of the resources a pipeline made; a field is set once the resource exists.

@@ -13,9 +13,16 @@
 --   Degraded     Ready is False with a terminal reason: the operator stopped retrying and a
 --                person must act (fix the spec, the IAM policy, the name clash, a workload
 --                whose container crash-loops or whose image cannot be pulled).
+--                Also when Ready is True but the data plane is stalled: records wait in the
+--                stream (or the aggregator stopped reporting) and nothing reaches the table
+--                (DataFlowing False with the reason Stalled).
 --   Progressing  anything else: no status yet, the operator has not seen the latest spec, or
 --                Ready is False/Unknown with a reason it retries by itself (Provisioning,
---                Retrying, Throttled, ...).
+--                Retrying, Throttled, ...); and a Ready pipeline whose aggregator has not
+--                reported yet (DataFlowing Unknown, AwaitingReport) or whose first window has
+--                not reached the table (Fresh Unknown, FirstWindowOpen).
+--   A quiet pipeline (DataFlowing False: NoTraffic, AllRejected) stays Healthy: that is about
+--   what is sent to it, which alerts (the chart's PrometheusRule) and the condition report.
 
 -- Ready reasons the operator uses for errors that retrying cannot fix.
 local terminalReasons = {
@@ -104,6 +111,23 @@ local function assess(obj)
     return hs
   end
   if ready.status == "True" then
+    local flowing = findCondition(status, "DataFlowing")
+    local fresh = findCondition(status, "Fresh")
+    if flowing ~= nil and flowing.status == "False" and flowing.reason == "Stalled" then
+      hs.status = "Degraded"
+      hs.message = describe(flowing)
+      return hs
+    end
+    if flowing ~= nil and flowing.status == "Unknown" and flowing.reason == "AwaitingReport" then
+      hs.status = "Progressing"
+      hs.message = describe(flowing)
+      return hs
+    end
+    if fresh ~= nil and fresh.status == "Unknown" and fresh.reason == "FirstWindowOpen" then
+      hs.status = "Progressing"
+      hs.message = describe(fresh)
+      return hs
+    end
     hs.status = "Healthy"
   elseif ready.status == "False" and ready.reason ~= nil and terminalReasons[ready.reason] then
     hs.status = "Degraded"

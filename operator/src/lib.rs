@@ -16,6 +16,8 @@
 //! * [`manifest`] — reading manifests for the `plan` command.
 //! * [`controller`] — the Kubernetes controller (`run`): finalizer, aggregator workload,
 //!   status, leader election, metrics.
+//! * [`dataplane`] — the data plane's health (`status.dataPlane`, `DataFlowing`, `Fresh`) from
+//!   the aggregator's progress reports.
 //! * [`cli`] — the `clickheatmap-operator` command line.
 //!
 //! Every AWS resource is tagged `clickheatmap.io/pipeline=<namespace>/<name>` and
@@ -26,6 +28,7 @@
 pub mod aws;
 pub mod cli;
 pub mod controller;
+pub mod dataplane;
 pub mod error;
 pub mod manifest;
 pub mod names;

@@ -128,3 +128,53 @@ fn glob_is_iams() {
     assert!(glob("exact", "exact"));
     assert!(!glob("curated/t/*", "curated/_checkpoints/x"));
 }
+
+/// The operator reads the aggregator's progress reports where the aggregator writes them
+/// (`AggregatorConfig::progress_location`, the same function on both sides), and its policy
+/// allows reading exactly that folder: a report's key matches, a Parquet file's does not.
+#[test]
+fn the_operator_policy_reads_exactly_the_progress_reports() {
+    for file in ["pipeline-minimal.yaml", "pipeline-full.yaml"] {
+        let pipeline = example(file);
+        let config = aggregator_config(&pipeline).expect("aggregator config");
+        let location = config.progress_location(&pipeline.spec.stream.name);
+        let bucket = &pipeline.spec.buckets.curated;
+        let prefix = location
+            .strip_prefix(&format!("s3://{bucket}/"))
+            .unwrap_or_else(|| panic!("{file}: {location} is in the curated bucket"));
+        let policy = policy("operator-policy.json", &pipeline);
+        let read = statement(&policy, "S3ReadAggregatorProgress");
+        assert_eq!(strings(&read["Action"]), ["s3:GetObject"]);
+        let resources = strings(&read["Resource"]);
+        let allowed = |key: &str| {
+            let arn = format!("arn:aws:s3:::{bucket}/{key}");
+            resources.iter().any(|pattern| glob(pattern, &arn))
+        };
+        assert!(
+            allowed(&format!("{prefix}shop-aggregator-0.json")),
+            "{file}: the policy must allow reading {prefix}*"
+        );
+        for elsewhere in [
+            format!(
+                "curated/{}/dt=2026-01-01/hour=00/x.parquet",
+                pipeline.spec.catalog.table
+            ),
+            format!(
+                "curated/_checkpoints/{}/shardId-000000000000.json",
+                pipeline.spec.stream.name
+            ),
+        ] {
+            assert!(
+                !allowed(&elsewhere),
+                "{file}: {elsewhere} must stay unreadable"
+            );
+        }
+        // The folder is listed through s3:ListBucket on the bucket.
+        let buckets = statement(&policy, "S3PipelineBuckets");
+        assert!(strings(&buckets["Action"]).contains(&"s3:ListBucket".to_owned()));
+        assert!(
+            strings(&buckets["Resource"]).contains(&format!("arn:aws:s3:::{bucket}")),
+            "{file}: ListBucket on the curated bucket"
+        );
+    }
+}

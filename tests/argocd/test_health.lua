@@ -212,6 +212,58 @@ table.insert(cases, {
   status = "Progressing",
   message = "AggregatorReady: StatefulSet shop-aggregator: rolling out",
 })
+-- The data plane: only a stall degrades a Ready pipeline; waiting for the first report or the
+-- first window is progress; a quiet pipeline stays healthy.
+local function dataPlane(flowing, fresh)
+  return pipeline(5, { observedGeneration = 5, conditions = {
+    ready("True", "Ready", "Every part of the pipeline exists and matches the spec", 5),
+    condition("AggregatorReady", "True", "Ready", "1/1 replicas ready", 5),
+    flowing,
+    fresh,
+  } })
+end
+table.insert(cases, {
+  name = "data plane: stalled is Degraded",
+  obj = dataPlane(
+    condition("DataFlowing", "False", "Stalled", "shard shardId-000000000000 is 5m behind the stream but has committed nothing for 12m", 5),
+    condition("Fresh", "False", "Stale", "the table lags by 14m", 5)),
+  status = "Degraded",
+  message = "shard shardId-000000000000 is 5m behind the stream but has committed nothing for 12m",
+})
+table.insert(cases, {
+  name = "data plane: awaiting the first report is Progressing",
+  obj = dataPlane(
+    condition("DataFlowing", "Unknown", "AwaitingReport", "waiting for the aggregator's first progress report", 5),
+    condition("Fresh", "Unknown", "NoReport", "no report", 5)),
+  status = "Progressing",
+  message = "waiting for the aggregator's first progress report",
+})
+table.insert(cases, {
+  name = "data plane: the first window not in the table yet is Progressing",
+  obj = dataPlane(
+    condition("DataFlowing", "True", "ClicksAccepted", "120 clicks/min accepted", 5),
+    condition("Fresh", "Unknown", "FirstWindowOpen", "clicks are being counted; the first window has not reached the table yet", 5)),
+  status = "Progressing",
+  message = "clicks are being counted; the first window has not reached the table yet",
+})
+for _, quiet in ipairs({ "NoTraffic", "AllRejected" }) do
+  table.insert(cases, {
+    name = "data plane: " .. quiet .. " stays Healthy",
+    obj = dataPlane(
+      condition("DataFlowing", "False", quiet, "nothing valid arrives", 5),
+      condition("Fresh", "True", "Current", "the newest window ended 20m ago", 5)),
+    status = "Healthy",
+    message = "Every part of the pipeline exists and matches the spec",
+  })
+end
+table.insert(cases, {
+  name = "data plane: flowing and fresh is Healthy",
+  obj = dataPlane(
+    condition("DataFlowing", "True", "ClicksAccepted", "120 clicks/min accepted", 5),
+    condition("Fresh", "True", "Current", "the newest window ended 40s ago", 5)),
+  status = "Healthy",
+  message = "Every part of the pipeline exists and matches the spec",
+})
 terminal.ReplicaFailure = "ViewerReady: Deployment shop-viewer: pods \"shop-viewer-1\" is forbidden: no PriorityClass with name analytics was found"
 for _, reason in ipairs({ "InvalidSpec", "Conflict", "AccessDenied", "NotFound", "PodFailing", "ProgressDeadlineExceeded", "ReplicaFailure" }) do
   table.insert(cases, {

@@ -254,6 +254,8 @@ def test_operator_policy_is_the_contract():
         "s3:PutBucketPublicAccessBlock", "s3:GetEncryptionConfiguration",
         "s3:PutEncryptionConfiguration", "s3:GetLifecycleConfiguration",
         "s3:PutLifecycleConfiguration", "s3:DeleteObject",
+        # status.dataPlane: the aggregator's progress reports (ListBucket above lists them).
+        "s3:GetObject",
         "kinesis:CreateStream", "kinesis:DescribeStream", "kinesis:DescribeStreamSummary",
         "kinesis:UpdateShardCount", "kinesis:UpdateStreamMode",
         "kinesis:IncreaseStreamRetentionPeriod", "kinesis:DecreaseStreamRetentionPeriod",

@@ -469,6 +469,11 @@ fn crd_names_columns_and_subresources() {
                 "string",
                 r#".status.conditions[?(@.type=="Ready")].status"#
             ),
+            (
+                "Data",
+                "string",
+                r#".status.conditions[?(@.type=="DataFlowing")].reason"#
+            ),
             ("Stream", "string", ".spec.stream.name"),
             ("Engine", "string", ".spec.aggregation.engine"),
             ("Age", "date", ".metadata.creationTimestamp"),

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use super::ControllerError;
+use crate::dataplane::{Gauges, HealthCondition, State as ConditionState};
 
 /// Upper bounds (seconds) of the reconcile duration histogram: a resync that makes only reads
 /// takes tens of milliseconds; creating a stream or waiting on AWS takes seconds.
@@ -40,7 +41,32 @@ pub struct Metrics {
     child_applies_skipped: AtomicU64,
     /// Every AWS call by operation, when the backend counts them.
     aws_calls: Option<crate::aws::CallCounter>,
+    /// The data plane of each pipeline (`namespace/name`) at its last check.
+    data_planes: Mutex<BTreeMap<String, DataPlaneGauges>>,
 }
+
+/// One pipeline's data-plane series.
+#[derive(Clone, Debug)]
+struct DataPlaneGauges {
+    gauges: Gauges,
+    flowing: (ConditionState, &'static str),
+    fresh: ConditionState,
+}
+
+/// The names of the per-pipeline data-plane series, for the chart's alerts and dashboard (a
+/// test checks that every name they use is one of these, and that a real operator exports them).
+pub const DATA_PLANE_METRICS: [&str; 10] = [
+    "clickheatmap_pipeline_data_flowing",
+    "clickheatmap_pipeline_stalled",
+    "clickheatmap_pipeline_fresh",
+    "clickheatmap_pipeline_lag_seconds",
+    "clickheatmap_pipeline_table_age_seconds",
+    "clickheatmap_pipeline_overdue_seconds",
+    "clickheatmap_pipeline_accepted_per_minute",
+    "clickheatmap_pipeline_rejected_per_minute",
+    "clickheatmap_pipeline_rejected_ratio",
+    "clickheatmap_pipeline_report_age_seconds",
+];
 
 impl Metrics {
     pub fn observe_reconcile(&self, elapsed: Duration, ok: bool) {
@@ -89,6 +115,122 @@ impl Metrics {
     pub fn observe_error(&self, label: &'static str) {
         if let Ok(mut errors) = self.errors.lock() {
             *errors.entry(label).or_insert(0) += 1;
+        }
+    }
+
+    /// Records the judgement of a pipeline's data plane.
+    pub fn set_data_plane(
+        &self,
+        pipeline: &str,
+        gauges: &Gauges,
+        flowing: &HealthCondition,
+        fresh: &HealthCondition,
+    ) {
+        if let Ok(mut planes) = self.data_planes.lock() {
+            planes.insert(
+                pipeline.to_owned(),
+                DataPlaneGauges {
+                    gauges: gauges.clone(),
+                    flowing: (flowing.state, flowing.reason),
+                    fresh: fresh.state,
+                },
+            );
+        }
+    }
+
+    /// The pipeline is gone: its series go too.
+    pub fn forget_data_plane(&self, pipeline: &str) {
+        if let Ok(mut planes) = self.data_planes.lock() {
+            planes.remove(pipeline);
+        }
+    }
+
+    fn render_data_planes(&self, text: &mut String) {
+        let Ok(planes) = self.data_planes.lock() else {
+            return;
+        };
+        let help = [
+            (
+                "gauge",
+                "1 when clicks were accepted within health.quietPeriod (DataFlowing=True), 0 otherwise; `reason` is the condition's reason.",
+            ),
+            (
+                "gauge",
+                "1 when records wait in the stream (or the aggregator stopped reporting) and nothing is committed (DataFlowing reason Stalled).",
+            ),
+            (
+                "gauge",
+                "1 when no open window is overdue (Fresh=True), 0 otherwise.",
+            ),
+            (
+                "gauge",
+                "The largest MillisBehindLatest of the shards' last reads, in seconds.",
+            ),
+            (
+                "gauge",
+                "Now minus the end of the newest window in the curated table, in seconds.",
+            ),
+            (
+                "gauge",
+                "How long the most overdue open window has waited beyond window + allowed lateness + margin, in seconds.",
+            ),
+            (
+                "gauge",
+                "Clicks accepted per minute (over about the last minute).",
+            ),
+            ("gauge", "Records rejected per minute, by reason."),
+            (
+                "gauge",
+                "Rejected records / (accepted clicks + rejected records) over about the last minute.",
+            ),
+            (
+                "gauge",
+                "Now minus the newest progress report of any aggregator replica, in seconds.",
+            ),
+        ];
+        for (name, (kind, about)) in DATA_PLANE_METRICS.iter().zip(help) {
+            let _ = writeln!(text, "# HELP {name} {about}\n# TYPE {name} {kind}");
+            for (pipeline, plane) in planes.iter() {
+                let (namespace, pipeline_name) = pipeline.split_once('/').unwrap_or(("", pipeline));
+                let labels = format!("namespace=\"{namespace}\",pipeline=\"{pipeline_name}\"");
+                let gauges = &plane.gauges;
+                let bool_value = |value: bool| if value { 1.0 } else { 0.0 };
+                let value = match *name {
+                    "clickheatmap_pipeline_data_flowing" => {
+                        let _ = writeln!(
+                            text,
+                            "{name}{{{labels},reason=\"{}\"}} {}",
+                            plane.flowing.1,
+                            bool_value(plane.flowing.0 == ConditionState::True)
+                        );
+                        continue;
+                    }
+                    "clickheatmap_pipeline_rejected_per_minute" => {
+                        for (reason, count) in &gauges.rejected_per_minute {
+                            let _ =
+                                writeln!(text, "{name}{{{labels},reason=\"{reason}\"}} {count}");
+                        }
+                        continue;
+                    }
+                    "clickheatmap_pipeline_stalled" => {
+                        Some(bool_value(plane.flowing.1 == "Stalled"))
+                    }
+                    "clickheatmap_pipeline_fresh" => {
+                        Some(bool_value(plane.fresh == ConditionState::True))
+                    }
+                    "clickheatmap_pipeline_lag_seconds" => gauges.lag_seconds,
+                    "clickheatmap_pipeline_table_age_seconds" => gauges.table_age_seconds,
+                    "clickheatmap_pipeline_overdue_seconds" => Some(gauges.overdue_seconds),
+                    "clickheatmap_pipeline_accepted_per_minute" => {
+                        Some(gauges.accepted_per_minute as f64)
+                    }
+                    "clickheatmap_pipeline_rejected_ratio" => Some(gauges.rejected_ratio),
+                    _ => gauges.report_age_seconds,
+                };
+                if let Some(value) = value {
+                    let _ = writeln!(text, "{name}{{{labels}}} {value}");
+                }
+            }
         }
     }
 
@@ -158,6 +300,7 @@ impl Metrics {
             load(&self.child_applies),
             load(&self.child_applies_skipped),
         );
+        self.render_data_planes(&mut text);
         if let Some(calls) = &self.aws_calls {
             let _ = writeln!(
                 text,

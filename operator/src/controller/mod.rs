@@ -20,6 +20,7 @@
 
 pub mod children;
 pub mod frontends;
+mod health;
 pub mod leader;
 pub mod metrics;
 pub mod rollout;
@@ -53,6 +54,7 @@ use tracing::{info, warn};
 use crate::aws::AwsClients;
 use crate::error::{Error, Reason};
 use crate::pipeline::{DeleteOutcome, PipelineOutcome};
+use clickheatmap_crds::progress::ReplicaProgress;
 use frontends::Frontend;
 use metrics::Metrics;
 use stored::StoredPipeline;
@@ -141,6 +143,12 @@ pub trait PipelineBackend: Send + Sync + 'static {
         &self,
         pipeline: &ClickHeatmapPipeline,
     ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send;
+    /// The aggregator replicas' progress reports below `location` (`s3://bucket/prefix/`).
+    fn progress(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+        location: &str,
+    ) -> impl Future<Output = Result<Vec<ReplicaProgress>, Error>> + Send;
 }
 
 /// The real backend: one [`AwsClients`] per region, created on first use, each service
@@ -179,6 +187,15 @@ impl PipelineBackend for AwsBackend {
     async fn delete(&self, pipeline: &ClickHeatmapPipeline) -> Result<DeleteOutcome, Error> {
         let clients = self.clients(&pipeline.spec.region).await?;
         crate::pipeline::delete_pipeline(&clients, pipeline).await
+    }
+
+    async fn progress(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+        location: &str,
+    ) -> Result<Vec<ReplicaProgress>, Error> {
+        let clients = self.clients(&pipeline.spec.region).await?;
+        crate::dataplane::read_reports(&clients.s3, location).await
     }
 }
 
@@ -221,6 +238,14 @@ impl<B: PipelineBackend> PipelineBackend for Arc<B> {
         pipeline: &ClickHeatmapPipeline,
     ) -> impl Future<Output = Result<DeleteOutcome, Error>> + Send {
         self.as_ref().delete(pipeline)
+    }
+
+    fn progress(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+        location: &str,
+    ) -> impl Future<Output = Result<Vec<ReplicaProgress>, Error>> + Send {
+        self.as_ref().progress(pipeline, location)
     }
 }
 
@@ -303,6 +328,8 @@ pub struct Context<B> {
     children: Option<children::Stores>,
     /// Per child (`kind/namespace/name`), a hash of what was last applied.
     applied: Mutex<BTreeMap<String, u64>>,
+    /// The last data-plane read and judgement per object.
+    health_memo: Mutex<BTreeMap<String, health::HealthMemo>>,
 }
 
 /// An AWS outcome worth reusing.
@@ -336,6 +363,7 @@ impl<B: PipelineBackend> Context<B> {
             aws_memo: Mutex::new(BTreeMap::new()),
             children: None,
             applied: Mutex::new(BTreeMap::new()),
+            health_memo: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -393,6 +421,9 @@ impl<B: PipelineBackend> Context<B> {
     fn forget(&self, pipeline: &ClickHeatmapPipeline) {
         let key = object_key(pipeline);
         if let Ok(mut memo) = self.aws_memo.lock() {
+            memo.remove(&key);
+        }
+        if let Ok(mut memo) = self.health_memo.lock() {
             memo.remove(&key);
         }
         if let Ok(mut applied) = self.applied.lock() {
@@ -557,6 +588,8 @@ async fn reconcile_inner<B: PipelineBackend>(
 pub struct DesiredCondition {
     pub type_: String,
     pub ready: bool,
+    /// Neither True nor False (`ready` is then false): the data plane cannot be judged yet.
+    pub unknown: bool,
     pub reason: String,
     pub message: String,
 }
@@ -564,6 +597,7 @@ pub struct DesiredCondition {
 impl DesiredCondition {
     fn new(type_: &str, ready: bool, reason: Reason, message: impl Into<String>) -> Self {
         DesiredCondition {
+            unknown: false,
             type_: type_.to_owned(),
             ready,
             reason: reason.as_str().to_owned(),
@@ -584,7 +618,13 @@ pub fn build_status(
     let conditions = desired
         .iter()
         .map(|wanted| {
-            let status = if wanted.ready { "True" } else { "False" };
+            let status = if wanted.unknown {
+                "Unknown"
+            } else if wanted.ready {
+                "True"
+            } else {
+                "False"
+            };
             let last_transition_time = previous
                 .and_then(|p| p.conditions.iter().find(|c| c.type_ == wanted.type_))
                 .filter(|c| c.status == status)
@@ -604,6 +644,7 @@ pub fn build_status(
         observed_generation: generation,
         conditions,
         resources,
+        data_plane: previous.and_then(|p| p.data_plane.clone()),
     }
 }
 
@@ -619,6 +660,7 @@ pub fn conditions_of(
         DesiredCondition::new(READY_CONDITION, false, summary.reason, summary.message)
     } else if let Some(failed) = failed_workload {
         DesiredCondition {
+            unknown: false,
             type_: READY_CONDITION.to_owned(),
             ready: false,
             reason: failed.reason.clone(),
@@ -629,6 +671,7 @@ pub fn conditions_of(
     };
     let mut conditions = vec![ready];
     conditions.extend(outcome.parts.iter().map(|part| DesiredCondition {
+        unknown: false,
         type_: part.condition_type().to_owned(),
         ready: part.ready,
         reason: part.reason.as_str().to_owned(),
@@ -705,7 +748,9 @@ async fn apply<B: PipelineBackend>(
     };
 
     let workloads = reconcile_children(pipeline, ctx).await?;
-    let conditions = conditions_of(&outcome, &workloads);
+    let data_plane = health::data_plane(pipeline, ctx, &outcome, &workloads).await;
+    let mut conditions = conditions_of(&outcome, &workloads);
+    conditions.extend(data_plane.conditions);
     let mut resources = outcome.resources.clone();
     let ready = |type_: &str| workloads.iter().any(|c| c.type_ == type_ && c.ready);
     // `aggregatorDeployment` names the aggregator workload (a StatefulSet since the controller
@@ -718,13 +763,16 @@ async fn apply<B: PipelineBackend>(
         .then(|| format!("{name}-{}", frontends::COLLECTOR));
     resources.viewer_service = (pipeline.spec.viewer.enabled && ready(VIEWER_CONDITION))
         .then(|| format!("{name}-{}", frontends::VIEWER));
-    let status = build_status(
+    let mut status = build_status(
         previous,
         generation,
         &conditions,
         resources,
         Timestamp::now(),
     );
+    if let Some(observed) = data_plane.status {
+        status.data_plane = Some(observed);
+    }
     patch_status(api, &name, previous, &status).await?;
     for condition in conditions.iter().skip(1) {
         let terminal = !condition.ready
@@ -750,6 +798,9 @@ async fn apply<B: PipelineBackend>(
     };
     if workloads.iter().any(|condition| !condition.ready) {
         requeue = requeue.max(TERMINAL_REQUEUE);
+    } else if let Some(recheck) = data_plane.recheck {
+        // The data plane is read every `health.checkInterval`.
+        requeue = requeue.min(recheck);
     }
     info!(pipeline = %object_key(pipeline), ready = outcome.is_ready(), ?requeue, "reconciled");
     Ok(Action::requeue(requeue))
@@ -760,6 +811,7 @@ async fn cleanup<B: PipelineBackend>(
     ctx: &Context<B>,
 ) -> Result<Action, ControllerError> {
     ctx.forget(pipeline);
+    ctx.metrics.forget_data_plane(&object_key(pipeline));
     let outcome = match ctx.backend.delete(pipeline).await {
         Ok(outcome) => outcome,
         Err(error) => {
@@ -823,6 +875,7 @@ async fn deletion_status<B>(
     let api: Api<ClickHeatmapPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
     let previous = pipeline.status.as_ref();
     let condition = DesiredCondition {
+        unknown: false,
         type_: READY_CONDITION.to_owned(),
         ready: false,
         reason: reason.to_owned(),

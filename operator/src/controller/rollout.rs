@@ -176,6 +176,7 @@ pub fn condition(
     paused_note: Option<&str>,
 ) -> DesiredCondition {
     let not_ready = |reason: &str, message: String| DesiredCondition {
+        unknown: false,
         type_: type_.to_owned(),
         ready: false,
         reason: reason.to_owned(),
@@ -209,6 +210,7 @@ pub fn condition(
     if state.desired == 0 {
         return match (state.current, paused_note) {
             (0, Some(note)) => DesiredCondition {
+                unknown: false,
                 type_: type_.to_owned(),
                 ready: true,
                 reason: PAUSED.to_owned(),

@@ -29,6 +29,14 @@ impl PipelineBackend for FakeBackend {
             steps: Vec::new(),
         })
     }
+
+    async fn progress(
+        &self,
+        _: &ClickHeatmapPipeline,
+        _: &str,
+    ) -> Result<Vec<clickheatmap_crds::progress::ReplicaProgress>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 fn ready_outcome() -> PipelineOutcome {
@@ -339,8 +347,20 @@ async fn applies_the_workload_and_the_status() {
                         .iter()
                         .filter_map(|c| c["type"].as_str())
                         .collect();
-                    assert_eq!(types, ["Ready", "StreamReady", AGGREGATOR_CONDITION]);
+                    assert_eq!(
+                        types,
+                        [
+                            "Ready",
+                            "StreamReady",
+                            AGGREGATOR_CONDITION,
+                            "DataFlowing",
+                            "Fresh"
+                        ]
+                    );
                     assert_eq!(conditions[0]["status"], "True");
+                    // No bucket is ready in this fake outcome: nothing to judge the data by yet.
+                    assert_eq!(conditions[3]["status"], "Unknown");
+                    assert_eq!(conditions[3]["reason"], "AwaitingReport");
                     assert_eq!(
                         status["resources"]["streamArn"],
                         "arn:aws:kinesis:ap-northeast-2:123456789012:stream/shop-clicks"
@@ -553,7 +573,9 @@ async fn collector_applied_and_a_disabled_viewer_removed() {
                             "Ready",
                             "StreamReady",
                             AGGREGATOR_CONDITION,
-                            COLLECTOR_CONDITION
+                            COLLECTOR_CONDITION,
+                            "DataFlowing",
+                            "Fresh"
                         ]
                     );
                     assert_eq!(status["conditions"][0]["status"], "True");
