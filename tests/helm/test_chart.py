@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ SECURE_CONTAINER_CONTEXT = {
 
 NAMESPACED_KINDS = {
     "Deployment", "ServiceAccount", "Service", "Role", "RoleBinding", "PodDisruptionBudget",
-    "ServiceMonitor",
+    "ServiceMonitor", "PrometheusRule", "ConfigMap",
 }
 
 
@@ -146,8 +147,9 @@ def test_render_full_values(render, full_values):
     rendered = render(full_values)
     assert rendered.kinds() == sorted(
         [
-            "Deployment", "PodDisruptionBudget", "Role", "Role", "Role", "RoleBinding",
-            "RoleBinding", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor",
+            "ConfigMap", "Deployment", "PodDisruptionBudget", "PrometheusRule", "Role", "Role",
+            "Role", "RoleBinding", "RoleBinding", "RoleBinding", "Service", "ServiceAccount",
+            "ServiceMonitor",
         ]
     )
     deployment = rendered.one("Deployment")
@@ -491,6 +493,63 @@ def test_service_monitor_only_when_enabled(render):
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert selected.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+# The per-pipeline series the operator exports (operator/src/controller/metrics.rs is the
+# source of truth; the e2e suite also checks them against a running operator's /metrics).
+METRICS_SOURCE = CHART_DIR.parent.parent / "operator" / "src" / "controller" / "metrics.rs"
+
+
+def exported_metric_names() -> set[str]:
+    return set(re.findall(r'"(clickheatmap_[a-z_]+)"', METRICS_SOURCE.read_text())) | set(
+        re.findall(r"\b(clickheatmap_operator_[a-z_]+)", METRICS_SOURCE.read_text())
+    )
+
+
+def referenced_metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\b(clickheatmap_[a-z_]+)", text))
+
+
+def test_prometheus_rule_only_when_enabled_and_on_exported_metrics(render):
+    assert render().of_kind("PrometheusRule") == []
+    rendered = render({"metrics": {"prometheusRule": {"enabled": True, "lagSeconds": 90}}})
+    rule = rendered.one("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "ClickHeatmapPipelineStalled", "ClickHeatmapPipelineStale",
+        "ClickHeatmapPipelineHighRejection", "ClickHeatmapPipelineConsumerLag",
+        "ClickHeatmapPipelineNotReporting",
+    }
+    assert alerts["ClickHeatmapPipelineConsumerLag"]["expr"].endswith("> 90")
+    assert alerts["ClickHeatmapPipelineStalled"]["for"] == "5m"
+    # Prometheus templates reach Prometheus unexpanded by Helm.
+    assert "{{ $labels.namespace }}" in alerts["ClickHeatmapPipelineStalled"]["annotations"]["summary"]
+    names = referenced_metric_names(json.dumps(rule["spec"]))
+    assert names, "the alerts use the operator's metrics"
+    assert names <= exported_metric_names(), names - exported_metric_names()
+    for alert in alerts.values():
+        assert alert["labels"]["severity"] in {"critical", "warning"}
+    with pytest.raises(Exception, match="needs metrics.service.enabled"):
+        render({"metrics": {"service": {"enabled": False}, "prometheusRule": {"enabled": True}}})
+
+
+def test_grafana_dashboard_is_a_sidecar_configmap_on_exported_metrics(render):
+    assert [c for c in render().of_kind("ConfigMap")] == []
+    rendered = render({"metrics": {"grafanaDashboard": {"enabled": True}}})
+    config_map = rendered.one("ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == NAMESPACE
+    dashboard = json.loads(config_map["data"]["clickheatmap-pipelines.json"])
+    assert dashboard["uid"] == "clickheatmap-pipelines"
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = referenced_metric_names(" ".join(expressions))
+    assert names <= exported_metric_names(), names - exported_metric_names()
+    # Every per-pipeline series is on the dashboard.
+    pipeline_series = {n for n in exported_metric_names() if n.startswith("clickheatmap_pipeline_")}
+    assert pipeline_series and pipeline_series <= names, pipeline_series - names
+    moved = render({"metrics": {"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}})
+    assert moved.one("ConfigMap")["metadata"]["namespace"] == "monitoring"
 
 
 def test_metrics_service_selects_the_operator_pods(render):
