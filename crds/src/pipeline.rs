@@ -976,8 +976,6 @@ pub struct ClickHeatmapPipelineStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataPlaneStatus {
-    /// When the operator read the reports.
-    pub observed_time: String,
     /// Replicas whose report is recent (written within the last three minutes).
     pub replicas_reporting: u32,
     /// Shards being read.

@@ -78,7 +78,8 @@ pub struct Gauges {
 /// Everything [`assess`] concludes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assessment {
-    pub status: DataPlaneStatus,
+    /// `None` until a replica has written a report.
+    pub status: Option<DataPlaneStatus>,
     pub flowing: HealthCondition,
     pub fresh: HealthCondition,
     pub gauges: Gauges,
@@ -145,8 +146,9 @@ pub fn assess(
     let last_accepted = max_of(|s| s.last_accepted_at_ms);
     let last_record = max_of(|s| s.last_record_at_ms);
     let lag = max_of(|s| s.millis_behind_latest);
-    let status = DataPlaneStatus {
-        observed_time: rfc3339(now_ms).unwrap_or_default(),
+    // Only what changes with the data: an idle pipeline's status stays the same from one check
+    // to the next, so a check writes nothing.
+    let status = (!readable.is_empty()).then(|| DataPlaneStatus {
         replicas_reporting: u32::try_from(recent.len()).unwrap_or(u32::MAX),
         shards: u32::try_from(shards.len()).unwrap_or(u32::MAX),
         last_event_time: max_of(|s| s.last_event_time_ms).and_then(rfc3339),
@@ -164,7 +166,7 @@ pub fn assess(
         accepted_total: totals.accepted,
         rejected_total: totals.rejected_total(),
         files_committed: files,
-    };
+    });
 
     let quiet_ms = millis(health.quiet_period);
     let traffic = last_accepted.is_some_and(|at| now_ms.saturating_sub(at) <= quiet_ms);
@@ -178,13 +180,13 @@ pub fn assess(
             state: State::True,
             reason: "ClicksAccepted",
             message: format!(
-                "{} clicks/min accepted, {} records/min rejected{}; last click accepted {} ago",
+                "{} clicks/min accepted, {} records/min rejected{}; the last click at {}",
                 per_minute.accepted,
                 per_minute.rejected_total(),
                 top_reason(&per_minute)
                     .map(|reason| format!(" (mostly {reason})"))
                     .unwrap_or_default(),
-                ago(now_ms, last_accepted.unwrap_or(now_ms)),
+                last_accepted.and_then(rfc3339).unwrap_or_default(),
             ),
         }
     } else if last_record.is_some_and(|at| now_ms.saturating_sub(at) <= quiet_ms) {
@@ -271,8 +273,8 @@ pub fn assess(
             state: State::True,
             reason: "Current",
             message: format!(
-                "the newest window in the table ended {} ago; no open window is overdue",
-                ago(now_ms, end)
+                "the newest window in the table ended at {}; no open window is overdue",
+                rfc3339(end).unwrap_or_default()
             ),
         }
     } else if shards
@@ -381,7 +383,7 @@ fn stalled_shard(
             state: State::False,
             reason: "Stalled",
             message: format!(
-                "shard {} is {} behind the stream but has committed nothing for {}: the aggregator cannot write (see its logs and the aggregator_flush_failures metric)",
+                "shard {} is {} behind the stream but has committed nothing for {}: the aggregator cannot write (see its logs)",
                 shard.shard_id,
                 human(behind),
                 ago(now_ms, since)
@@ -590,12 +592,28 @@ mod tests {
             judged.flowing.message
         );
         assert_eq!(judged.fresh.state, State::True);
-        assert_eq!(judged.status.shards, 2);
-        assert_eq!(judged.status.lag_millis, Some(1_200));
-        assert_eq!(judged.status.files_committed, 7);
-        assert_eq!(judged.status.accepted_total, 90_000);
-        assert_eq!(judged.status.rejected_per_minute["malformed_json"], 6);
-        assert!(judged.status.last_committed_window_end.is_some());
+        assert_eq!(judged.status.as_ref().expect("status").shards, 2);
+        assert_eq!(
+            judged.status.as_ref().expect("status").lag_millis,
+            Some(1_200)
+        );
+        assert_eq!(judged.status.as_ref().expect("status").files_committed, 7);
+        assert_eq!(
+            judged.status.as_ref().expect("status").accepted_total,
+            90_000
+        );
+        assert_eq!(
+            judged.status.as_ref().expect("status").rejected_per_minute["malformed_json"],
+            6
+        );
+        assert!(
+            judged
+                .status
+                .as_ref()
+                .expect("status")
+                .last_committed_window_end
+                .is_some()
+        );
         assert!((judged.gauges.rejected_ratio - 6.0 / 606.0).abs() < 1e-9);
         assert_eq!(judged.gauges.lag_seconds, Some(1.2));
         assert_eq!(judged.gauges.table_age_seconds, Some(50.0));
@@ -630,6 +648,36 @@ mod tests {
             judged.flowing.message
         );
         assert_eq!(judged.gauges.rejected_ratio, 1.0);
+    }
+
+    /// An idle pipeline checked again a minute later (its replica beat in between) gets the
+    /// same status and conditions: a check of a quiet pipeline writes nothing.
+    #[test]
+    fn an_idle_pipeline_judged_twice_is_unchanged() {
+        let mut idle = shard("s-0");
+        idle.last_accepted_at_ms = Some(NOW - 40 * MINUTE);
+        idle.last_record_at_ms = Some(NOW - 40 * MINUTE);
+        idle.last_committed_window_end_ms = Some(NOW - 39 * MINUTE);
+        let mut replica = report("r-0", NOW - 1_000, vec![idle]);
+        replica.totals = counts(5_000, &[("missing_field", 2)]);
+        let first = judge(std::slice::from_ref(&replica), running());
+        replica.written_at_ms += MINUTE;
+        let later = assess(
+            &[replica],
+            &HealthSpec::default(),
+            timing(),
+            running(),
+            "s3://curated/curated/_checkpoints/clicks/_progress/",
+            NOW + MINUTE,
+        );
+        assert_eq!(first.status, later.status);
+        assert_eq!(first.flowing, later.flowing);
+        assert_eq!(first.fresh, later.fresh);
+        assert_eq!(
+            judge(&[], running()).status,
+            None,
+            "nothing reported, nothing to show"
+        );
     }
 
     #[test]
@@ -691,7 +739,10 @@ mod tests {
             (judged.fresh.state, judged.fresh.reason),
             (State::False, "Stale")
         );
-        assert_eq!(judged.status.replicas_reporting, 0);
+        assert_eq!(
+            judged.status.as_ref().expect("status").replicas_reporting,
+            0
+        );
         // Paused on purpose: nothing to worry about.
         let judged = judge(
             &[report("r-0", NOW - 10 * MINUTE, vec![old])],
@@ -749,10 +800,13 @@ mod tests {
             report("r-2", NOW - 60 * MINUTE, vec![shard("s-9")]),
         ];
         let judged = judge(&reports, running());
-        assert_eq!(judged.status.shards, 1);
-        assert_eq!(judged.status.replicas_reporting, 2);
-        assert_eq!(judged.status.lag_millis, Some(0));
-        assert_eq!(judged.status.files_committed, 1);
+        assert_eq!(judged.status.as_ref().expect("status").shards, 1);
+        assert_eq!(
+            judged.status.as_ref().expect("status").replicas_reporting,
+            2
+        );
+        assert_eq!(judged.status.as_ref().expect("status").lag_millis, Some(0));
+        assert_eq!(judged.status.as_ref().expect("status").files_committed, 1);
     }
 
     #[test]

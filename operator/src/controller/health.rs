@@ -163,7 +163,7 @@ pub(super) async fn data_plane<B: PipelineBackend>(
     match result {
         Ok(assessment) => DataPlane {
             conditions: vec![condition(&assessment.flowing), condition(&assessment.fresh)],
-            status: Some(assessment.status),
+            status: assessment.status,
             recheck,
         },
         Err(message) => DataPlane {
