@@ -19,7 +19,7 @@ use aws_sdk_athena::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, ResultsEncryption};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
+use super::{Deletion, Readiness, SdkResultExt, check_owner, left_in_place, tag_change};
 use crate::error::{Error, code_of, from_sdk, is_not_found};
 use crate::names::{Names, Owner, query_results_location};
 
@@ -235,7 +235,7 @@ pub async fn observe(
             .set_next_token(token.take())
             .send()
             .await
-            .map_err(|e| from_sdk("athena:ListTagsForResource", &what, e))?;
+            .map_sdk("athena:ListTagsForResource", &what)?;
         for tag in page.tags() {
             if let Some(key) = tag.key() {
                 tags.insert(key.to_owned(), tag.value().unwrap_or_default().to_owned());
@@ -307,14 +307,13 @@ pub fn diff(
         desired.adopt_existing,
     )?;
     let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::TagResource {
+    changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+        Change::TagResource {
             workgroup: name.clone(),
             resource_arn: desired.arn.clone(),
-            tags: missing,
-        });
-    }
+            tags,
+        }
+    }));
     let mut settings = desired.settings.clone();
     // Never weakened: results encrypted with KMS stay so when the spec asks for SSE-S3 (see
     // [`kept`]).
@@ -407,13 +406,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "athena:CreateWorkGroup",
-                        &format!("Athena workgroup {workgroup}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "athena:CreateWorkGroup",
+                    format_args!("Athena workgroup {workgroup}"),
+                )?;
             Ok(())
         }
         Change::TagResource {
@@ -427,13 +423,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "athena:TagResource",
-                        &format!("Athena workgroup {workgroup}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "athena:TagResource",
+                    format_args!("Athena workgroup {workgroup}"),
+                )?;
             Ok(())
         }
         Change::UpdateWorkGroup {
@@ -460,13 +453,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
             if *enable {
                 request = request.state(WorkGroupState::Enabled);
             }
-            request.send().await.map_err(|e| {
-                from_sdk(
-                    "athena:UpdateWorkGroup",
-                    &format!("Athena workgroup {workgroup}"),
-                    e,
-                )
-            })?;
+            request.send().await.map_sdk(
+                "athena:UpdateWorkGroup",
+                format_args!("Athena workgroup {workgroup}"),
+            )?;
             Ok(())
         }
     }
@@ -499,13 +489,10 @@ pub async fn delete(
         .recursive_delete_option(true)
         .send()
         .await
-        .map_err(|e| {
-            from_sdk(
-                "athena:DeleteWorkGroup",
-                &format!("Athena workgroup {name}"),
-                e,
-            )
-        })?;
+        .map_sdk(
+            "athena:DeleteWorkGroup",
+            format_args!("Athena workgroup {name}"),
+        )?;
     Ok(Deletion::Gone)
 }
 

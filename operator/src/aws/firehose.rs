@@ -22,8 +22,10 @@ use aws_sdk_firehose::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, left_in_place, missing_tags, paged_tags};
-use crate::error::{Error, from_sdk, is_not_found};
+use super::{
+    Deletion, Readiness, SdkResultExt, check_owner, is_ours, left_in_place, paged_tags, tag_change,
+};
+use crate::error::Error;
 use crate::names::{Names, Owner, delivery_stream_name};
 
 /// Where and how Firehose writes.
@@ -206,15 +208,14 @@ pub fn desired(
 /// Reads the delivery stream and its tags; `None` when there is none of that name.
 pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliveryStream>, Error> {
     let what = format!("delivery stream {name}");
-    let output = match client
+    let Some(output) = client
         .describe_delivery_stream()
         .delivery_stream_name(name)
         .send()
         .await
-    {
-        Ok(output) => output,
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(from_sdk("firehose:DescribeDeliveryStream", &what, error)),
+        .found("firehose:DescribeDeliveryStream", &what)?
+    else {
+        return Ok(None);
     };
     let Some(description) = output.delivery_stream_description() else {
         return Ok(None);
@@ -249,7 +250,7 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliv
             let page = request
                 .send()
                 .await
-                .map_err(|e| from_sdk("firehose:ListTagsForDeliveryStream", what, e))?;
+                .map_sdk("firehose:ListTagsForDeliveryStream", what)?;
             let entries = page
                 .tags()
                 .iter()
@@ -317,13 +318,12 @@ pub fn diff(
         )));
     }
     let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::TagDeliveryStream {
+    changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+        Change::TagDeliveryStream {
             delivery_stream: name.clone(),
-            tags: missing,
-        });
-    }
+            tags,
+        }
+    }));
     if observed.destination.as_ref() != Some(&desired.destination) {
         changes.push(Change::UpdateDestination {
             delivery_stream: name.clone(),
@@ -426,13 +426,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)?))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:CreateDeliveryStream",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:CreateDeliveryStream",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
         Change::TagDeliveryStream {
@@ -445,13 +442,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)?))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:TagDeliveryStream",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:TagDeliveryStream",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
         Change::UpdateDestination {
@@ -475,13 +469,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .extended_s3_destination_update(update)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:UpdateDestination",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:UpdateDestination",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
         Change::DeleteDeliveryStream { delivery_stream } => {
@@ -490,13 +481,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .delivery_stream_name(delivery_stream)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:DeleteDeliveryStream",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:DeleteDeliveryStream",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
     }

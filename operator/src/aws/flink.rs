@@ -35,8 +35,8 @@ use aws_sdk_kinesisanalyticsv2::types::{
 use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, left_in_place, missing_tags};
-use crate::error::{Error, from_sdk, is_not_found};
+use super::{Deletion, Readiness, SdkResultExt, check_owner, is_ours, left_in_place, tag_change};
+use crate::error::Error;
 use crate::names::{Names, Owner, curated_table_location, flink_application_name};
 
 /// The property group the job reads its settings from.
@@ -324,14 +324,13 @@ pub fn diff(
         desired.adopt_existing,
     )?;
     let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::TagResource {
+    changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+        Change::TagResource {
             application: name.clone(),
             resource_arn: observed.arn.clone(),
-            tags: missing,
-        });
-    }
+            tags,
+        }
+    }));
     let changed = changed_settings(&desired.settings, &observed.settings);
     if !changed.is_empty() {
         changes.push(Change::UpdateApplication {
@@ -482,22 +481,15 @@ fn property_groups(settings: &ApplicationSettings) -> Result<Vec<PropertyGroup>,
 impl SdkFlink {
     async fn observe_inner(&self, name: &str) -> Result<Option<ObservedApplication>, Error> {
         let what = format!("Flink application {name}");
-        let output = match self
+        let Some(output) = self
             .client
             .describe_application()
             .application_name(name)
             .send()
             .await
-        {
-            Ok(output) => output,
-            Err(error) if is_not_found(&error) => return Ok(None),
-            Err(error) => {
-                return Err(from_sdk(
-                    "kinesisanalytics:DescribeApplication",
-                    &what,
-                    error,
-                ));
-            }
+            .found("kinesisanalytics:DescribeApplication", &what)?
+        else {
+            return Ok(None);
         };
         let Some(detail) = output.application_detail() else {
             return Ok(None);
@@ -535,7 +527,7 @@ impl SdkFlink {
             .resource_arn(&arn)
             .send()
             .await
-            .map_err(|e| from_sdk("kinesisanalytics:ListTagsForResource", &what, e))?
+            .map_sdk("kinesisanalytics:ListTagsForResource", &what)?
             .tags()
             .iter()
             .map(|tag| {
@@ -641,13 +633,10 @@ impl SdkFlink {
                     .set_tags(Some(tags))
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:CreateApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:CreateApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::TagResource {
@@ -671,13 +660,10 @@ impl SdkFlink {
                     .set_tags(Some(tags))
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:TagResource",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:TagResource",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::UpdateApplication {
@@ -730,13 +716,10 @@ impl SdkFlink {
                     .application_configuration_update(update)
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:UpdateApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:UpdateApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::StartApplication { application } => {
@@ -745,13 +728,10 @@ impl SdkFlink {
                     .application_name(application)
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:StartApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:StartApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::StopApplication { application } => {
@@ -760,13 +740,10 @@ impl SdkFlink {
                     .application_name(application)
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:StopApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:StopApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::DeleteApplication {
@@ -782,13 +759,10 @@ impl SdkFlink {
                     ))
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:DeleteApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:DeleteApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
         }

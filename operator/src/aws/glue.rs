@@ -30,9 +30,9 @@ use aws_sdk_glue::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, PartitionDiscovery};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
-use crate::error::{Error, from_sdk, is_not_found};
-use crate::names::{Names, Owner, Ownership, crawler_name, curated_table_location};
+use super::{Deletion, Readiness, SdkResultExt, check_owner, is_ours, may_manage, tag_change};
+use crate::error::Error;
+use crate::names::{Names, Owner, crawler_name, curated_table_location};
 
 pub const PARQUET_INPUT_FORMAT: &str =
     "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
@@ -411,14 +411,6 @@ pub fn desired(
     })
 }
 
-fn manageable(tags: &BTreeMap<String, String>, owner: &Owner, adopt: bool) -> bool {
-    match Ownership::of(tags, owner) {
-        Ownership::Ours => true,
-        Ownership::Unowned => adopt,
-        Ownership::Foreign(_) => false,
-    }
-}
-
 async fn get_tags(
     client: &Client,
     arn: &str,
@@ -429,7 +421,7 @@ async fn get_tags(
         .resource_arn(arn)
         .send()
         .await
-        .map_err(|e| from_sdk("glue:GetTags", what, e))?;
+        .map_sdk("glue:GetTags", what)?;
     Ok(output
         .tags()
         .map(|tags| {
@@ -446,10 +438,14 @@ async fn observe_crawler(
     arn: &str,
 ) -> Result<Option<ObservedCrawler>, Error> {
     let what = format!("crawler {name}");
-    let output = match client.get_crawler().name(name).send().await {
-        Ok(output) => output,
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(from_sdk("glue:GetCrawler", &what, error)),
+    let Some(output) = client
+        .get_crawler()
+        .name(name)
+        .send()
+        .await
+        .found("glue:GetCrawler", &what)?
+    else {
+        return Ok(None);
     };
     let Some(crawler) = output.crawler() else {
         return Ok(None);
@@ -517,79 +513,74 @@ pub async fn observe(client: &Client, desired: &DesiredCatalog) -> Result<Observ
     let mut observed = ObservedCatalog::default();
     let db = &desired.database;
     let what = format!("Glue database {}", db.name);
-    match client.get_database().name(&db.name).send().await {
-        Ok(output) => {
-            if let Some(database) = output.database() {
-                let tags = get_tags(client, &db.arn, &what).await?;
-                observed.database = Some(ObservedDatabase {
-                    name: database.name().to_owned(),
-                    catalog_id: database.catalog_id().map(str::to_owned),
-                    description: database.description().map(str::to_owned),
-                    tags,
-                });
-            }
-        }
-        Err(error) if is_not_found(&error) => {}
-        Err(error) => return Err(from_sdk("glue:GetDatabase", &what, error)),
+    let output = client
+        .get_database()
+        .name(&db.name)
+        .send()
+        .await
+        .found("glue:GetDatabase", &what)?;
+    if let Some(database) = output.as_ref().and_then(|output| output.database()) {
+        let tags = get_tags(client, &db.arn, &what).await?;
+        observed.database = Some(ObservedDatabase {
+            name: database.name().to_owned(),
+            catalog_id: database.catalog_id().map(str::to_owned),
+            description: database.description().map(str::to_owned),
+            tags,
+        });
     }
     if let Some(database) = &observed.database
-        && !manageable(&database.tags, &desired.owner, desired.adopt_existing)
+        && !may_manage(&database.tags, &desired.owner, desired.adopt_existing)
     {
         return Ok(observed);
     }
     if observed.database.is_some() {
         let table = &desired.table;
         let what = format!("table {}.{}", table.database, table.name);
-        match client
+        let output = client
             .get_table()
             .database_name(&table.database)
             .name(&table.name)
             .send()
             .await
-        {
-            Ok(output) => {
-                if let Some(found) = output.table() {
-                    let storage = found.storage_descriptor();
-                    let serde = storage.and_then(StorageDescriptor::serde_info);
-                    observed.table = Some(ObservedTable {
-                        database: table.database.clone(),
-                        name: found.name().to_owned(),
-                        definition: TableDefinition {
-                            table_type: found.table_type().unwrap_or_default().to_owned(),
-                            location: storage
-                                .and_then(StorageDescriptor::location)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            columns: storage
-                                .map(|s| columns_from_sdk(s.columns()))
-                                .unwrap_or_default(),
-                            partition_keys: columns_from_sdk(found.partition_keys()),
-                            input_format: storage
-                                .and_then(StorageDescriptor::input_format)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            output_format: storage
-                                .and_then(StorageDescriptor::output_format)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            serde_library: serde
-                                .and_then(SerDeInfo::serialization_library)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            serde_parameters: serde
-                                .and_then(SerDeInfo::parameters)
-                                .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                                .unwrap_or_default(),
-                            parameters: found
-                                .parameters()
-                                .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                                .unwrap_or_default(),
-                        },
-                    });
-                }
-            }
-            Err(error) if is_not_found(&error) => {}
-            Err(error) => return Err(from_sdk("glue:GetTable", &what, error)),
+            .found("glue:GetTable", &what)?;
+        if let Some(found) = output.as_ref().and_then(|output| output.table()) {
+            let storage = found.storage_descriptor();
+            let serde = storage.and_then(StorageDescriptor::serde_info);
+            observed.table = Some(ObservedTable {
+                database: table.database.clone(),
+                name: found.name().to_owned(),
+                definition: TableDefinition {
+                    table_type: found.table_type().unwrap_or_default().to_owned(),
+                    location: storage
+                        .and_then(StorageDescriptor::location)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    columns: storage
+                        .map(|s| columns_from_sdk(s.columns()))
+                        .unwrap_or_default(),
+                    partition_keys: columns_from_sdk(found.partition_keys()),
+                    input_format: storage
+                        .and_then(StorageDescriptor::input_format)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    output_format: storage
+                        .and_then(StorageDescriptor::output_format)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    serde_library: serde
+                        .and_then(SerDeInfo::serialization_library)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    serde_parameters: serde
+                        .and_then(SerDeInfo::parameters)
+                        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                    parameters: found
+                        .parameters()
+                        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                },
+            });
         }
     }
     if let Some(crawler) = &desired.crawler {
@@ -681,14 +672,13 @@ pub fn diff(desired: &DesiredCatalog, observed: &ObservedCatalog) -> Result<Vec<
         Some(found) => {
             let what = format!("Glue database {}", db.name);
             check_owner(&what, &found.tags, owner, adopt)?;
-            let missing = missing_tags(&found.tags, &db.tags);
-            if !missing.is_empty() {
-                changes.push(Change::TagResource {
+            changes.extend(tag_change(&found.tags, &db.tags, |tags| {
+                Change::TagResource {
                     resource: what,
                     resource_arn: db.arn.clone(),
-                    tags: missing,
-                });
-            }
+                    tags,
+                }
+            }));
         }
     }
     let table = &desired.table;
@@ -720,14 +710,13 @@ pub fn diff(desired: &DesiredCatalog, observed: &ObservedCatalog) -> Result<Vec<
             Some(found) => {
                 let what = format!("crawler {name}");
                 check_owner(&what, &found.tags, owner, adopt)?;
-                let missing = missing_tags(&found.tags, &crawler.tags);
-                if !missing.is_empty() {
-                    changes.push(Change::TagResource {
+                changes.extend(tag_change(&found.tags, &crawler.tags, |tags| {
+                    Change::TagResource {
                         resource: what,
                         resource_arn: crawler.arn.clone(),
-                        tags: missing,
-                    });
-                }
+                        tags,
+                    }
+                }));
                 if found.other_targets > 0 || !crawler_matches(&crawler.definition, found) {
                     if found.state != "READY" {
                         return Err(Error::CrawlerRunning {
@@ -847,13 +836,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "glue:CreateDatabase",
-                        &format!("Glue database {database}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "glue:CreateDatabase",
+                    format_args!("Glue database {database}"),
+                )?;
             Ok(())
         }
         Change::TagResource {
@@ -867,7 +853,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags_to_add(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:TagResource", resource, e))?;
+                .map_sdk("glue:TagResource", resource)?;
             Ok(())
         }
         Change::CreateTable {
@@ -881,9 +867,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .table_input(table_input(table, definition)?)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk("glue:CreateTable", &format!("table {database}.{table}"), e)
-                })?;
+                .map_sdk("glue:CreateTable", format_args!("table {database}.{table}"))?;
             Ok(())
         }
         Change::UpdateTable {
@@ -897,9 +881,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .table_input(table_input(table, definition)?)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk("glue:UpdateTable", &format!("table {database}.{table}"), e)
-                })?;
+                .map_sdk("glue:UpdateTable", format_args!("table {database}.{table}"))?;
             Ok(())
         }
         Change::CreateCrawler { crawler, tags } => {
@@ -915,7 +897,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:CreateCrawler", &crawler.name, e))?;
+                .map_sdk("glue:CreateCrawler", &crawler.name)?;
             Ok(())
         }
         Change::UpdateCrawler { crawler } => {
@@ -930,7 +912,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .configuration(&crawler.configuration)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:UpdateCrawler", &crawler.name, e))?;
+                .map_sdk("glue:UpdateCrawler", &crawler.name)?;
             Ok(())
         }
         Change::DeleteCrawler { crawler } => {
@@ -939,7 +921,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .name(crawler)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:DeleteCrawler", crawler, e))?;
+                .map_sdk("glue:DeleteCrawler", crawler)?;
             Ok(())
         }
     }
@@ -1016,7 +998,7 @@ pub async fn delete(
                 .name(&table.name)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:DeleteTable", &what, e))?;
+                .map_sdk("glue:DeleteTable", &what)?;
             Deletion::Gone
         }
     };
@@ -1035,7 +1017,7 @@ pub async fn delete(
                 .name(&db.name)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:DeleteDatabase", &what, e))?;
+                .map_sdk("glue:DeleteDatabase", &what)?;
             Deletion::Gone
         }
     };

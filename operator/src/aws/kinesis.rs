@@ -29,8 +29,10 @@ use clickheatmap_crds::{
 };
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags, paged_tags};
-use crate::error::{Error, from_sdk, is_not_found};
+use super::{
+    Deletion, Readiness, SdkResultExt, check_owner, left_in_place, paged_tags, tag_change,
+};
+use crate::error::{Error, from_sdk};
 use crate::names::{Names, Owner};
 
 /// `StreamMode` as AWS spells it.
@@ -300,15 +302,14 @@ pub async fn observe(
     consumer: &str,
 ) -> Result<Option<ObservedStream>, Error> {
     let what = format!("stream {name}");
-    let output = match client
+    let Some(output) = client
         .describe_stream_summary()
         .stream_name(name)
         .send()
         .await
-    {
-        Ok(output) => output,
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(from_sdk("kinesis:DescribeStreamSummary", &what, error)),
+        .found("kinesis:DescribeStreamSummary", &what)?
+    else {
+        return Ok(None);
     };
     let Some(summary) = output.stream_description_summary() else {
         return Ok(None);
@@ -323,7 +324,7 @@ pub async fn observe(
             let page = request
                 .send()
                 .await
-                .map_err(|e| from_sdk("kinesis:ListTagsForStream", what, e))?;
+                .map_sdk("kinesis:ListTagsForStream", what)?;
             Ok((tag_pairs(page.tags()).collect(), page.has_more_tags()))
         }
     })
@@ -363,26 +364,23 @@ async fn observe_consumer(
     stream_arn: &str,
     name: &str,
 ) -> Result<Option<ObservedConsumer>, Error> {
-    match client
+    let output = client
         .describe_stream_consumer()
         .stream_arn(stream_arn)
         .consumer_name(name)
         .send()
         .await
-    {
-        Ok(output) => Ok(output
-            .consumer_description()
-            .map(|consumer| ObservedConsumer {
-                arn: consumer.consumer_arn().to_owned(),
-                status: consumer.consumer_status().as_str().to_owned(),
-            })),
-        Err(error) if is_not_found(&error) => Ok(None),
-        Err(error) => Err(from_sdk(
+        .found(
             "kinesis:DescribeStreamConsumer",
-            &format!("consumer {name}"),
-            error,
-        )),
-    }
+            format_args!("consumer {name}"),
+        )?;
+    Ok(output
+        .as_ref()
+        .and_then(|output| output.consumer_description())
+        .map(|consumer| ObservedConsumer {
+            arn: consumer.consumer_arn().to_owned(),
+            status: consumer.consumer_status().as_str().to_owned(),
+        }))
 }
 
 /// The calls that turn `observed` into `desired`, in the order they can be made. Empty when
@@ -430,13 +428,12 @@ pub fn diff(
         desired.adopt_existing,
     )?;
     let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::AddTagsToStream {
+    changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+        Change::AddTagsToStream {
             stream: stream.clone(),
-            tags: missing,
-        });
-    }
+            tags,
+        }
+    }));
     // The consumer first: registering one does not make the stream UPDATING, so it does not
     // wait behind the changes that do.
     match (&observed.consumer, desired.consumer.wanted) {
@@ -555,13 +552,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .consumer_name(consumer)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:RegisterStreamConsumer",
-                        &format!("consumer {consumer}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:RegisterStreamConsumer",
+                    format_args!("consumer {consumer}"),
+                )?;
             Ok(())
         }
         Change::DeregisterStreamConsumer {
@@ -574,13 +568,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .consumer_arn(consumer_arn)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:DeregisterStreamConsumer",
-                        &format!("consumer {consumer}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:DeregisterStreamConsumer",
+                    format_args!("consumer {consumer}"),
+                )?;
             Ok(())
         }
         Change::CreateStream {
@@ -605,7 +596,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
             request
                 .send()
                 .await
-                .map_err(|e| from_sdk("kinesis:CreateStream", &what, e))?;
+                .map_sdk("kinesis:CreateStream", &what)?;
             // Some endpoints ignore CreateStream's tags; without them the next reconcile would
             // take the stream for someone else's. Reading them back is best effort: if the new
             // stream cannot be read yet, AWS has applied the tags with the create.
@@ -618,8 +609,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 return Ok(());
             };
             let current: BTreeMap<String, String> = tag_pairs(current.tags()).collect();
-            let missing = missing_tags(&current, tags);
-            if !missing.is_empty() {
+            if let Some(missing) = tag_change(&current, tags, |missing| missing) {
                 add_tags(client, stream, &missing).await?;
             }
             Ok(())
@@ -632,13 +622,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .retention_period_hours(*to)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:IncreaseStreamRetentionPeriod",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:IncreaseStreamRetentionPeriod",
+                    format_args!("stream {stream}"),
+                )?;
             Ok(())
         }
         Change::DecreaseStreamRetentionPeriod { stream, to, .. } => {
@@ -648,13 +635,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .retention_period_hours(*to)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:DecreaseStreamRetentionPeriod",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:DecreaseStreamRetentionPeriod",
+                    format_args!("stream {stream}"),
+                )?;
             Ok(())
         }
         Change::StartStreamEncryption { stream, key_id } => {
@@ -665,13 +649,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .key_id(key_id)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:StartStreamEncryption",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:StartStreamEncryption",
+                    format_args!("stream {stream}"),
+                )?;
             Ok(())
         }
         Change::UpdateStreamMode {
@@ -690,9 +671,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .stream_mode_details(details)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk("kinesis:UpdateStreamMode", &format!("stream {stream}"), e)
-                })?;
+                .map_sdk("kinesis:UpdateStreamMode", format_args!("stream {stream}"))?;
             Ok(())
         }
         Change::UpdateShardCount {
@@ -740,7 +719,7 @@ async fn add_tags(
     request
         .send()
         .await
-        .map_err(|e| from_sdk("kinesis:AddTagsToStream", &format!("stream {stream}"), e))?;
+        .map_sdk("kinesis:AddTagsToStream", format_args!("stream {stream}"))?;
     Ok(())
 }
 
@@ -769,7 +748,7 @@ pub async fn delete(
         .enforce_consumer_deletion(true)
         .send()
         .await
-        .map_err(|e| from_sdk("kinesis:DeleteStream", &format!("stream {stream}"), e))?;
+        .map_sdk("kinesis:DeleteStream", format_args!("stream {stream}"))?;
     Ok(Deletion::InProgress(format!("deleting stream {stream}")))
 }
 

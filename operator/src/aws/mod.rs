@@ -30,12 +30,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
 pub use calls::CallCounter;
 
-use crate::error::{Error, from_sdk};
+use crate::error::{Error, from_sdk, is_not_found};
 use crate::names::{Account, MANAGED_BY_TAG, Owner, Ownership, PIPELINE_TAG};
 
 /// The AWS services the operator calls.
@@ -142,6 +145,56 @@ impl Deletion {
     /// True when there is nothing left to wait for.
     pub fn is_finished(&self) -> bool {
         !matches!(self, Deletion::InProgress(_))
+    }
+}
+
+/// The error mapping every SDK call shares: an SDK error becomes an [`Error`] that names the IAM
+/// action and the resource (see [`crate::error::from_sdk`]).
+pub(crate) trait SdkResultExt<T> {
+    /// `operation` is the IAM action (`kinesis:CreateStream`), `what` the resource the call was
+    /// about (`stream shop-clicks`).
+    fn map_sdk(self, operation: &str, what: impl fmt::Display) -> Result<T, Error>;
+
+    /// As [`SdkResultExt::map_sdk`], for a read: `None` when the service says there is no such
+    /// resource.
+    fn found(self, operation: &str, what: impl fmt::Display) -> Result<Option<T>, Error>;
+}
+
+impl<T, E> SdkResultExt<T> for Result<T, SdkError<E, Response>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    fn map_sdk(self, operation: &str, what: impl fmt::Display) -> Result<T, Error> {
+        self.map_err(|error| from_sdk(operation, &what.to_string(), error))
+    }
+
+    fn found(self, operation: &str, what: impl fmt::Display) -> Result<Option<T>, Error> {
+        match self {
+            Ok(output) => Ok(Some(output)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(from_sdk(operation, &what.to_string(), error)),
+        }
+    }
+}
+
+/// The change that adds the desired tags an existing resource lacks (or holds with another
+/// value), made by `change` from those tags; `None` when it has them all.
+pub(crate) fn tag_change<C>(
+    observed: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+    change: impl FnOnce(BTreeMap<String, String>) -> C,
+) -> Option<C> {
+    let missing = missing_tags(observed, desired);
+    (!missing.is_empty()).then(|| change(missing))
+}
+
+/// True when the operator may read and change a resource with these tags: it is `owner`'s, or
+/// untagged and `adopt` is on. (A resource that is not is read no further than its tags.)
+pub(crate) fn may_manage(tags: &BTreeMap<String, String>, owner: &Owner, adopt: bool) -> bool {
+    match Ownership::of(tags, owner) {
+        Ownership::Ours => true,
+        Ownership::Unowned => adopt,
+        Ownership::Foreign(_) => false,
     }
 }
 
@@ -362,7 +415,7 @@ impl AwsClients {
                     .get_caller_identity()
                     .send()
                     .await
-                    .map_err(|e| from_sdk("sts:GetCallerIdentity", "the caller", e))?;
+                    .map_sdk("sts:GetCallerIdentity", "the caller")?;
                 let id = identity
                     .account()
                     .ok_or_else(|| Error::internal("sts:GetCallerIdentity returned no account"))?;

@@ -42,9 +42,11 @@ use aws_sdk_s3::types::{
 use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
+use super::{
+    Deletion, Readiness, SdkResultExt, check_owner, left_in_place, may_manage, tag_change,
+};
 use crate::error::{Error, code_of, from_sdk, is_not_found};
-use crate::names::{Names, Owner, Ownership};
+use crate::names::{Names, Owner};
 
 /// Raw archive objects move to STANDARD_IA after this many days.
 pub const RAW_TRANSITION_DAYS: i32 = 30;
@@ -385,12 +387,7 @@ pub async fn observe(
         Err(error) if code_of(&error) == Some("NoSuchTagSet") => BTreeMap::new(),
         Err(error) => return Err(from_sdk("s3:GetBucketTagging", &what, error)),
     };
-    let manageable = match Ownership::of(&tags, &desired.owner) {
-        Ownership::Ours => true,
-        Ownership::Unowned => desired.adopt_existing,
-        Ownership::Foreign(_) => false,
-    };
-    let config = if manageable {
+    let config = if may_manage(&tags, &desired.owner, desired.adopt_existing) {
         Some(read_config(client, bucket, &what).await?)
     } else {
         None
@@ -522,15 +519,15 @@ pub fn diff(
         )));
     }
     let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
+    // S3 replaces the whole tag set: the bucket's other tags are written back with the missing.
+    changes.extend(tag_change(&observed.tags, &desired.tags, |missing| {
         let mut tags = observed.tags.clone();
         tags.extend(missing);
-        changes.push(Change::PutBucketTagging {
+        Change::PutBucketTagging {
             bucket: bucket.clone(),
             tags,
-        });
-    }
+        }
+    }));
     let config = observed.config.clone().unwrap_or_default();
     // Only ever more blocked: a switch the spec wants on is turned on (the others are on too).
     if config.public_access_block != desired.public_access_block {
@@ -647,7 +644,7 @@ async fn put_tags(
         .tagging(tagging)
         .send()
         .await
-        .map_err(|e| from_sdk("s3:PutBucketTagging", &format!("bucket {bucket}"), e))?;
+        .map_sdk("s3:PutBucketTagging", format_args!("bucket {bucket}"))?;
     Ok(())
 }
 
@@ -668,10 +665,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                         .build(),
                 );
             }
-            request
-                .send()
-                .await
-                .map_err(|e| from_sdk("s3:CreateBucket", bucket, e))?;
+            request.send().await.map_sdk("s3:CreateBucket", bucket)?;
             put_tags(client, bucket, tags).await
         }
         Change::PutBucketTagging { bucket, tags } => put_tags(client, bucket, tags).await,
@@ -689,7 +683,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 )
                 .send()
                 .await
-                .map_err(|e| from_sdk("s3:PutPublicAccessBlock", &format!("bucket {bucket}"), e))?;
+                .map_sdk("s3:PutPublicAccessBlock", format_args!("bucket {bucket}"))?;
             Ok(())
         }
         Change::PutBucketEncryption { bucket, algorithm } => {
@@ -711,7 +705,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .server_side_encryption_configuration(configuration)
                 .send()
                 .await
-                .map_err(|e| from_sdk("s3:PutBucketEncryption", &format!("bucket {bucket}"), e))?;
+                .map_sdk("s3:PutBucketEncryption", format_args!("bucket {bucket}"))?;
             Ok(())
         }
         Change::PutBucketLifecycleConfiguration {
@@ -731,13 +725,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .lifecycle_configuration(configuration)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "s3:PutBucketLifecycleConfiguration",
-                        &format!("bucket {bucket}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "s3:PutBucketLifecycleConfiguration",
+                    format_args!("bucket {bucket}"),
+                )?;
             Ok(())
         }
     }
@@ -776,7 +767,7 @@ pub async fn delete(
             .set_continuation_token(token.take())
             .send()
             .await
-            .map_err(|e| from_sdk("s3:ListBucket", &what, e))?;
+            .map_sdk("s3:ListBucket", &what)?;
         let objects = page
             .contents()
             .iter()
@@ -801,7 +792,7 @@ pub async fn delete(
                 .delete(batch)
                 .send()
                 .await
-                .map_err(|e| from_sdk("s3:DeleteObject", &what, e))?;
+                .map_sdk("s3:DeleteObject", &what)?;
             if let Some(failure) = output.errors().first() {
                 return Err(from_code(
                     "s3:DeleteObject",
@@ -826,7 +817,7 @@ pub async fn delete(
         .bucket(bucket)
         .send()
         .await
-        .map_err(|e| from_sdk("s3:DeleteBucket", &what, e))?;
+        .map_sdk("s3:DeleteBucket", &what)?;
     Ok(Deletion::Gone)
 }
 
