@@ -980,7 +980,7 @@ pub async fn delete_pipeline(
             .map(str::to_owned)
     };
     if let Some(name) = flink_name {
-        let deletion = flink::delete(clients.flink.as_ref(), &name, owner, policy).await?;
+        let deletion = flink::delete(clients.flink.as_ref(), &name, owner).await?;
         steps.push(DeleteStep {
             part: Part::FlinkApplication,
             resource: format!("Flink application {name}"),
@@ -989,7 +989,7 @@ pub async fn delete_pipeline(
     }
 
     let workgroup = athena::desired(spec, &names);
-    let deletion = athena::delete(&clients.athena, &workgroup, policy).await?;
+    let deletion = athena::delete(&clients.athena, &workgroup).await?;
     steps.push(DeleteStep {
         part: Part::Query,
         resource: format!("Athena workgroup {}", workgroup.name),
@@ -997,7 +997,7 @@ pub async fn delete_pipeline(
     });
 
     let catalog = catalog_for_deletion(&names, spec, &previous)?;
-    for (resource, deletion) in glue::delete(&clients.glue, &catalog, policy).await? {
+    for (resource, deletion) in glue::delete(&clients.glue, &catalog).await? {
         steps.push(DeleteStep {
             part: Part::Catalog,
             resource,
@@ -1014,7 +1014,7 @@ pub async fn delete_pipeline(
             .map(|arn| arn.rsplit('/').next().unwrap_or(arn).to_owned())
     };
     if let Some(name) = firehose_name {
-        let deletion = firehose::delete(&clients.firehose, &name, owner, policy).await?;
+        let deletion = firehose::delete(&clients.firehose, &name, owner).await?;
         steps.push(DeleteStep {
             part: Part::RawArchive,
             resource: format!("delivery stream {name}"),
@@ -1023,7 +1023,7 @@ pub async fn delete_pipeline(
     }
 
     let stream = kinesis::desired(spec, &names);
-    let deletion = kinesis::delete(&clients.kinesis, &stream, policy).await?;
+    let deletion = kinesis::delete(&clients.kinesis, &stream).await?;
     steps.push(DeleteStep {
         part: Part::Stream,
         resource: format!("stream {}", stream.name),
@@ -1037,7 +1037,7 @@ pub async fn delete_pipeline(
         .all(|s| s.deletion.is_finished());
     for bucket in s3::desired(spec, &names) {
         let deletion = if writers_gone {
-            s3::delete(&clients.s3, &bucket, policy).await?
+            s3::delete(&clients.s3, &bucket).await?
         } else {
             Deletion::InProgress(format!(
                 "bucket {} waits until the delivery stream and the Flink application are deleted",

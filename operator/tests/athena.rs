@@ -13,7 +13,6 @@ mod common;
 use aws_sdk_athena::types::{
     EncryptionConfiguration, EncryptionOption, ResultConfiguration, Tag, WorkGroupConfiguration,
 };
-use clickheatmap_crds::DeletionPolicy;
 use clickheatmap_operator::aws::{Deletion, athena};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
@@ -197,7 +196,7 @@ async fn a_workgroup_of_another_pipeline_is_refused() {
     assert_eq!(error.reason(), Reason::Conflict);
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
     assert!(matches!(
-        athena::delete(&env.clients.athena, &workgroup, DeletionPolicy::Delete).await,
+        athena::delete(&env.clients.athena, &workgroup).await,
         Ok(Deletion::Kept(_))
     ));
     assert!(
@@ -241,14 +240,8 @@ async fn deletion_policies() {
     let env = start().await;
     let workgroup = desired(&env, "minimal", false).await;
     reconcile(&env, &workgroup).await.expect("create");
-    let before = env.calls.snapshot();
     assert_eq!(
-        athena::delete(&env.clients.athena, &workgroup, DeletionPolicy::Retain).await,
-        Ok(Deletion::Retained)
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
-    assert_eq!(
-        athena::delete(&env.clients.athena, &workgroup, DeletionPolicy::Delete).await,
+        athena::delete(&env.clients.athena, &workgroup).await,
         Ok(Deletion::Gone)
     );
     assert_eq!(

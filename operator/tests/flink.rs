@@ -17,7 +17,7 @@ mod common;
 
 use std::sync::Arc;
 
-use clickheatmap_crds::{AggregationEngine, DeletionPolicy};
+use clickheatmap_crds::AggregationEngine;
 use clickheatmap_operator::aws::flink::{self, FlinkApi};
 use clickheatmap_operator::aws::{Deletion, Readiness};
 use clickheatmap_operator::{Error, Owner, Reason};
@@ -141,7 +141,7 @@ async fn moto_refuses_another_pipelines_application_and_adopts_on_request() {
     assert_eq!(error.reason(), Reason::Conflict);
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::Kept(_))
     ));
 
@@ -230,24 +230,19 @@ async fn fake_lifecycle_create_start_update_stop_delete() {
     );
     fake.settle();
 
-    // Deletion: Retain touches nothing; Delete names the creation time.
-    let calls = fake.calls().len();
-    assert_eq!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Retain).await,
-        Ok(Deletion::Retained)
-    );
-    assert_eq!(fake.calls().len(), calls);
+    // Deletion (Retain never reaches the service: `delete_pipeline` returns first) names the
+    // creation time.
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::InProgress(_))
     ));
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::InProgress(_))
     ));
     fake.settle();
     assert_eq!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::Gone)
     );
 }
@@ -303,7 +298,7 @@ async fn fake_leaves_a_foreign_application_alone() {
         Err(Reason::Conflict)
     );
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::Kept(_))
     ));
     assert_eq!(

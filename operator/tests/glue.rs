@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use aws_sdk_glue::types::{
     CatalogTarget, Column, CrawlerTargets, DatabaseInput, StorageDescriptor, TableInput,
 };
-use clickheatmap_crds::{DeletionPolicy, PartitionDiscovery};
+use clickheatmap_crds::PartitionDiscovery;
 use clickheatmap_operator::aws::{Deletion, glue};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
@@ -468,14 +468,7 @@ async fn deletion_policies() {
     let env = start().await;
     let catalog = desired(&env, "full", false, None).await;
     reconcile(&env, &catalog).await.expect("create");
-    let before = env.calls.snapshot();
-    assert_eq!(
-        glue::delete(&env.clients.glue, &catalog, DeletionPolicy::Retain).await,
-        Ok(vec![("Glue catalog".to_owned(), Deletion::Retained)])
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
-
-    let deleted = glue::delete(&env.clients.glue, &catalog, DeletionPolicy::Delete)
+    let deleted = glue::delete(&env.clients.glue, &catalog)
         .await
         .expect("delete");
     assert!(
@@ -514,7 +507,7 @@ async fn deletion_policies() {
         .send()
         .await
         .expect("create crawler");
-    let deleted = glue::delete(&env.clients.glue, &catalog, DeletionPolicy::Delete)
+    let deleted = glue::delete(&env.clients.glue, &catalog)
         .await
         .expect("delete");
     assert!(matches!(deleted[0].1, Deletion::Kept(_)), "{deleted:?}");

@@ -10,7 +10,6 @@
 
 mod common;
 
-use clickheatmap_crds::DeletionPolicy;
 use clickheatmap_operator::aws::{Deletion, kinesis};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
@@ -276,7 +275,7 @@ async fn a_stream_of_another_pipeline_is_refused() {
     assert_eq!(observed.open_shards, 1, "not resharded");
     assert_eq!(observed.retention_hours, 24, "not changed");
 
-    let deletion = kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete)
+    let deletion = kinesis::delete(&env.clients.kinesis, &stream)
         .await
         .expect("delete");
     assert!(matches!(deletion, Deletion::Kept(_)), "{deletion:?}");
@@ -375,18 +374,12 @@ async fn deletion_policies() {
     let env = start().await;
     let stream = desired(&env, "minimal", false).await;
     converge(&env, &stream).await;
-    let before = env.calls.snapshot();
-    assert_eq!(
-        kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Retain).await,
-        Ok(Deletion::Retained)
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
-    let first = kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete)
+    let first = kinesis::delete(&env.clients.kinesis, &stream)
         .await
         .expect("delete");
     assert!(matches!(first, Deletion::InProgress(_)), "{first:?}");
     assert_eq!(
-        kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete).await,
+        kinesis::delete(&env.clients.kinesis, &stream).await,
         Ok(Deletion::Gone)
     );
     assert_eq!(

@@ -16,7 +16,7 @@ use aws_sdk_athena::types::{
     EncryptionConfiguration, EncryptionOption, ResultConfiguration, ResultConfigurationUpdates,
     Tag, WorkGroupConfiguration, WorkGroupConfigurationUpdates, WorkGroupState,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, ResultsEncryption};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, ResultsEncryption};
 use serde::Serialize;
 
 use super::{Deletion, Readiness, SdkResultExt, check_owner, left_in_place, tag_change};
@@ -464,14 +464,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 
 /// Deletes the workgroup (with its saved queries: `RecursiveDeleteOption`) under
 /// `deletionPolicy: Delete` if this pipeline owns it.
-pub async fn delete(
-    client: &Client,
-    desired: &DesiredWorkgroup,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, desired: &DesiredWorkgroup) -> Result<Deletion, Error> {
     let name = &desired.name;
     let Some(observed) = observe(client, desired).await? else {
         return Ok(Deletion::Gone);

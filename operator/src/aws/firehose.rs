@@ -19,7 +19,7 @@ use aws_sdk_firehose::types::{
     BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
     ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, DeletionPolicy};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression};
 use serde::Serialize;
 
 use super::{
@@ -492,15 +492,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 
 /// Deletes the delivery stream under `deletionPolicy: Delete` if this pipeline owns it. Also
 /// used when the raw archive is switched off.
-pub async fn delete(
-    client: &Client,
-    name: &str,
-    owner: &Owner,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, name: &str, owner: &Owner) -> Result<Deletion, Error> {
     let Some(observed) = observe(client, name).await? else {
         return Ok(Deletion::Gone);
     };

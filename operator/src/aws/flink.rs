@@ -32,7 +32,7 @@ use aws_sdk_kinesisanalyticsv2::types::{
     ParallelismConfiguration, ParallelismConfigurationUpdate, PropertyGroup, RuntimeEnvironment,
     S3ContentLocation, S3ContentLocationUpdate, Tag,
 };
-use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy};
+use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec};
 use serde::Serialize;
 
 use super::{Deletion, Readiness, SdkResultExt, check_owner, is_ours, left_in_place, tag_change};
@@ -407,15 +407,7 @@ pub fn readiness(
 
 /// Deletes the application under `deletionPolicy: Delete` (or when the engine changed away from
 /// `ManagedFlink`) if this pipeline owns it.
-pub async fn delete(
-    api: &dyn FlinkApi,
-    name: &str,
-    owner: &Owner,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(api: &dyn FlinkApi, name: &str, owner: &Owner) -> Result<Deletion, Error> {
     let Some(observed) = api.observe(name).await? else {
         return Ok(Deletion::Gone);
     };

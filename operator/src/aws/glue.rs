@@ -27,7 +27,7 @@ use aws_sdk_glue::types::{
     CatalogTarget, Column as SdkColumn, CrawlerTargets, DatabaseInput, DeleteBehavior,
     SchemaChangePolicy, SerDeInfo, StorageDescriptor, TableInput, UpdateBehavior,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, PartitionDiscovery};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, PartitionDiscovery};
 use serde::Serialize;
 
 use super::{Deletion, Readiness, SdkResultExt, check_owner, is_ours, may_manage, tag_change};
@@ -933,11 +933,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 pub async fn delete(
     client: &Client,
     desired: &DesiredCatalog,
-    policy: DeletionPolicy,
 ) -> Result<Vec<(String, Deletion)>, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(vec![("Glue catalog".to_owned(), Deletion::Retained)]);
-    }
     let owner = &desired.owner;
     let probe = DesiredCatalog {
         adopt_existing: false,

@@ -24,8 +24,7 @@ use std::fmt;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::{EncryptionType, ScalingType, StreamMode, StreamModeDetails};
 use clickheatmap_crds::{
-    AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy, StreamEncryption,
-    StreamMode as SpecStreamMode,
+    AggregationEngine, ClickHeatmapPipelineSpec, StreamEncryption, StreamMode as SpecStreamMode,
 };
 use serde::Serialize;
 
@@ -724,14 +723,7 @@ async fn add_tags(
 }
 
 /// Deletes the stream under `deletionPolicy: Delete` if this pipeline owns it.
-pub async fn delete(
-    client: &Client,
-    desired: &DesiredStream,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, desired: &DesiredStream) -> Result<Deletion, Error> {
     let stream = &desired.name;
     let Some(observed) = observe(client, stream, &desired.consumer.name).await? else {
         return Ok(Deletion::Gone);

@@ -39,7 +39,7 @@ use aws_sdk_s3::types::{
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging, Transition,
     TransitionStorageClass,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
+use clickheatmap_crds::ClickHeatmapPipelineSpec;
 use serde::Serialize;
 
 use super::{
@@ -737,14 +737,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 /// Removes a bucket of this pipeline under `deletionPolicy: Delete`: empties it (up to
 /// 20,000 objects per call; call again while it reports [`Deletion::InProgress`]) and deletes it.
 /// A bucket that is not tagged by this pipeline is left alone.
-pub async fn delete(
-    client: &Client,
-    desired: &DesiredBucket,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, desired: &DesiredBucket) -> Result<Deletion, Error> {
     let bucket = desired.name.as_str();
     let what = format!("bucket {bucket}");
     // Observe as if adoption were off: only a bucket tagged by this pipeline is deleted.
