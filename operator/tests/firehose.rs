@@ -12,7 +12,7 @@ use aws_sdk_firehose::types::{
     BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
     ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
 };
-use clickheatmap_operator::aws::{Deletion, firehose};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, firehose};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -22,7 +22,7 @@ async fn reconcile(
 ) -> Result<Vec<firehose::Change>, Error> {
     let observed = firehose::observe(&env.clients.firehose, &desired.name).await?;
     let mut made = Vec::new();
-    for change in firehose::diff(desired, observed.as_ref())? {
+    for change in firehose::RawArchive::diff(desired, observed.as_ref())? {
         firehose::apply(&env.clients.firehose, &change).await?;
         made.push(change);
     }

@@ -13,7 +13,7 @@ use aws_sdk_s3::types::{
     NoncurrentVersionExpiration, ServerSideEncryption, ServerSideEncryptionByDefault,
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
 };
-use clickheatmap_operator::aws::{Deletion, s3};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, s3};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -22,7 +22,7 @@ async fn reconcile(env: &Env, buckets: &[s3::DesiredBucket]) -> Result<Vec<s3::C
     let mut made = Vec::new();
     for bucket in buckets {
         let observed = s3::observe(&env.clients.s3, bucket).await?;
-        for change in s3::diff(bucket, observed.as_ref())? {
+        for change in s3::Buckets::diff(bucket, observed.as_ref())? {
             s3::apply(&env.clients.s3, &change).await?;
             made.push(change);
         }

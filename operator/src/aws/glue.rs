@@ -27,12 +27,16 @@ use aws_sdk_glue::types::{
     CatalogTarget, Column as SdkColumn, CrawlerTargets, DatabaseInput, DeleteBehavior,
     SchemaChangePolicy, SerDeInfo, StorageDescriptor, TableInput, UpdateBehavior,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, PartitionDiscovery};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, PartitionDiscovery, PipelineResources};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, SdkResultExt, check_owner, is_ours, may_manage, tag_change};
+use super::{
+    AwsClients, Deletion, PartReconciler, PlanInput, Readiness, SdkResultExt, Service, check_owner,
+    is_ours, may_manage, tag_change,
+};
 use crate::error::Error;
 use crate::names::{Names, Owner, crawler_name, curated_table_location};
+use crate::pipeline::{DeleteStep, Part};
 
 pub const PARQUET_INPUT_FORMAT: &str =
     "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
@@ -657,109 +661,6 @@ fn crawler_matches(desired: &CrawlerDefinition, observed: &ObservedCrawler) -> b
         && desired.delete_behavior == observed.delete_behavior
 }
 
-/// The calls that turn `observed` into `desired`, database first. Empty when they match.
-pub fn diff(desired: &DesiredCatalog, observed: &ObservedCatalog) -> Result<Vec<Change>, Error> {
-    let mut changes = Vec::new();
-    let owner = &desired.owner;
-    let adopt = desired.adopt_existing;
-    let db = &desired.database;
-    match &observed.database {
-        None => changes.push(Change::CreateDatabase {
-            database: db.name.clone(),
-            description: db.description.clone(),
-            tags: db.tags.clone(),
-        }),
-        Some(found) => {
-            let what = format!("Glue database {}", db.name);
-            check_owner(&what, &found.tags, owner, adopt)?;
-            changes.extend(tag_change(&found.tags, &db.tags, |tags| {
-                Change::TagResource {
-                    resource: what,
-                    resource_arn: db.arn.clone(),
-                    tags,
-                }
-            }));
-        }
-    }
-    let table = &desired.table;
-    match &observed.table {
-        None => changes.push(Change::CreateTable {
-            database: table.database.clone(),
-            table: table.name.clone(),
-            definition: table.definition.clone(),
-        }),
-        Some(found) => {
-            let what = format!("table {}.{}", table.database, table.name);
-            check_owner(&what, &found.definition.parameters, owner, adopt)?;
-            if !table_matches(&table.definition, &found.definition) {
-                changes.push(Change::UpdateTable {
-                    database: table.database.clone(),
-                    table: table.name.clone(),
-                    definition: merged_definition(&table.definition, &found.definition),
-                });
-            }
-        }
-    }
-    if let Some(crawler) = &desired.crawler {
-        let name = &crawler.definition.name;
-        match &observed.crawler {
-            None => changes.push(Change::CreateCrawler {
-                crawler: crawler.definition.clone(),
-                tags: crawler.tags.clone(),
-            }),
-            Some(found) => {
-                let what = format!("crawler {name}");
-                check_owner(&what, &found.tags, owner, adopt)?;
-                changes.extend(tag_change(&found.tags, &crawler.tags, |tags| {
-                    Change::TagResource {
-                        resource: what,
-                        resource_arn: crawler.arn.clone(),
-                        tags,
-                    }
-                }));
-                if found.other_targets > 0 || !crawler_matches(&crawler.definition, found) {
-                    if found.state != "READY" {
-                        return Err(Error::CrawlerRunning {
-                            crawler: name.clone(),
-                        });
-                    }
-                    changes.push(Change::UpdateCrawler {
-                        crawler: crawler.definition.clone(),
-                    });
-                }
-            }
-        }
-    }
-    if let (Some((name, _)), Some(found)) =
-        (&desired.crawler_to_remove, &observed.crawler_to_remove)
-        && is_ours(&found.tags, owner)
-    {
-        if found.state != "READY" {
-            return Err(Error::CrawlerRunning {
-                crawler: name.clone(),
-            });
-        }
-        changes.push(Change::DeleteCrawler {
-            crawler: name.clone(),
-        });
-    }
-    Ok(changes)
-}
-
-/// The catalog is ready when the database and table exist (and the crawler, if wanted).
-pub fn readiness(desired: &DesiredCatalog, observed: &ObservedCatalog) -> Readiness {
-    if observed.database.is_none() {
-        return Readiness::Provisioning("the Glue database does not exist yet".to_owned());
-    }
-    if observed.table.is_none() {
-        return Readiness::Provisioning("the curated table does not exist yet".to_owned());
-    }
-    if desired.crawler.is_some() && observed.crawler.is_none() {
-        return Readiness::Provisioning("the crawler does not exist yet".to_owned());
-    }
-    Readiness::Ready
-}
-
 fn build_error(what: &str) -> impl FnOnce(aws_sdk_glue::error::BuildError) -> Error + '_ {
     move |error| Error::internal(format!("building {what}: {error}"))
 }
@@ -1021,6 +922,208 @@ pub async fn delete(
     Ok(outcomes)
 }
 
+/// The catalog part: the Glue database, the curated table and, for `partitions: Crawler`, the
+/// crawler.
+pub struct Catalog;
+
+impl PartReconciler for Catalog {
+    const PART: Part = Part::Catalog;
+    const CONDITION_TYPE: &'static str = "CatalogReady";
+    const NAME: &'static str = "catalog";
+    const SERVICE: Service = Service::Glue;
+
+    type Desired = DesiredCatalog;
+    type Observed = ObservedCatalog;
+    type Change = Change;
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredCatalog>, Error> {
+        Ok(vec![desired(
+            input.spec,
+            input.names,
+            input.previous.crawler_name.as_deref(),
+        )?])
+    }
+
+    fn summary(desired: &[DesiredCatalog]) -> String {
+        desired
+            .iter()
+            .map(|catalog| {
+                format!(
+                    "Glue table {}.{} matches the spec",
+                    catalog.table.database, catalog.table.name
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredCatalog,
+    ) -> Result<Option<ObservedCatalog>, Error> {
+        Ok(Some(observe(&clients.glue, desired).await?))
+    }
+
+    /// The calls that turn `observed` into `desired`, database first. Empty when they match.
+    fn diff(
+        desired: &DesiredCatalog,
+        observed: Option<&ObservedCatalog>,
+    ) -> Result<Vec<Change>, Error> {
+        let nothing = ObservedCatalog::default();
+        let observed = observed.unwrap_or(&nothing);
+        let mut changes = Vec::new();
+        let owner = &desired.owner;
+        let adopt = desired.adopt_existing;
+        let db = &desired.database;
+        match &observed.database {
+            None => changes.push(Change::CreateDatabase {
+                database: db.name.clone(),
+                description: db.description.clone(),
+                tags: db.tags.clone(),
+            }),
+            Some(found) => {
+                let what = format!("Glue database {}", db.name);
+                check_owner(&what, &found.tags, owner, adopt)?;
+                changes.extend(tag_change(&found.tags, &db.tags, |tags| {
+                    Change::TagResource {
+                        resource: what,
+                        resource_arn: db.arn.clone(),
+                        tags,
+                    }
+                }));
+            }
+        }
+        let table = &desired.table;
+        match &observed.table {
+            None => changes.push(Change::CreateTable {
+                database: table.database.clone(),
+                table: table.name.clone(),
+                definition: table.definition.clone(),
+            }),
+            Some(found) => {
+                let what = format!("table {}.{}", table.database, table.name);
+                check_owner(&what, &found.definition.parameters, owner, adopt)?;
+                if !table_matches(&table.definition, &found.definition) {
+                    changes.push(Change::UpdateTable {
+                        database: table.database.clone(),
+                        table: table.name.clone(),
+                        definition: merged_definition(&table.definition, &found.definition),
+                    });
+                }
+            }
+        }
+        if let Some(crawler) = &desired.crawler {
+            let name = &crawler.definition.name;
+            match &observed.crawler {
+                None => changes.push(Change::CreateCrawler {
+                    crawler: crawler.definition.clone(),
+                    tags: crawler.tags.clone(),
+                }),
+                Some(found) => {
+                    let what = format!("crawler {name}");
+                    check_owner(&what, &found.tags, owner, adopt)?;
+                    changes.extend(tag_change(&found.tags, &crawler.tags, |tags| {
+                        Change::TagResource {
+                            resource: what,
+                            resource_arn: crawler.arn.clone(),
+                            tags,
+                        }
+                    }));
+                    if found.other_targets > 0 || !crawler_matches(&crawler.definition, found) {
+                        if found.state != "READY" {
+                            return Err(Error::CrawlerRunning {
+                                crawler: name.clone(),
+                            });
+                        }
+                        changes.push(Change::UpdateCrawler {
+                            crawler: crawler.definition.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if let (Some((name, _)), Some(found)) =
+            (&desired.crawler_to_remove, &observed.crawler_to_remove)
+            && is_ours(&found.tags, owner)
+        {
+            if found.state != "READY" {
+                return Err(Error::CrawlerRunning {
+                    crawler: name.clone(),
+                });
+            }
+            changes.push(Change::DeleteCrawler {
+                crawler: name.clone(),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// The catalog is ready when the database and table exist (and the crawler, if wanted).
+    fn readiness(desired: &DesiredCatalog, observed: Option<&ObservedCatalog>) -> Readiness {
+        let nothing = ObservedCatalog::default();
+        let observed = observed.unwrap_or(&nothing);
+        if observed.database.is_none() {
+            return Readiness::Provisioning("the Glue database does not exist yet".to_owned());
+        }
+        if observed.table.is_none() {
+            return Readiness::Provisioning("the curated table does not exist yet".to_owned());
+        }
+        if desired.crawler.is_some() && observed.crawler.is_none() {
+            return Readiness::Provisioning("the crawler does not exist yet".to_owned());
+        }
+        Readiness::Ready
+    }
+
+    fn resources(
+        desired: &DesiredCatalog,
+        _observed: Option<&ObservedCatalog>,
+        into: &mut PipelineResources,
+    ) {
+        into.glue_database = Some(desired.database.name.clone());
+        into.glue_table = Some(desired.table.name.clone());
+        into.crawler_name = desired.crawler.as_ref().map(|c| c.definition.name.clone());
+    }
+
+    /// A crawler that could not be removed yet stays recorded, so removal is retried.
+    fn resources_when_blocked(desired: &DesiredCatalog, into: &mut PipelineResources) {
+        if let Some((name, _)) = &desired.crawler_to_remove {
+            into.crawler_name = Some(name.clone());
+        }
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.glue_database.clone_from(&from.glue_database);
+        into.glue_table.clone_from(&from.glue_table);
+        into.crawler_name.clone_from(&from.crawler_name);
+    }
+
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        _done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        delete(&clients.glue, &for_deletion(input)?).await
+    }
+}
+
+/// The catalog's names for deletion, even from a spec whose crawler has no role (deletion needs
+/// only names).
+fn for_deletion(input: PlanInput<'_>) -> Result<DesiredCatalog, Error> {
+    let mut spec = input.spec.clone();
+    if spec.catalog.partitions == PartitionDiscovery::Crawler {
+        let crawler = spec
+            .catalog
+            .crawler
+            .get_or_insert(clickheatmap_crds::CrawlerSpec {
+                name: None,
+                schedule: "cron(0/30 * * * ? *)".to_owned(),
+                role_arn: None,
+            });
+        crawler.role_arn.get_or_insert_with(String::new);
+    }
+    desired(&spec, input.names, input.previous.crawler_name.as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1141,7 +1244,7 @@ mod tests {
         for file in ["pipeline-minimal.yaml", "pipeline-full.yaml"] {
             let pipeline = fixture(file);
             let catalog = desired(&pipeline.spec, &names_for(&pipeline), None).expect("valid");
-            let changes = diff(&catalog, &ObservedCatalog::default()).expect("diff");
+            let changes = Catalog::diff(&catalog, Some(&ObservedCatalog::default())).expect("diff");
             let ops: Vec<_> = changes
                 .iter()
                 .map(|c| serde_json::to_value(c).expect("json")["op"].clone())
@@ -1152,7 +1255,11 @@ mod tests {
                 &["CreateDatabase", "CreateTable"]
             };
             assert_eq!(ops, expected, "{file}");
-            assert_eq!(diff(&catalog, &in_sync(&catalog)), Ok(vec![]), "{file}");
+            assert_eq!(
+                Catalog::diff(&catalog, Some(&in_sync(&catalog))),
+                Ok(vec![]),
+                "{file}"
+            );
         }
     }
 
@@ -1166,11 +1273,11 @@ mod tests {
             .definition
             .parameters
             .insert("recordCount".into(), "42".into());
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]));
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
         // A schema change is drift; the update keeps the statistics.
         let table = observed.table.as_mut().expect("table");
         table.definition.columns[1].kind = "bigint".into();
-        let changes = diff(&catalog, &observed).expect("diff");
+        let changes = Catalog::diff(&catalog, Some(&observed)).expect("diff");
         let [Change::UpdateTable { definition, .. }] = changes.as_slice() else {
             panic!("{changes:?}");
         };
@@ -1192,7 +1299,7 @@ mod tests {
         let catalog = desired(&crawled.spec, &names_for(&crawled), None).expect("valid");
         let mut observed = in_sync(&projection);
         observed.crawler = None;
-        let changes = diff(&catalog, &observed).expect("diff");
+        let changes = Catalog::diff(&catalog, Some(&observed)).expect("diff");
         let Change::UpdateTable { definition, .. } = &changes[0] else {
             panic!("{changes:?}");
         };
@@ -1212,10 +1319,14 @@ mod tests {
         let mut observed = in_sync(&catalog);
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.state = "RUNNING".into();
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]), "no drift, no error");
+        assert_eq!(
+            Catalog::diff(&catalog, Some(&observed)),
+            Ok(vec![]),
+            "no drift, no error"
+        );
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.definition.schedule = "cron(0 * * * ? *)".into();
-        let error = diff(&catalog, &observed).expect_err("running");
+        let error = Catalog::diff(&catalog, Some(&observed)).expect_err("running");
         assert_eq!(
             error,
             Error::CrawlerRunning {
@@ -1226,7 +1337,9 @@ mod tests {
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.state = "READY".into();
         assert!(matches!(
-            diff(&catalog, &observed).expect("diff").as_slice(),
+            Catalog::diff(&catalog, Some(&observed))
+                .expect("diff")
+                .as_slice(),
             [Change::UpdateCrawler { .. }]
         ));
     }
@@ -1238,7 +1351,7 @@ mod tests {
         let mut observed = in_sync(&catalog);
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.definition.configuration = "{ \"Version\": 1.0, \"CrawlerOutput\": { \"Partitions\": { \"AddOrUpdateBehavior\": \"InheritFromTable\" } } }".into();
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]));
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
     }
 
     #[test]
@@ -1251,7 +1364,7 @@ mod tests {
             .definition
             .parameters
             .extend(Owner::new("x", "y").tags());
-        let error = diff(&catalog, &observed).expect_err("conflict");
+        let error = Catalog::diff(&catalog, Some(&observed)).expect_err("conflict");
         assert!(
             error
                 .to_string()
@@ -1260,7 +1373,7 @@ mod tests {
         let mut observed = in_sync(&catalog);
         let database = observed.database.as_mut().expect("database");
         database.tags.clear();
-        let error = diff(&catalog, &observed).expect_err("conflict");
+        let error = Catalog::diff(&catalog, Some(&observed)).expect_err("conflict");
         assert!(error.to_string().contains("adoptExisting"));
     }
 
@@ -1290,7 +1403,7 @@ mod tests {
             tags: catalog.owner.tags(),
         });
         assert_eq!(
-            diff(&catalog, &observed),
+            Catalog::diff(&catalog, Some(&observed)),
             Ok(vec![Change::DeleteCrawler {
                 crawler: "shop-curated".into()
             }])
@@ -1299,6 +1412,6 @@ mod tests {
         if let Some(found) = observed.crawler_to_remove.as_mut() {
             found.tags.clear();
         }
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]));
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
     }
 }
