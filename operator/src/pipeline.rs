@@ -26,12 +26,12 @@ use clickheatmap_crds::{
 };
 use serde::Serialize;
 
-use crate::aws::s3::BucketRole;
 use crate::aws::{
-    AwsClients, Change, Deletion, Readiness, Service, athena, firehose, flink, glue, kinesis, s3,
+    AwsClients, Change, Deletion, PartReconciler, PlanInput, Readiness, Service, athena, firehose,
+    flink, glue, kinesis, s3,
 };
 use crate::error::{Error, Reason};
-use crate::names::{Names, Owner, delivery_stream_name};
+use crate::names::Names;
 
 /// The parts of a pipeline on AWS, in reconcile order. Each becomes a status condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -44,6 +44,39 @@ pub enum Part {
     /// The Managed Flink application (engine `ManagedFlink`). The Deployment engine's
     /// aggregator is the controller's, not this module's.
     FlinkApplication,
+}
+
+/// The one place that says which reconciler runs a part: a new service adds its variant to
+/// [`Part`] (and [`Part::ORDER`]) and one line here. `$r` names the reconciler type in `$body`.
+macro_rules! with_reconciler {
+    ($part:expr, $r:ident => $body:expr) => {
+        match $part {
+            Part::Buckets => {
+                type $r = s3::Buckets;
+                $body
+            }
+            Part::Stream => {
+                type $r = kinesis::Stream;
+                $body
+            }
+            Part::RawArchive => {
+                type $r = firehose::RawArchive;
+                $body
+            }
+            Part::Catalog => {
+                type $r = glue::Catalog;
+                $body
+            }
+            Part::Query => {
+                type $r = athena::Query;
+                $body
+            }
+            Part::FlinkApplication => {
+                type $r = flink::FlinkApplication;
+                $body
+            }
+        }
+    };
 }
 
 impl Part {
@@ -59,47 +92,33 @@ impl Part {
 
     /// The status condition type of this part.
     pub fn condition_type(self) -> &'static str {
-        match self {
-            Part::Buckets => "BucketsReady",
-            Part::Stream => "StreamReady",
-            Part::RawArchive => "RawArchiveReady",
-            Part::Catalog => "CatalogReady",
-            Part::Query => "QueryReady",
-            Part::FlinkApplication => "FlinkApplicationReady",
-        }
+        with_reconciler!(self, R => R::CONDITION_TYPE)
     }
 
     /// The AWS service the part lives in.
     pub fn service(self) -> Service {
-        match self {
-            Part::Buckets => Service::S3,
-            Part::Stream => Service::Kinesis,
-            Part::RawArchive => Service::Firehose,
-            Part::Catalog => Service::Glue,
-            Part::Query => Service::Athena,
-            Part::FlinkApplication => Service::KinesisAnalyticsV2,
-        }
+        with_reconciler!(self, R => R::SERVICE)
     }
 
     /// Parts that must be ready before this one is created or changed.
     pub fn depends_on(self) -> &'static [Part] {
-        match self {
-            Part::RawArchive | Part::FlinkApplication => &[Part::Buckets, Part::Stream],
-            _ => &[],
-        }
+        with_reconciler!(self, R => R::DEPENDS_ON)
+    }
+
+    /// True when the spec itself wants the part (as opposed to a part with leftovers to remove).
+    fn wanted(self, spec: &ClickHeatmapPipelineSpec) -> bool {
+        with_reconciler!(self, R => R::wanted(spec))
+    }
+
+    /// Copies the fields of `status.resources` the part is responsible for.
+    fn record(self, from: &PipelineResources, into: &mut PipelineResources) {
+        with_reconciler!(self, R => R::record(from, into))
     }
 }
 
 impl fmt::Display for Part {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Part::Buckets => "buckets",
-            Part::Stream => "stream",
-            Part::RawArchive => "raw archive",
-            Part::Catalog => "catalog",
-            Part::Query => "query workgroup",
-            Part::FlinkApplication => "Flink application",
-        })
+        f.write_str(with_reconciler!(self, R => R::NAME))
     }
 }
 
@@ -375,6 +394,16 @@ struct Context<'a> {
     previous: PipelineResources,
 }
 
+impl Context<'_> {
+    fn input(&self) -> PlanInput<'_> {
+        PlanInput {
+            spec: self.spec,
+            names: &self.names,
+            previous: &self.previous,
+        }
+    }
+}
+
 async fn context<'a>(
     clients: &'a AwsClients,
     pipeline: &'a ClickHeatmapPipeline,
@@ -412,281 +441,62 @@ fn part_plan(part: Part) -> PartPlan {
     }
 }
 
-/// Runs `diff` on a successful observation and records changes or the error.
-fn record<T>(
-    plan: &mut PartPlan,
-    result: Result<Vec<T>, Error>,
-    wrap: impl Fn(T) -> Change,
-) -> bool {
-    match result {
-        Ok(changes) => {
-            plan.changes.extend(changes.into_iter().map(wrap));
-            true
-        }
+/// Plans one part: observes and diffs each resource the spec wants (a failed read or diff is
+/// recorded and the next resource is still planned), or, when the spec does not want the part,
+/// what an earlier spec left to remove. `None` when there is neither.
+async fn plan<R: PartReconciler>(clients: &AwsClients, input: PlanInput<'_>) -> Option<PartPlan> {
+    let mut plan = part_plan(R::PART);
+    let desired = match R::desired(input) {
+        Ok(desired) => desired,
         Err(error) => {
-            plan.error.get_or_insert(error);
-            false
+            plan.error = Some(error);
+            return Some(plan);
         }
+    };
+    if desired.is_empty() {
+        let leftover = R::leftover(clients, input).await?;
+        plan.summary = leftover.summary;
+        match leftover.found {
+            Ok(Some(removal)) => {
+                plan.changes = removal.changes;
+                plan.readiness = Readiness::Provisioning(removal.message);
+                plan.resources = removal.resources;
+            }
+            Ok(None) => {}
+            Err(error) => plan.error = Some(error),
+        }
+        return Some(plan);
     }
-}
-
-fn not_ready(plan: &mut PartPlan, readiness: Readiness) {
-    if plan.readiness == Readiness::Ready {
-        plan.readiness = readiness;
-    }
-}
-
-async fn plan_buckets(ctx: &Context<'_>) -> PartPlan {
-    let mut plan = part_plan(Part::Buckets);
-    let desired = s3::desired(ctx.spec, &ctx.names);
-    for bucket in &desired {
-        let observed = match s3::observe(&ctx.clients.s3, bucket).await {
+    for resource in &desired {
+        let observed = match R::observe(clients, resource).await {
             Ok(observed) => observed,
             Err(error) => {
                 plan.error.get_or_insert(error);
                 continue;
             }
         };
-        if record(&mut plan, s3::diff(bucket, observed.as_ref()), Change::S3) {
-            for role in &bucket.roles {
-                let field = match role {
-                    BucketRole::Raw => &mut plan.resources.raw_bucket,
-                    BucketRole::Curated => &mut plan.resources.curated_bucket,
-                    BucketRole::QueryResults => &mut plan.resources.query_results_bucket,
-                };
-                *field = Some(bucket.name.clone());
+        let observed = observed.as_ref();
+        match R::diff(resource, observed) {
+            Ok(changes) => {
+                plan.changes.extend(changes.into_iter().map(Into::into));
+                R::resources(resource, observed, &mut plan.resources);
+            }
+            Err(error) => {
+                plan.error.get_or_insert(error);
+                R::resources_when_blocked(resource, &mut plan.resources);
             }
         }
-        plan.kept.extend(s3::kept(bucket, observed.as_ref()));
-        not_ready(&mut plan, s3::readiness(observed.as_ref()));
+        plan.kept.extend(R::kept(resource, observed));
+        if plan.readiness == Readiness::Ready {
+            plan.readiness = R::readiness(resource, observed);
+        }
     }
-    let names: Vec<&str> = desired.iter().map(|b| b.name.as_str()).collect();
-    plan.summary = format!("buckets {} match the spec", names.join(", "));
-    plan
-}
-
-async fn plan_stream(ctx: &Context<'_>) -> PartPlan {
-    let mut plan = part_plan(Part::Stream);
-    let desired = kinesis::desired(ctx.spec, &ctx.names);
-    plan.summary = format!("stream {} is ACTIVE and matches the spec", desired.name);
-    match kinesis::observe(&ctx.clients.kinesis, &desired.name, &desired.consumer.name).await {
-        Ok(observed) => {
-            if record(
-                &mut plan,
-                kinesis::diff(&desired, observed.as_ref()),
-                Change::Kinesis,
-            ) {
-                plan.resources.stream_arn = Some(
-                    observed
-                        .as_ref()
-                        .map(|o| o.arn.clone())
-                        .unwrap_or_else(|| desired.arn.clone()),
-                );
-            }
-            plan.kept.extend(kinesis::kept(&desired, observed.as_ref()));
-            plan.readiness = kinesis::readiness(observed.as_ref());
-        }
-        Err(error) => plan.error = Some(error),
-    }
-    plan
-}
-
-async fn plan_raw_archive(ctx: &Context<'_>) -> Option<PartPlan> {
-    let mut plan = part_plan(Part::RawArchive);
-    let desired = match firehose::desired(ctx.spec, &ctx.names) {
-        Ok(desired) => desired,
-        Err(error) => {
-            plan.error = Some(error);
-            return Some(plan);
-        }
-    };
-    let Some(desired) = desired else {
-        // Switched off: remove the delivery stream this pipeline made, if any.
-        let previous = ctx.previous.delivery_stream_arn.as_deref()?;
-        let name = previous.rsplit('/').next().unwrap_or(previous).to_owned();
-        plan.summary = "the raw archive is disabled".to_owned();
-        match firehose::observe(&ctx.clients.firehose, &name).await {
-            Ok(observed) => {
-                plan.changes = firehose::cleanup(observed.as_ref(), &ctx.names.owner)
-                    .into_iter()
-                    .map(Change::Firehose)
-                    .collect();
-                if let Some(found) =
-                    observed.filter(|o| crate::aws::is_ours(&o.tags, &ctx.names.owner))
-                {
-                    plan.resources.delivery_stream_arn = Some(found.arn);
-                    plan.readiness = Readiness::Provisioning(format!(
-                        "removing delivery stream {name} (the raw archive is disabled)"
-                    ));
-                }
-            }
-            Err(error) => plan.error = Some(error),
-        }
-        return Some(plan);
-    };
-    plan.summary = format!(
-        "delivery stream {} is ACTIVE and matches the spec",
-        desired.name
-    );
-    match firehose::observe(&ctx.clients.firehose, &desired.name).await {
-        Ok(observed) => {
-            if record(
-                &mut plan,
-                firehose::diff(&desired, observed.as_ref()),
-                Change::Firehose,
-            ) {
-                plan.resources.delivery_stream_arn = Some(
-                    observed
-                        .as_ref()
-                        .map(|o| o.arn.clone())
-                        .unwrap_or_else(|| desired.arn.clone()),
-                );
-            }
-            plan.readiness = firehose::readiness(observed.as_ref());
-        }
-        Err(error) => plan.error = Some(error),
-    }
-    Some(plan)
-}
-
-async fn plan_catalog(ctx: &Context<'_>) -> PartPlan {
-    let mut plan = part_plan(Part::Catalog);
-    let desired = match glue::desired(ctx.spec, &ctx.names, ctx.previous.crawler_name.as_deref()) {
-        Ok(desired) => desired,
-        Err(error) => {
-            plan.error = Some(error);
-            return plan;
-        }
-    };
-    plan.summary = format!(
-        "Glue table {}.{} matches the spec",
-        desired.table.database, desired.table.name
-    );
-    match glue::observe(&ctx.clients.glue, &desired).await {
-        Ok(observed) => {
-            if record(&mut plan, glue::diff(&desired, &observed), Change::Glue) {
-                plan.resources.glue_database = Some(desired.database.name.clone());
-                plan.resources.glue_table = Some(desired.table.name.clone());
-                plan.resources.crawler_name =
-                    desired.crawler.as_ref().map(|c| c.definition.name.clone());
-            }
-            // A crawler that could not be removed yet stays recorded, so removal is retried.
-            if plan.error.is_some()
-                && let Some((name, _)) = &desired.crawler_to_remove
-            {
-                plan.resources.crawler_name = Some(name.clone());
-            }
-            plan.readiness = glue::readiness(&desired, &observed);
-        }
-        Err(error) => plan.error = Some(error),
-    }
-    plan
-}
-
-async fn plan_query(ctx: &Context<'_>) -> PartPlan {
-    let mut plan = part_plan(Part::Query);
-    let desired = athena::desired(ctx.spec, &ctx.names);
-    plan.summary = format!("Athena workgroup {} matches the spec", desired.name);
-    match athena::observe(&ctx.clients.athena, &desired).await {
-        Ok(observed) => {
-            if record(
-                &mut plan,
-                athena::diff(&desired, observed.as_ref()),
-                Change::Athena,
-            ) {
-                plan.resources.workgroup = Some(desired.name.clone());
-            }
-            plan.kept.extend(athena::kept(&desired, observed.as_ref()));
-            plan.readiness = athena::readiness(observed.as_ref());
-        }
-        Err(error) => plan.error = Some(error),
-    }
-    plan
-}
-
-async fn plan_flink(ctx: &Context<'_>) -> Option<PartPlan> {
-    let mut plan = part_plan(Part::FlinkApplication);
-    let desired = match flink::desired(ctx.spec, &ctx.names) {
-        Ok(desired) => desired,
-        Err(error) => {
-            plan.error = Some(error);
-            return Some(plan);
-        }
-    };
-    let Some(desired) = desired else {
-        // Engine switched away from ManagedFlink: remove the application this pipeline made.
-        let previous = ctx.previous.flink_application_arn.as_deref()?;
-        let name = flink::name_from_arn(previous)
-            .unwrap_or(previous)
-            .to_owned();
-        plan.summary = "the aggregation does not run on Managed Flink".to_owned();
-        match ctx.clients.flink.observe(&name).await {
-            Ok(observed) => {
-                plan.changes = flink::cleanup(observed.as_ref(), &ctx.names.owner)
-                    .into_iter()
-                    .map(Change::Flink)
-                    .collect();
-                if let Some(found) =
-                    observed.filter(|o| crate::aws::is_ours(&o.tags, &ctx.names.owner))
-                {
-                    plan.resources.flink_application_arn = Some(found.arn);
-                    plan.readiness = Readiness::Provisioning(format!(
-                        "removing Flink application {name} (the engine is no longer ManagedFlink)"
-                    ));
-                }
-            }
-            Err(error) => plan.error = Some(error),
-        }
-        return Some(plan);
-    };
-    plan.summary = format!(
-        "Flink application {} is {} and matches the spec",
-        desired.name,
-        if desired.running {
-            "RUNNING"
-        } else {
-            "READY (paused)"
-        }
-    );
-    match ctx.clients.flink.observe(&desired.name).await {
-        Ok(observed) => {
-            if record(
-                &mut plan,
-                flink::diff(&desired, observed.as_ref()),
-                Change::Flink,
-            ) {
-                plan.resources.flink_application_arn = Some(
-                    observed
-                        .as_ref()
-                        .map(|o| o.arn.clone())
-                        .unwrap_or_else(|| desired.arn.clone()),
-                );
-            }
-            plan.readiness = flink::readiness(&desired, observed.as_ref());
-        }
-        Err(error) => plan.error = Some(error),
-    }
+    plan.summary = R::summary(&desired);
     Some(plan)
 }
 
 async fn plan_part(ctx: &Context<'_>, part: Part) -> Option<PartPlan> {
-    match part {
-        Part::Buckets => Some(plan_buckets(ctx).await),
-        Part::Stream => Some(plan_stream(ctx).await),
-        Part::RawArchive => plan_raw_archive(ctx).await,
-        Part::Catalog => Some(plan_catalog(ctx).await),
-        Part::Query => Some(plan_query(ctx).await),
-        Part::FlinkApplication => plan_flink(ctx).await,
-    }
-}
-
-/// True when the spec itself wants the part (as opposed to a part with leftovers to remove).
-fn wanted(spec: &ClickHeatmapPipelineSpec, part: Part) -> bool {
-    match part {
-        Part::RawArchive => spec.raw_archive.enabled,
-        Part::FlinkApplication => spec.aggregation.engine == AggregationEngine::ManagedFlink,
-        _ => true,
-    }
+    with_reconciler!(part, R => plan::<R>(ctx.clients, ctx.input()).await)
 }
 
 /// Observes every part of the pipeline and returns what [`apply_pipeline`] would change. Makes
@@ -717,31 +527,6 @@ pub async fn apply_change(clients: &AwsClients, change: &Change) -> Result<(), E
         Change::Glue(change) => glue::apply(&clients.glue, change).await,
         Change::Athena(change) => athena::apply(&clients.athena, change).await,
         Change::Flink(change) => clients.flink.apply(change).await,
-    }
-}
-
-/// Copies the fields `part` is responsible for.
-fn assign_resources(part: Part, from: &PipelineResources, into: &mut PipelineResources) {
-    match part {
-        Part::Buckets => {
-            into.raw_bucket.clone_from(&from.raw_bucket);
-            into.curated_bucket.clone_from(&from.curated_bucket);
-            into.query_results_bucket
-                .clone_from(&from.query_results_bucket);
-        }
-        Part::Stream => into.stream_arn.clone_from(&from.stream_arn),
-        Part::RawArchive => into
-            .delivery_stream_arn
-            .clone_from(&from.delivery_stream_arn),
-        Part::Catalog => {
-            into.glue_database.clone_from(&from.glue_database);
-            into.glue_table.clone_from(&from.glue_table);
-            into.crawler_name.clone_from(&from.crawler_name);
-        }
-        Part::Query => into.workgroup.clone_from(&from.workgroup),
-        Part::FlinkApplication => into
-            .flink_application_arn
-            .clone_from(&from.flink_application_arn),
     }
 }
 
@@ -777,7 +562,7 @@ async fn execute(
         };
     }
     if plan.changes.is_empty() {
-        assign_resources(part, &plan.resources, resources);
+        part.record(&plan.resources, resources);
         return match plan.readiness {
             Readiness::Ready => PartOutcome {
                 part,
@@ -805,7 +590,7 @@ async fn execute(
         if let Err(error) = apply_change(clients, change).await {
             tracing::warn!(part = %part, change = %change, error = %error, "change failed");
             if !applied.is_empty() {
-                assign_resources(part, &plan.resources, resources);
+                part.record(&plan.resources, resources);
             }
             let message = if applied.is_empty() {
                 error.to_string()
@@ -827,7 +612,7 @@ async fn execute(
             break;
         }
     }
-    assign_resources(part, &plan.resources, resources);
+    part.record(&plan.resources, resources);
     let done = describe_changes(&applied);
     if settling {
         let left = total - applied.len();
@@ -866,7 +651,7 @@ pub async fn apply_pipeline(
     let mut resources = ctx.previous.clone();
     let mut outcomes: Vec<PartOutcome> = Vec::new();
     for part in Part::ORDER {
-        if wanted(ctx.spec, part) {
+        if part.wanted(ctx.spec) {
             let blocker = part
                 .depends_on()
                 .iter()
@@ -885,7 +670,7 @@ pub async fn apply_pipeline(
         }
         let Some(plan) = plan_part(&ctx, part).await else {
             // Neither wanted nor anything left to remove.
-            assign_resources(part, &PipelineResources::default(), &mut resources);
+            part.record(&PipelineResources::default(), &mut resources);
             continue;
         };
         outcomes.push(execute(clients, plan, &mut resources).await);
@@ -918,28 +703,6 @@ impl DeleteOutcome {
     }
 }
 
-/// The catalog's names for deletion, even from a spec whose crawler has no role (deletion needs
-/// only names).
-fn catalog_for_deletion(
-    names: &Names,
-    spec: &ClickHeatmapPipelineSpec,
-    previous: &PipelineResources,
-) -> Result<glue::DesiredCatalog, Error> {
-    let mut spec = spec.clone();
-    if spec.catalog.partitions == PartitionDiscovery::Crawler {
-        let crawler = spec
-            .catalog
-            .crawler
-            .get_or_insert(clickheatmap_crds::CrawlerSpec {
-                name: None,
-                schedule: "cron(0/30 * * * ? *)".to_owned(),
-                role_arn: None,
-            });
-        crawler.role_arn.get_or_insert_with(String::new);
-    }
-    glue::desired(&spec, names, previous.crawler_name.as_deref())
-}
-
 /// Honours `deletionPolicy` for a pipeline that is being deleted. `Retain` makes no AWS call.
 /// `Delete` removes, in reverse reconcile order, every resource tagged by this pipeline (others
 /// are reported as kept); buckets are emptied and removed once nothing writes to them any more.
@@ -962,93 +725,28 @@ pub async fn delete_pipeline(
     }
     let account = clients.account().await?;
     let names = Names::for_pipeline(pipeline, account);
-    let owner: &Owner = &names.owner;
     let previous = pipeline
         .status
         .as_ref()
         .map(|status| status.resources.clone())
         .unwrap_or_default();
+    let input = PlanInput {
+        spec,
+        names: &names,
+        previous: &previous,
+    };
     let mut steps = Vec::new();
-
-    let flink_name = if spec.aggregation.engine == AggregationEngine::ManagedFlink {
-        Some(crate::names::flink_application_name(spec, owner))
-    } else {
-        previous
-            .flink_application_arn
-            .as_deref()
-            .and_then(flink::name_from_arn)
-            .map(str::to_owned)
-    };
-    if let Some(name) = flink_name {
-        let deletion = flink::delete(clients.flink.as_ref(), &name, owner, policy).await?;
-        steps.push(DeleteStep {
-            part: Part::FlinkApplication,
-            resource: format!("Flink application {name}"),
-            deletion,
-        });
-    }
-
-    let workgroup = athena::desired(spec, &names);
-    let deletion = athena::delete(&clients.athena, &workgroup, policy).await?;
-    steps.push(DeleteStep {
-        part: Part::Query,
-        resource: format!("Athena workgroup {}", workgroup.name),
-        deletion,
-    });
-
-    let catalog = catalog_for_deletion(&names, spec, &previous)?;
-    for (resource, deletion) in glue::delete(&clients.glue, &catalog, policy).await? {
-        steps.push(DeleteStep {
-            part: Part::Catalog,
-            resource,
-            deletion,
-        });
-    }
-
-    let firehose_name = if spec.raw_archive.enabled {
-        Some(delivery_stream_name(spec))
-    } else {
-        previous
-            .delivery_stream_arn
-            .as_deref()
-            .map(|arn| arn.rsplit('/').next().unwrap_or(arn).to_owned())
-    };
-    if let Some(name) = firehose_name {
-        let deletion = firehose::delete(&clients.firehose, &name, owner, policy).await?;
-        steps.push(DeleteStep {
-            part: Part::RawArchive,
-            resource: format!("delivery stream {name}"),
-            deletion,
-        });
-    }
-
-    let stream = kinesis::desired(spec, &names);
-    let deletion = kinesis::delete(&clients.kinesis, &stream, policy).await?;
-    steps.push(DeleteStep {
-        part: Part::Stream,
-        resource: format!("stream {}", stream.name),
-        deletion,
-    });
-
-    // Firehose and Flink write into the buckets: empty them only once those are gone.
-    let writers_gone = steps
-        .iter()
-        .filter(|s| matches!(s.part, Part::RawArchive | Part::FlinkApplication))
-        .all(|s| s.deletion.is_finished());
-    for bucket in s3::desired(spec, &names) {
-        let deletion = if writers_gone {
-            s3::delete(&clients.s3, &bucket, policy).await?
-        } else {
-            Deletion::InProgress(format!(
-                "bucket {} waits until the delivery stream and the Flink application are deleted",
-                bucket.name
-            ))
-        };
-        steps.push(DeleteStep {
-            part: Part::Buckets,
-            resource: format!("bucket {}", bucket.name),
-            deletion,
-        });
+    for part in Part::ORDER.into_iter().rev() {
+        let deletions = with_reconciler!(part, R => R::delete(clients, input, &steps).await?);
+        steps.extend(
+            deletions
+                .into_iter()
+                .map(|(resource, deletion)| DeleteStep {
+                    part,
+                    resource,
+                    deletion,
+                }),
+        );
     }
     Ok(DeleteOutcome { policy, steps })
 }

@@ -13,8 +13,7 @@ mod common;
 use aws_sdk_athena::types::{
     EncryptionConfiguration, EncryptionOption, ResultConfiguration, Tag, WorkGroupConfiguration,
 };
-use clickheatmap_crds::DeletionPolicy;
-use clickheatmap_operator::aws::{Deletion, athena};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, athena};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -24,7 +23,7 @@ async fn reconcile(
 ) -> Result<Vec<athena::Change>, Error> {
     let observed = athena::observe(&env.clients.athena, desired).await?;
     let mut made = Vec::new();
-    for change in athena::diff(desired, observed.as_ref())? {
+    for change in athena::Query::diff(desired, observed.as_ref())? {
         athena::apply(&env.clients.athena, &change).await?;
         made.push(change);
     }
@@ -163,7 +162,7 @@ async fn drift_is_repaired_or_planned() {
         .await
         .expect("observe")
         .expect("exists");
-    let changes = athena::diff(&workgroup, Some(&observed)).expect("diff");
+    let changes = athena::Query::diff(&workgroup, Some(&observed)).expect("diff");
     assert_eq!(
         changes,
         vec![athena::Change::UpdateWorkGroup {
@@ -197,7 +196,7 @@ async fn a_workgroup_of_another_pipeline_is_refused() {
     assert_eq!(error.reason(), Reason::Conflict);
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
     assert!(matches!(
-        athena::delete(&env.clients.athena, &workgroup, DeletionPolicy::Delete).await,
+        athena::delete(&env.clients.athena, &workgroup).await,
         Ok(Deletion::Kept(_))
     ));
     assert!(
@@ -241,14 +240,8 @@ async fn deletion_policies() {
     let env = start().await;
     let workgroup = desired(&env, "minimal", false).await;
     reconcile(&env, &workgroup).await.expect("create");
-    let before = env.calls.snapshot();
     assert_eq!(
-        athena::delete(&env.clients.athena, &workgroup, DeletionPolicy::Retain).await,
-        Ok(Deletion::Retained)
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
-    assert_eq!(
-        athena::delete(&env.clients.athena, &workgroup, DeletionPolicy::Delete).await,
+        athena::delete(&env.clients.athena, &workgroup).await,
         Ok(Deletion::Gone)
     );
     assert_eq!(
@@ -284,7 +277,7 @@ async fn adopting_a_workgroup_keeps_its_kms_result_encryption() {
         (encryption.option.as_str(), encryption.kms_key.as_deref()),
         ("SSE_KMS", Some("alias/team-results"))
     );
-    let kept = athena::kept(&with, Some(&observed));
+    let kept = athena::Query::kept(&with, Some(&observed));
     assert!(kept[0].contains("alias/team-results"), "{kept:?}");
     let before = env.calls.snapshot();
     assert_eq!(reconcile(&env, &with).await.expect("resync"), vec![]);

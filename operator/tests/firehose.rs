@@ -12,8 +12,7 @@ use aws_sdk_firehose::types::{
     BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
     ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
 };
-use clickheatmap_crds::DeletionPolicy;
-use clickheatmap_operator::aws::{Deletion, firehose};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, firehose};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -23,7 +22,7 @@ async fn reconcile(
 ) -> Result<Vec<firehose::Change>, Error> {
     let observed = firehose::observe(&env.clients.firehose, &desired.name).await?;
     let mut made = Vec::new();
-    for change in firehose::diff(desired, observed.as_ref())? {
+    for change in firehose::RawArchive::diff(desired, observed.as_ref())? {
         firehose::apply(&env.clients.firehose, &change).await?;
         made.push(change);
     }
@@ -199,13 +198,7 @@ async fn foreign_or_wrongly_sourced_delivery_streams_are_refused() {
     assert!(error.to_string().contains("analytics/other"), "{error}");
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
     assert!(matches!(
-        firehose::delete(
-            &env.clients.firehose,
-            &stream.name,
-            &stream.owner,
-            DeletionPolicy::Delete
-        )
-        .await,
+        firehose::delete(&env.clients.firehose, &stream.name, &stream.owner).await,
         Ok(Deletion::Kept(_))
     ));
 
@@ -252,36 +245,12 @@ async fn deletion_policies() {
     let env = start().await;
     let stream = desired(&env, "minimal", false).await;
     reconcile(&env, &stream).await.expect("create");
-    let before = env.calls.snapshot();
-    assert_eq!(
-        firehose::delete(
-            &env.clients.firehose,
-            &stream.name,
-            &stream.owner,
-            DeletionPolicy::Retain
-        )
-        .await,
-        Ok(Deletion::Retained)
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
     assert!(matches!(
-        firehose::delete(
-            &env.clients.firehose,
-            &stream.name,
-            &stream.owner,
-            DeletionPolicy::Delete
-        )
-        .await,
+        firehose::delete(&env.clients.firehose, &stream.name, &stream.owner).await,
         Ok(Deletion::InProgress(_))
     ));
     assert_eq!(
-        firehose::delete(
-            &env.clients.firehose,
-            &stream.name,
-            &stream.owner,
-            DeletionPolicy::Delete
-        )
-        .await,
+        firehose::delete(&env.clients.firehose, &stream.name, &stream.owner).await,
         Ok(Deletion::Gone)
     );
 }

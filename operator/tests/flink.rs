@@ -17,9 +17,9 @@ mod common;
 
 use std::sync::Arc;
 
-use clickheatmap_crds::{AggregationEngine, DeletionPolicy};
+use clickheatmap_crds::AggregationEngine;
 use clickheatmap_operator::aws::flink::{self, FlinkApi};
-use clickheatmap_operator::aws::{Deletion, Readiness};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, Readiness};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::fake_flink::FakeFlink;
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
@@ -43,7 +43,7 @@ async fn reconcile(
 ) -> Result<Vec<flink::Change>, Error> {
     let observed = api.observe(&desired.name).await?;
     let mut made = Vec::new();
-    for change in flink::diff(desired, observed.as_ref())? {
+    for change in flink::FlinkApplication::diff(desired, observed.as_ref())? {
         api.apply(&change).await?;
         let settle = change.needs_settling();
         made.push(change);
@@ -84,7 +84,7 @@ async fn moto_creates_describes_and_leaves_alone() {
     let env = start().await;
     let app = desired(&env, false).await;
     let api = env.clients.flink.as_ref();
-    let changes = flink::diff(&app, None).expect("diff");
+    let changes = flink::FlinkApplication::diff(&app, None).expect("diff");
     assert_eq!(ops(&changes), ["CreateApplication", "StartApplication"]);
     api.apply(&changes[0]).await.expect("create on moto");
 
@@ -112,7 +112,7 @@ async fn moto_creates_describes_and_leaves_alone() {
     // moto leaves every application STARTING: nothing to do, and not ready yet.
     assert_eq!(observed.status, "STARTING");
     assert!(matches!(
-        flink::readiness(&app, Some(&observed)),
+        flink::FlinkApplication::readiness(&app, Some(&observed)),
         Readiness::Provisioning(_)
     ));
 
@@ -141,7 +141,7 @@ async fn moto_refuses_another_pipelines_application_and_adopts_on_request() {
     assert_eq!(error.reason(), Reason::Conflict);
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::Kept(_))
     ));
 
@@ -194,7 +194,10 @@ async fn fake_lifecycle_create_start_update_stop_delete() {
     fake.settle();
     let running = fake.app(&app.name).expect("app");
     assert_eq!(running.status, "RUNNING");
-    assert_eq!(flink::readiness(&app, Some(&running)), Readiness::Ready);
+    assert_eq!(
+        flink::FlinkApplication::readiness(&app, Some(&running)),
+        Readiness::Ready
+    );
     let calls = fake.calls().len();
     assert_eq!(reconcile(api, &app).await.expect("resync"), vec![]);
     assert_eq!(fake.calls().len(), calls, "a resync makes no call");
@@ -230,24 +233,19 @@ async fn fake_lifecycle_create_start_update_stop_delete() {
     );
     fake.settle();
 
-    // Deletion: Retain touches nothing; Delete names the creation time.
-    let calls = fake.calls().len();
-    assert_eq!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Retain).await,
-        Ok(Deletion::Retained)
-    );
-    assert_eq!(fake.calls().len(), calls);
+    // Deletion (Retain never reaches the service: `delete_pipeline` returns first) names the
+    // creation time.
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::InProgress(_))
     ));
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::InProgress(_))
     ));
     fake.settle();
     assert_eq!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::Gone)
     );
 }
@@ -264,7 +262,7 @@ async fn fake_concurrent_change_is_retryable_and_then_reconciled() {
     // in the meantime: the call fails retryably, and the next reconcile uses the new version.
     let observed = fake.app(&app.name).expect("app");
     let wider = desired_offline(1, 4);
-    let stale = flink::diff(&wider, Some(&observed)).expect("diff");
+    let stale = flink::FlinkApplication::diff(&wider, Some(&observed)).expect("diff");
     let mut drifted = observed.clone();
     drifted.version_id = 2;
     drifted.settings.parallelism = 3;
@@ -303,7 +301,7 @@ async fn fake_leaves_a_foreign_application_alone() {
         Err(Reason::Conflict)
     );
     assert!(matches!(
-        flink::delete(api, &app.name, &app.owner, DeletionPolicy::Delete).await,
+        flink::delete(api, &app.name, &app.owner).await,
         Ok(Deletion::Kept(_))
     ));
     assert_eq!(

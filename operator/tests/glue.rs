@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use aws_sdk_glue::types::{
     CatalogTarget, Column, CrawlerTargets, DatabaseInput, StorageDescriptor, TableInput,
 };
-use clickheatmap_crds::{DeletionPolicy, PartitionDiscovery};
-use clickheatmap_operator::aws::{Deletion, glue};
+use clickheatmap_crds::PartitionDiscovery;
+use clickheatmap_operator::aws::{Deletion, PartReconciler, glue};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 use serde_json::json;
@@ -25,7 +25,7 @@ use serde_json::json;
 async fn reconcile(env: &Env, desired: &glue::DesiredCatalog) -> Result<Vec<glue::Change>, Error> {
     let observed = glue::observe(&env.clients.glue, desired).await?;
     let mut made = Vec::new();
-    for change in glue::diff(desired, &observed)? {
+    for change in glue::Catalog::diff(desired, Some(&observed))? {
         glue::apply(&env.clients.glue, &change).await?;
         made.push(change);
     }
@@ -304,7 +304,7 @@ async fn crawler_mode_and_a_running_crawler() {
         observed.crawler.as_ref().map(|c| c.state.as_str()),
         Some("READY")
     );
-    let changes = glue::diff(&other, &observed).expect("diff");
+    let changes = glue::Catalog::diff(&other, Some(&observed)).expect("diff");
     assert_eq!(ops(&changes), ["UpdateCrawler"]);
     let error = glue::apply(&env.clients.glue, &changes[0])
         .await
@@ -468,14 +468,7 @@ async fn deletion_policies() {
     let env = start().await;
     let catalog = desired(&env, "full", false, None).await;
     reconcile(&env, &catalog).await.expect("create");
-    let before = env.calls.snapshot();
-    assert_eq!(
-        glue::delete(&env.clients.glue, &catalog, DeletionPolicy::Retain).await,
-        Ok(vec![("Glue catalog".to_owned(), Deletion::Retained)])
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
-
-    let deleted = glue::delete(&env.clients.glue, &catalog, DeletionPolicy::Delete)
+    let deleted = glue::delete(&env.clients.glue, &catalog)
         .await
         .expect("delete");
     assert!(
@@ -514,7 +507,7 @@ async fn deletion_policies() {
         .send()
         .await
         .expect("create crawler");
-    let deleted = glue::delete(&env.clients.glue, &catalog, DeletionPolicy::Delete)
+    let deleted = glue::delete(&env.clients.glue, &catalog)
         .await
         .expect("delete");
     assert!(matches!(deleted[0].1, Deletion::Kept(_)), "{deleted:?}");

@@ -10,8 +10,7 @@
 
 mod common;
 
-use clickheatmap_crds::DeletionPolicy;
-use clickheatmap_operator::aws::{Deletion, kinesis};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, kinesis};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -23,7 +22,7 @@ async fn reconcile(
     let observed =
         kinesis::observe(&env.clients.kinesis, &desired.name, &desired.consumer.name).await?;
     let mut made = Vec::new();
-    for change in kinesis::diff(desired, observed.as_ref())? {
+    for change in kinesis::Stream::diff(desired, observed.as_ref())? {
         kinesis::apply(&env.clients.kinesis, &change).await?;
         let settle = change.needs_settling();
         made.push(change);
@@ -101,7 +100,7 @@ async fn stream_is_created_then_configured_then_left_alone() {
         "clickheatmap-operator"
     );
     assert_eq!(
-        kinesis::readiness(Some(&observed)),
+        kinesis::Stream::readiness(&stream, Some(&observed)),
         clickheatmap_operator::aws::Readiness::Ready
     );
 
@@ -276,7 +275,7 @@ async fn a_stream_of_another_pipeline_is_refused() {
     assert_eq!(observed.open_shards, 1, "not resharded");
     assert_eq!(observed.retention_hours, 24, "not changed");
 
-    let deletion = kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete)
+    let deletion = kinesis::delete(&env.clients.kinesis, &stream)
         .await
         .expect("delete");
     assert!(matches!(deletion, Deletion::Kept(_)), "{deletion:?}");
@@ -352,7 +351,7 @@ async fn adopting_an_encrypted_stream_never_stops_its_encryption() {
         .expect("exists");
     assert_eq!(observed.encryption_type, "KMS");
     assert_eq!(observed.key_id.as_deref(), Some("alias/team-streams"));
-    let kept = kinesis::kept(&stream, Some(&observed));
+    let kept = kinesis::Stream::kept(&stream, Some(&observed));
     assert!(kept[0].contains("alias/team-streams"), "{kept:?}");
 }
 
@@ -375,18 +374,12 @@ async fn deletion_policies() {
     let env = start().await;
     let stream = desired(&env, "minimal", false).await;
     converge(&env, &stream).await;
-    let before = env.calls.snapshot();
-    assert_eq!(
-        kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Retain).await,
-        Ok(Deletion::Retained)
-    );
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
-    let first = kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete)
+    let first = kinesis::delete(&env.clients.kinesis, &stream)
         .await
         .expect("delete");
     assert!(matches!(first, Deletion::InProgress(_)), "{first:?}");
     assert_eq!(
-        kinesis::delete(&env.clients.kinesis, &stream, DeletionPolicy::Delete).await,
+        kinesis::delete(&env.clients.kinesis, &stream).await,
         Ok(Deletion::Gone)
     );
     assert_eq!(

@@ -13,8 +13,7 @@ use aws_sdk_s3::types::{
     NoncurrentVersionExpiration, ServerSideEncryption, ServerSideEncryptionByDefault,
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
 };
-use clickheatmap_crds::DeletionPolicy;
-use clickheatmap_operator::aws::{Deletion, s3};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, s3};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -23,7 +22,7 @@ async fn reconcile(env: &Env, buckets: &[s3::DesiredBucket]) -> Result<Vec<s3::C
     let mut made = Vec::new();
     for bucket in buckets {
         let observed = s3::observe(&env.clients.s3, bucket).await?;
-        for change in s3::diff(bucket, observed.as_ref())? {
+        for change in s3::Buckets::diff(bucket, observed.as_ref())? {
             s3::apply(&env.clients.s3, &change).await?;
             made.push(change);
         }
@@ -326,7 +325,7 @@ async fn a_bucket_of_another_pipeline_is_refused_and_untouched() {
     );
 
     // Deletion leaves it too.
-    let deletion = s3::delete(&env.clients.s3, &buckets[0], DeletionPolicy::Delete)
+    let deletion = s3::delete(&env.clients.s3, &buckets[0])
         .await
         .expect("delete");
     assert!(matches!(deletion, Deletion::Kept(_)), "{deletion:?}");
@@ -381,12 +380,6 @@ async fn deletion_policies() {
             .expect("put object");
     }
 
-    let before = env.calls.snapshot();
-    let retained = s3::delete(&env.clients.s3, &buckets[0], DeletionPolicy::Retain)
-        .await
-        .expect("retain");
-    assert_eq!(retained, Deletion::Retained);
-    assert!(env.calls.since(&before).is_empty(), "Retain makes no call");
     assert!(
         client
             .head_bucket()
@@ -399,9 +392,7 @@ async fn deletion_policies() {
     for bucket in &buckets {
         let mut rounds = 0;
         loop {
-            let deletion = s3::delete(&env.clients.s3, bucket, DeletionPolicy::Delete)
-                .await
-                .expect("delete");
+            let deletion = s3::delete(&env.clients.s3, bucket).await.expect("delete");
             if deletion == Deletion::Gone {
                 break;
             }
@@ -419,7 +410,7 @@ async fn deletion_policies() {
     }
     // Deleting again finds nothing and succeeds.
     assert_eq!(
-        s3::delete(&env.clients.s3, &buckets[0], DeletionPolicy::Delete).await,
+        s3::delete(&env.clients.s3, &buckets[0]).await,
         Ok(Deletion::Gone)
     );
 }

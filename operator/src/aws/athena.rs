@@ -16,12 +16,16 @@ use aws_sdk_athena::types::{
     EncryptionConfiguration, EncryptionOption, ResultConfiguration, ResultConfigurationUpdates,
     Tag, WorkGroupConfiguration, WorkGroupConfigurationUpdates, WorkGroupState,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, ResultsEncryption};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, PipelineResources, ResultsEncryption};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
+use super::{
+    AwsClients, Deletion, PartReconciler, PlanInput, Readiness, SdkResultExt, Service, check_owner,
+    left_in_place, tag_change,
+};
 use crate::error::{Error, code_of, from_sdk, is_not_found};
 use crate::names::{Names, Owner, query_results_location};
+use crate::pipeline::{DeleteStep, Part};
 
 /// The workgroup's settings, as far as the operator manages them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -235,7 +239,7 @@ pub async fn observe(
             .set_next_token(token.take())
             .send()
             .await
-            .map_err(|e| from_sdk("athena:ListTagsForResource", &what, e))?;
+            .map_sdk("athena:ListTagsForResource", &what)?;
         for tag in page.tags() {
             if let Some(key) = tag.key() {
                 tags.insert(key.to_owned(), tag.value().unwrap_or_default().to_owned());
@@ -286,94 +290,6 @@ where
         .is_some_and(|message| message.to_ascii_lowercase().contains("not found"))
 }
 
-/// The calls that turn `observed` into `desired`. Empty when they match.
-pub fn diff(
-    desired: &DesiredWorkgroup,
-    observed: Option<&ObservedWorkgroup>,
-) -> Result<Vec<Change>, Error> {
-    let name = &desired.name;
-    let Some(observed) = observed else {
-        return Ok(vec![Change::CreateWorkGroup {
-            workgroup: name.clone(),
-            description: desired.description.clone(),
-            settings: desired.settings.clone(),
-            tags: desired.tags.clone(),
-        }]);
-    };
-    check_owner(
-        &format!("Athena workgroup {name}"),
-        &observed.tags,
-        &desired.owner,
-        desired.adopt_existing,
-    )?;
-    let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::TagResource {
-            workgroup: name.clone(),
-            resource_arn: desired.arn.clone(),
-            tags: missing,
-        });
-    }
-    let mut settings = desired.settings.clone();
-    // Never weakened: results encrypted with KMS stay so when the spec asks for SSE-S3 (see
-    // [`kept`]).
-    if let Some(existing) = &observed.results_encryption
-        && existing.uses_kms()
-        && !settings.results_encryption.uses_kms()
-    {
-        settings.results_encryption = existing.clone();
-    }
-    let enable = observed.state != "ENABLED";
-    if enable
-        || observed.output_location.as_deref() != Some(settings.output_location.as_str())
-        || observed.enforce_configuration != Some(settings.enforce_configuration)
-        || observed.bytes_scanned_cutoff_per_query != settings.bytes_scanned_cutoff_per_query
-        || observed.results_encryption.as_ref() != Some(&settings.results_encryption)
-    {
-        changes.push(Change::UpdateWorkGroup {
-            workgroup: name.clone(),
-            settings,
-            enable,
-        });
-    }
-    Ok(changes)
-}
-
-/// What the workgroup has that is stronger than the spec asks, and keeps: results encrypted
-/// with KMS while the spec says SSE-S3.
-pub fn kept(desired: &DesiredWorkgroup, observed: Option<&ObservedWorkgroup>) -> Vec<String> {
-    match observed.and_then(|o| o.results_encryption.as_ref()) {
-        Some(existing)
-            if existing.uses_kms() && !desired.settings.results_encryption.uses_kms() =>
-        {
-            vec![format!(
-                "Athena workgroup {} result encryption {}{}",
-                desired.name,
-                existing.option,
-                existing
-                    .kms_key
-                    .as_deref()
-                    .map(|key| format!(" with key {key}"))
-                    .unwrap_or_default()
-            )]
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// A workgroup is ready when it exists and is enabled.
-pub fn readiness(observed: Option<&ObservedWorkgroup>) -> Readiness {
-    match observed {
-        Some(workgroup) if workgroup.state == "ENABLED" => Readiness::Ready,
-        Some(workgroup) => Readiness::Provisioning(format!(
-            "workgroup {} is {}",
-            workgroup.name, workgroup.state
-        )),
-        None => Readiness::Provisioning("the workgroup does not exist yet".to_owned()),
-    }
-}
-
 fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter()
         .map(|(key, value)| Tag::builder().key(key).value(value).build())
@@ -407,13 +323,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "athena:CreateWorkGroup",
-                        &format!("Athena workgroup {workgroup}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "athena:CreateWorkGroup",
+                    format_args!("Athena workgroup {workgroup}"),
+                )?;
             Ok(())
         }
         Change::TagResource {
@@ -427,13 +340,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "athena:TagResource",
-                        &format!("Athena workgroup {workgroup}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "athena:TagResource",
+                    format_args!("Athena workgroup {workgroup}"),
+                )?;
             Ok(())
         }
         Change::UpdateWorkGroup {
@@ -460,13 +370,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
             if *enable {
                 request = request.state(WorkGroupState::Enabled);
             }
-            request.send().await.map_err(|e| {
-                from_sdk(
-                    "athena:UpdateWorkGroup",
-                    &format!("Athena workgroup {workgroup}"),
-                    e,
-                )
-            })?;
+            request.send().await.map_sdk(
+                "athena:UpdateWorkGroup",
+                format_args!("Athena workgroup {workgroup}"),
+            )?;
             Ok(())
         }
     }
@@ -474,14 +381,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 
 /// Deletes the workgroup (with its saved queries: `RecursiveDeleteOption`) under
 /// `deletionPolicy: Delete` if this pipeline owns it.
-pub async fn delete(
-    client: &Client,
-    desired: &DesiredWorkgroup,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, desired: &DesiredWorkgroup) -> Result<Deletion, Error> {
     let name = &desired.name;
     let Some(observed) = observe(client, desired).await? else {
         return Ok(Deletion::Gone);
@@ -499,14 +399,153 @@ pub async fn delete(
         .recursive_delete_option(true)
         .send()
         .await
-        .map_err(|e| {
-            from_sdk(
-                "athena:DeleteWorkGroup",
-                &format!("Athena workgroup {name}"),
-                e,
-            )
-        })?;
+        .map_sdk(
+            "athena:DeleteWorkGroup",
+            format_args!("Athena workgroup {name}"),
+        )?;
     Ok(Deletion::Gone)
+}
+
+/// The query part: the pipeline's Athena workgroup.
+pub struct Query;
+
+impl PartReconciler for Query {
+    const PART: Part = Part::Query;
+    const CONDITION_TYPE: &'static str = "QueryReady";
+    const NAME: &'static str = "query workgroup";
+    const SERVICE: Service = Service::Athena;
+
+    type Desired = DesiredWorkgroup;
+    type Observed = ObservedWorkgroup;
+    type Change = Change;
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredWorkgroup>, Error> {
+        Ok(vec![desired(input.spec, input.names)])
+    }
+
+    fn summary(desired: &[DesiredWorkgroup]) -> String {
+        let names: Vec<&str> = desired.iter().map(|w| w.name.as_str()).collect();
+        format!("Athena workgroup {} matches the spec", names.join(", "))
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredWorkgroup,
+    ) -> Result<Option<ObservedWorkgroup>, Error> {
+        observe(&clients.athena, desired).await
+    }
+
+    /// The calls that turn `observed` into `desired`. Empty when they match.
+    fn diff(
+        desired: &DesiredWorkgroup,
+        observed: Option<&ObservedWorkgroup>,
+    ) -> Result<Vec<Change>, Error> {
+        let name = &desired.name;
+        let Some(observed) = observed else {
+            return Ok(vec![Change::CreateWorkGroup {
+                workgroup: name.clone(),
+                description: desired.description.clone(),
+                settings: desired.settings.clone(),
+                tags: desired.tags.clone(),
+            }]);
+        };
+        check_owner(
+            &format!("Athena workgroup {name}"),
+            &observed.tags,
+            &desired.owner,
+            desired.adopt_existing,
+        )?;
+        let mut changes = Vec::new();
+        changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+            Change::TagResource {
+                workgroup: name.clone(),
+                resource_arn: desired.arn.clone(),
+                tags,
+            }
+        }));
+        let mut settings = desired.settings.clone();
+        // Never weakened: results encrypted with KMS stay so when the spec asks for SSE-S3 (see
+        // [`kept`]).
+        if let Some(existing) = &observed.results_encryption
+            && existing.uses_kms()
+            && !settings.results_encryption.uses_kms()
+        {
+            settings.results_encryption = existing.clone();
+        }
+        let enable = observed.state != "ENABLED";
+        if enable
+            || observed.output_location.as_deref() != Some(settings.output_location.as_str())
+            || observed.enforce_configuration != Some(settings.enforce_configuration)
+            || observed.bytes_scanned_cutoff_per_query != settings.bytes_scanned_cutoff_per_query
+            || observed.results_encryption.as_ref() != Some(&settings.results_encryption)
+        {
+            changes.push(Change::UpdateWorkGroup {
+                workgroup: name.clone(),
+                settings,
+                enable,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// What the workgroup has that is stronger than the spec asks, and keeps: results encrypted
+    /// with KMS while the spec says SSE-S3.
+    fn kept(desired: &DesiredWorkgroup, observed: Option<&ObservedWorkgroup>) -> Vec<String> {
+        match observed.and_then(|o| o.results_encryption.as_ref()) {
+            Some(existing)
+                if existing.uses_kms() && !desired.settings.results_encryption.uses_kms() =>
+            {
+                vec![format!(
+                    "Athena workgroup {} result encryption {}{}",
+                    desired.name,
+                    existing.option,
+                    existing
+                        .kms_key
+                        .as_deref()
+                        .map(|key| format!(" with key {key}"))
+                        .unwrap_or_default()
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A workgroup is ready when it exists and is enabled.
+    fn readiness(_desired: &DesiredWorkgroup, observed: Option<&ObservedWorkgroup>) -> Readiness {
+        match observed {
+            Some(workgroup) if workgroup.state == "ENABLED" => Readiness::Ready,
+            Some(workgroup) => Readiness::Provisioning(format!(
+                "workgroup {} is {}",
+                workgroup.name, workgroup.state
+            )),
+            None => Readiness::Provisioning("the workgroup does not exist yet".to_owned()),
+        }
+    }
+
+    fn resources(
+        desired: &DesiredWorkgroup,
+        _observed: Option<&ObservedWorkgroup>,
+        into: &mut PipelineResources,
+    ) {
+        into.workgroup = Some(desired.name.clone());
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.workgroup.clone_from(&from.workgroup);
+    }
+
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        _done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        let workgroup = desired(input.spec, input.names);
+        let deletion = delete(&clients.athena, &workgroup).await?;
+        Ok(vec![(
+            format!("Athena workgroup {}", workgroup.name),
+            deletion,
+        )])
+    }
 }
 
 #[cfg(test)]
@@ -559,7 +598,7 @@ mod tests {
         // Unencrypted results: SSE-S3 is set.
         let mut observed = in_sync(&workgroup);
         observed.results_encryption = None;
-        let changes = diff(&workgroup, Some(&observed)).expect("diff");
+        let changes = Query::diff(&workgroup, Some(&observed)).expect("diff");
         assert!(
             changes[0]
                 .to_string()
@@ -571,13 +610,13 @@ mod tests {
             kms_key: Some("alias/team".into()),
         };
         observed.results_encryption = Some(team.clone());
-        assert_eq!(diff(&workgroup, Some(&observed)), Ok(vec![]));
-        assert_eq!(kept(&workgroup, Some(&observed)).len(), 1);
+        assert_eq!(Query::diff(&workgroup, Some(&observed)), Ok(vec![]));
+        assert_eq!(Query::kept(&workgroup, Some(&observed)).len(), 1);
         // A spec asking for another KMS key changes it.
         minimal.spec.query.results_encryption = ResultsEncryption::SseKms;
         minimal.spec.query.results_kms_key_id = Some("alias/heatmap".into());
         let workgroup = desired(&minimal.spec, &names_for(&minimal));
-        let changes = diff(&workgroup, Some(&observed)).expect("diff");
+        let changes = Query::diff(&workgroup, Some(&observed)).expect("diff");
         assert!(
             changes[0].to_string().contains("SSE_KMS key alias/heatmap"),
             "{}",
@@ -589,17 +628,20 @@ mod tests {
     fn create_sync_and_drift() {
         let full = fixture("pipeline-full.yaml");
         let workgroup = desired(&full.spec, &names_for(&full));
-        let changes = diff(&workgroup, None).expect("diff");
+        let changes = Query::diff(&workgroup, None).expect("diff");
         assert_eq!(
             changes[0].to_string(),
             "create Athena workgroup shop-heatmap-wg (results to s3://shop-full-heatmap-athena-123456789012/athena-results/, enforced, at most 1073741824 bytes scanned per query, results encrypted with SSE_KMS key arn:aws:kms:ap-northeast-2:123456789012:alias/shop-heatmap), tagged clickheatmap.io/managed-by=clickheatmap-operator, clickheatmap.io/pipeline=default/shop-full, cost-center=4711, team=web"
         );
-        assert_eq!(diff(&workgroup, Some(&in_sync(&workgroup))), Ok(vec![]));
+        assert_eq!(
+            Query::diff(&workgroup, Some(&in_sync(&workgroup))),
+            Ok(vec![])
+        );
         let mut observed = in_sync(&workgroup);
         observed.bytes_scanned_cutoff_per_query = None;
         observed.state = "DISABLED".into();
         assert_eq!(
-            diff(&workgroup, Some(&observed)),
+            Query::diff(&workgroup, Some(&observed)),
             Ok(vec![Change::UpdateWorkGroup {
                 workgroup: "shop-heatmap-wg".into(),
                 settings: workgroup.settings.clone(),
@@ -614,6 +656,6 @@ mod tests {
         let workgroup = desired(&minimal.spec, &names_for(&minimal));
         let mut observed = in_sync(&workgroup);
         observed.tags = Owner::new("default", "other").tags();
-        assert!(diff(&workgroup, Some(&observed)).is_err());
+        assert!(Query::diff(&workgroup, Some(&observed)).is_err());
     }
 }

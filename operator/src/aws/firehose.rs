@@ -19,12 +19,16 @@ use aws_sdk_firehose::types::{
     BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
     ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, DeletionPolicy};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, PipelineResources};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, left_in_place, missing_tags, paged_tags};
-use crate::error::{Error, from_sdk, is_not_found};
+use super::{
+    AwsClients, Deletion, Leftover, PartReconciler, PlanInput, Readiness, Removal, SdkResultExt,
+    Service, check_owner, is_ours, left_in_place, paged_tags, tag_change,
+};
+use crate::error::Error;
 use crate::names::{Names, Owner, delivery_stream_name};
+use crate::pipeline::{DeleteStep, Part};
 
 /// Where and how Firehose writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -206,15 +210,14 @@ pub fn desired(
 /// Reads the delivery stream and its tags; `None` when there is none of that name.
 pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliveryStream>, Error> {
     let what = format!("delivery stream {name}");
-    let output = match client
+    let Some(output) = client
         .describe_delivery_stream()
         .delivery_stream_name(name)
         .send()
         .await
-    {
-        Ok(output) => output,
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(from_sdk("firehose:DescribeDeliveryStream", &what, error)),
+        .found("firehose:DescribeDeliveryStream", &what)?
+    else {
+        return Ok(None);
     };
     let Some(description) = output.delivery_stream_description() else {
         return Ok(None);
@@ -249,7 +252,7 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliv
             let page = request
                 .send()
                 .await
-                .map_err(|e| from_sdk("firehose:ListTagsForDeliveryStream", what, e))?;
+                .map_sdk("firehose:ListTagsForDeliveryStream", what)?;
             let entries = page
                 .tags()
                 .iter()
@@ -280,95 +283,6 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliv
         destination,
         tags,
     }))
-}
-
-/// The calls that turn `observed` into `desired`. Empty when they match.
-pub fn diff(
-    desired: &DesiredDeliveryStream,
-    observed: Option<&ObservedDeliveryStream>,
-) -> Result<Vec<Change>, Error> {
-    let name = &desired.name;
-    let Some(observed) = observed else {
-        return Ok(vec![Change::CreateDeliveryStream {
-            delivery_stream: name.clone(),
-            stream_arn: desired.stream_arn.clone(),
-            role_arn: desired.role_arn.clone(),
-            destination: desired.destination.clone(),
-            tags: desired.tags.clone(),
-        }]);
-    };
-    let what = format!("delivery stream {name}");
-    check_owner(
-        &what,
-        &observed.tags,
-        &desired.owner,
-        desired.adopt_existing,
-    )?;
-    if observed.stream_type != "KinesisStreamAsSource"
-        || observed.source_stream_arn.as_deref() != Some(desired.stream_arn.as_str())
-    {
-        return Err(Error::Conflict(format!(
-            "{what} reads from {}, not from {}; Firehose cannot change a delivery stream's source: delete it or set rawArchive.deliveryStreamName to another name",
-            observed
-                .source_stream_arn
-                .as_deref()
-                .unwrap_or(observed.stream_type.as_str()),
-            desired.stream_arn
-        )));
-    }
-    let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::TagDeliveryStream {
-            delivery_stream: name.clone(),
-            tags: missing,
-        });
-    }
-    if observed.destination.as_ref() != Some(&desired.destination) {
-        changes.push(Change::UpdateDestination {
-            delivery_stream: name.clone(),
-            current_version_id: observed.version_id.clone(),
-            destination_id: observed.destination_id.clone(),
-            destination: desired.destination.clone(),
-        });
-    }
-    if !changes.is_empty() && observed.status != "ACTIVE" {
-        return Err(Error::Busy {
-            resource: what,
-            message: format!(
-                "it is {}; {} change(s) wait until it is ACTIVE",
-                observed.status,
-                changes.len()
-            ),
-        });
-    }
-    Ok(changes)
-}
-
-/// The calls that remove a delivery stream this pipeline no longer wants: one
-/// [`Change::DeleteDeliveryStream`] if it exists, is tagged by `owner` and is not already being
-/// deleted; nothing otherwise.
-pub fn cleanup(observed: Option<&ObservedDeliveryStream>, owner: &Owner) -> Vec<Change> {
-    match observed {
-        Some(stream) if is_ours(&stream.tags, owner) && !stream.status.starts_with("DELETING") => {
-            vec![Change::DeleteDeliveryStream {
-                delivery_stream: stream.name.clone(),
-            }]
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// A delivery stream is ready when it is `ACTIVE`.
-pub fn readiness(observed: Option<&ObservedDeliveryStream>) -> Readiness {
-    match observed {
-        Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
-        Some(stream) => Readiness::Provisioning(format!(
-            "delivery stream {} is {}",
-            stream.name, stream.status
-        )),
-        None => Readiness::Provisioning("the delivery stream does not exist yet".to_owned()),
-    }
 }
 
 fn build_error(what: &str) -> impl FnOnce(aws_sdk_firehose::error::BuildError) -> Error + '_ {
@@ -426,13 +340,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)?))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:CreateDeliveryStream",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:CreateDeliveryStream",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
         Change::TagDeliveryStream {
@@ -445,13 +356,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(sdk_tags(tags)?))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:TagDeliveryStream",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:TagDeliveryStream",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
         Change::UpdateDestination {
@@ -475,13 +383,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .extended_s3_destination_update(update)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:UpdateDestination",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:UpdateDestination",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
         Change::DeleteDeliveryStream { delivery_stream } => {
@@ -490,13 +395,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .delivery_stream_name(delivery_stream)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "firehose:DeleteDeliveryStream",
-                        &format!("delivery stream {delivery_stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "firehose:DeleteDeliveryStream",
+                    format_args!("delivery stream {delivery_stream}"),
+                )?;
             Ok(())
         }
     }
@@ -504,15 +406,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 
 /// Deletes the delivery stream under `deletionPolicy: Delete` if this pipeline owns it. Also
 /// used when the raw archive is switched off.
-pub async fn delete(
-    client: &Client,
-    name: &str,
-    owner: &Owner,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, name: &str, owner: &Owner) -> Result<Deletion, Error> {
     let Some(observed) = observe(client, name).await? else {
         return Ok(Deletion::Gone);
     };
@@ -535,6 +429,190 @@ pub async fn delete(
     Ok(Deletion::InProgress(format!(
         "deleting delivery stream {name}"
     )))
+}
+
+/// The raw archive part: the Firehose delivery stream (only while `rawArchive.enabled`).
+pub struct RawArchive;
+
+impl PartReconciler for RawArchive {
+    const PART: Part = Part::RawArchive;
+    const CONDITION_TYPE: &'static str = "RawArchiveReady";
+    const NAME: &'static str = "raw archive";
+    const SERVICE: Service = Service::Firehose;
+    const DEPENDS_ON: &'static [Part] = &[Part::Buckets, Part::Stream];
+
+    type Desired = DesiredDeliveryStream;
+    type Observed = ObservedDeliveryStream;
+    type Change = Change;
+
+    fn wanted(spec: &ClickHeatmapPipelineSpec) -> bool {
+        spec.raw_archive.enabled
+    }
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredDeliveryStream>, Error> {
+        Ok(desired(input.spec, input.names)?.into_iter().collect())
+    }
+
+    fn summary(desired: &[DesiredDeliveryStream]) -> String {
+        let names: Vec<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+        format!(
+            "delivery stream {} is ACTIVE and matches the spec",
+            names.join(", ")
+        )
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredDeliveryStream,
+    ) -> Result<Option<ObservedDeliveryStream>, Error> {
+        observe(&clients.firehose, &desired.name).await
+    }
+
+    /// The calls that turn `observed` into `desired`. Empty when they match.
+    fn diff(
+        desired: &DesiredDeliveryStream,
+        observed: Option<&ObservedDeliveryStream>,
+    ) -> Result<Vec<Change>, Error> {
+        let name = &desired.name;
+        let Some(observed) = observed else {
+            return Ok(vec![Change::CreateDeliveryStream {
+                delivery_stream: name.clone(),
+                stream_arn: desired.stream_arn.clone(),
+                role_arn: desired.role_arn.clone(),
+                destination: desired.destination.clone(),
+                tags: desired.tags.clone(),
+            }]);
+        };
+        let what = format!("delivery stream {name}");
+        check_owner(
+            &what,
+            &observed.tags,
+            &desired.owner,
+            desired.adopt_existing,
+        )?;
+        if observed.stream_type != "KinesisStreamAsSource"
+            || observed.source_stream_arn.as_deref() != Some(desired.stream_arn.as_str())
+        {
+            return Err(Error::Conflict(format!(
+                "{what} reads from {}, not from {}; Firehose cannot change a delivery stream's source: delete it or set rawArchive.deliveryStreamName to another name",
+                observed
+                    .source_stream_arn
+                    .as_deref()
+                    .unwrap_or(observed.stream_type.as_str()),
+                desired.stream_arn
+            )));
+        }
+        let mut changes = Vec::new();
+        changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+            Change::TagDeliveryStream {
+                delivery_stream: name.clone(),
+                tags,
+            }
+        }));
+        if observed.destination.as_ref() != Some(&desired.destination) {
+            changes.push(Change::UpdateDestination {
+                delivery_stream: name.clone(),
+                current_version_id: observed.version_id.clone(),
+                destination_id: observed.destination_id.clone(),
+                destination: desired.destination.clone(),
+            });
+        }
+        if !changes.is_empty() && observed.status != "ACTIVE" {
+            return Err(Error::Busy {
+                resource: what,
+                message: format!(
+                    "it is {}; {} change(s) wait until it is ACTIVE",
+                    observed.status,
+                    changes.len()
+                ),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// A delivery stream is ready when it is `ACTIVE`.
+    fn readiness(
+        _desired: &DesiredDeliveryStream,
+        observed: Option<&ObservedDeliveryStream>,
+    ) -> Readiness {
+        match observed {
+            Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
+            Some(stream) => Readiness::Provisioning(format!(
+                "delivery stream {} is {}",
+                stream.name, stream.status
+            )),
+            None => Readiness::Provisioning("the delivery stream does not exist yet".to_owned()),
+        }
+    }
+
+    fn resources(
+        desired: &DesiredDeliveryStream,
+        observed: Option<&ObservedDeliveryStream>,
+        into: &mut PipelineResources,
+    ) {
+        into.delivery_stream_arn =
+            Some(observed.map_or_else(|| desired.arn.clone(), |o| o.arn.clone()));
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.delivery_stream_arn
+            .clone_from(&from.delivery_stream_arn);
+    }
+
+    /// Switched off: the delivery stream this pipeline made is deleted (if it is still tagged
+    /// by the pipeline and not already being deleted).
+    async fn leftover(clients: &AwsClients, input: PlanInput<'_>) -> Option<Leftover> {
+        let name = name_from_arn(input.previous.delivery_stream_arn.as_deref()?);
+        let found = observe(&clients.firehose, name).await.map(|observed| {
+            observed
+                .filter(|stream| is_ours(&stream.tags, &input.names.owner))
+                .map(|stream| Removal {
+                    changes: if stream.status.starts_with("DELETING") {
+                        Vec::new()
+                    } else {
+                        vec![
+                            Change::DeleteDeliveryStream {
+                                delivery_stream: stream.name.clone(),
+                            }
+                            .into(),
+                        ]
+                    },
+                    message: format!(
+                        "removing delivery stream {name} (the raw archive is disabled)"
+                    ),
+                    resources: PipelineResources {
+                        delivery_stream_arn: Some(stream.arn),
+                        ..PipelineResources::default()
+                    },
+                })
+        });
+        Some(Leftover {
+            summary: "the raw archive is disabled".to_owned(),
+            found,
+        })
+    }
+
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        _done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        let name = if input.spec.raw_archive.enabled {
+            delivery_stream_name(input.spec)
+        } else {
+            match input.previous.delivery_stream_arn.as_deref() {
+                Some(arn) => name_from_arn(arn).to_owned(),
+                None => return Ok(Vec::new()),
+            }
+        };
+        let deletion = delete(&clients.firehose, &name, &input.names.owner).await?;
+        Ok(vec![(format!("delivery stream {name}"), deletion)])
+    }
+}
+
+/// The delivery stream name in a delivery stream ARN (`…:deliverystream/<name>`).
+fn name_from_arn(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
 }
 
 #[cfg(test)]
@@ -610,12 +688,15 @@ mod tests {
         let stream = desired(&full.spec, &names_for(&full))
             .expect("valid")
             .expect("enabled");
-        assert_eq!(diff(&stream, Some(&in_sync(&stream))), Ok(vec![]));
+        assert_eq!(
+            RawArchive::diff(&stream, Some(&in_sync(&stream))),
+            Ok(vec![])
+        );
         let mut observed = in_sync(&stream);
         if let Some(destination) = observed.destination.as_mut() {
             destination.buffer_interval_seconds = 900;
         }
-        let changes = diff(&stream, Some(&observed)).expect("diff");
+        let changes = RawArchive::diff(&stream, Some(&observed)).expect("diff");
         assert_eq!(
             changes,
             vec![Change::UpdateDestination {
@@ -636,11 +717,11 @@ mod tests {
             .expect("enabled");
         let mut observed = in_sync(&stream);
         observed.source_stream_arn = Some("arn:aws:kinesis:x:1:stream/other".into());
-        let error = diff(&stream, Some(&observed)).expect_err("conflict");
+        let error = RawArchive::diff(&stream, Some(&observed)).expect_err("conflict");
         assert_eq!(error.reason(), crate::error::Reason::Conflict);
         observed.source_stream_arn = None;
         observed.stream_type = "DirectPut".into();
-        assert!(diff(&stream, Some(&observed)).is_err());
+        assert!(RawArchive::diff(&stream, Some(&observed)).is_err());
     }
 
     #[test]
@@ -649,7 +730,7 @@ mod tests {
         let stream = desired(&minimal.spec, &names_for(&minimal))
             .expect("valid")
             .expect("enabled");
-        let changes = diff(&stream, None).expect("diff");
+        let changes = RawArchive::diff(&stream, None).expect("diff");
         assert_eq!(changes.len(), 1);
         assert!(changes[0].needs_settling());
         assert!(changes[0].to_string().starts_with(
@@ -668,7 +749,7 @@ mod tests {
         observed.tags.clear();
         let mut adopting = stream.clone();
         adopting.adopt_existing = true;
-        let error = diff(&adopting, Some(&observed)).expect_err("busy");
+        let error = RawArchive::diff(&adopting, Some(&observed)).expect_err("busy");
         assert!(error.is_retryable());
     }
 }

@@ -32,12 +32,16 @@ use aws_sdk_kinesisanalyticsv2::types::{
     ParallelismConfiguration, ParallelismConfigurationUpdate, PropertyGroup, RuntimeEnvironment,
     S3ContentLocation, S3ContentLocationUpdate, Tag,
 };
-use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy};
+use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, PipelineResources};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, left_in_place, missing_tags};
-use crate::error::{Error, from_sdk, is_not_found};
+use super::{
+    AwsClients, Deletion, Leftover, PartReconciler, PlanInput, Readiness, Removal, SdkResultExt,
+    Service, check_owner, is_ours, left_in_place, tag_change,
+};
+use crate::error::Error;
 use crate::names::{Names, Owner, curated_table_location, flink_application_name};
+use crate::pipeline::{DeleteStep, Part};
 
 /// The property group the job reads its settings from.
 pub const PROPERTY_GROUP: &str = "FlinkApplicationProperties";
@@ -297,126 +301,9 @@ fn is_transitional(status: &str) -> bool {
     !matches!(status, "READY" | "RUNNING")
 }
 
-/// The calls that turn `observed` into `desired`. Empty when they match.
-pub fn diff(
-    desired: &DesiredApplication,
-    observed: Option<&ObservedApplication>,
-) -> Result<Vec<Change>, Error> {
-    let name = &desired.name;
-    let Some(observed) = observed else {
-        let mut changes = vec![Change::CreateApplication {
-            application: name.clone(),
-            settings: desired.settings.clone(),
-            tags: desired.tags.clone(),
-        }];
-        if desired.running {
-            changes.push(Change::StartApplication {
-                application: name.clone(),
-            });
-        }
-        return Ok(changes);
-    };
-    let what = format!("Flink application {name}");
-    check_owner(
-        &what,
-        &observed.tags,
-        &desired.owner,
-        desired.adopt_existing,
-    )?;
-    let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::TagResource {
-            application: name.clone(),
-            resource_arn: observed.arn.clone(),
-            tags: missing,
-        });
-    }
-    let changed = changed_settings(&desired.settings, &observed.settings);
-    if !changed.is_empty() {
-        changes.push(Change::UpdateApplication {
-            application: name.clone(),
-            current_version_id: observed.version_id,
-            settings: desired.settings.clone(),
-            changed,
-        });
-    }
-    if desired.running && observed.status == "READY" {
-        changes.push(Change::StartApplication {
-            application: name.clone(),
-        });
-    } else if !desired.running && observed.status == "RUNNING" {
-        changes.push(Change::StopApplication {
-            application: name.clone(),
-        });
-    }
-    if !changes.is_empty() && is_transitional(&observed.status) {
-        // Tags are metadata and can be set in any state (so adoption is not held up); the
-        // rest waits.
-        let tags: Vec<Change> = changes
-            .iter()
-            .filter(|c| matches!(c, Change::TagResource { .. }))
-            .cloned()
-            .collect();
-        if !tags.is_empty() {
-            return Ok(tags);
-        }
-        return Err(Error::Busy {
-            resource: what,
-            message: format!(
-                "it is {}; {} change(s) wait until it is READY or RUNNING",
-                observed.status,
-                changes.len()
-            ),
-        });
-    }
-    Ok(changes)
-}
-
-/// The calls that remove an application this pipeline no longer wants (the engine changed away
-/// from `ManagedFlink`): one [`Change::DeleteApplication`] if it exists, is tagged by `owner`
-/// and is not already being deleted; nothing otherwise.
-pub fn cleanup(observed: Option<&ObservedApplication>, owner: &Owner) -> Vec<Change> {
-    match observed {
-        Some(app) if is_ours(&app.tags, owner) && app.status != "DELETING" => app
-            .create_timestamp
-            .map(|create_timestamp| Change::DeleteApplication {
-                application: app.name.clone(),
-                create_timestamp,
-            })
-            .into_iter()
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Ready when running (or stopped, when paused on purpose).
-pub fn readiness(
-    desired: &DesiredApplication,
-    observed: Option<&ObservedApplication>,
-) -> Readiness {
-    let wanted = if desired.running { "RUNNING" } else { "READY" };
-    match observed {
-        Some(app) if app.status == wanted => Readiness::Ready,
-        Some(app) => Readiness::Provisioning(format!(
-            "Flink application {} is {} (waiting for {wanted})",
-            app.name, app.status
-        )),
-        None => Readiness::Provisioning("the Flink application does not exist yet".to_owned()),
-    }
-}
-
 /// Deletes the application under `deletionPolicy: Delete` (or when the engine changed away from
 /// `ManagedFlink`) if this pipeline owns it.
-pub async fn delete(
-    api: &dyn FlinkApi,
-    name: &str,
-    owner: &Owner,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(api: &dyn FlinkApi, name: &str, owner: &Owner) -> Result<Deletion, Error> {
     let Some(observed) = api.observe(name).await? else {
         return Ok(Deletion::Gone);
     };
@@ -482,22 +369,15 @@ fn property_groups(settings: &ApplicationSettings) -> Result<Vec<PropertyGroup>,
 impl SdkFlink {
     async fn observe_inner(&self, name: &str) -> Result<Option<ObservedApplication>, Error> {
         let what = format!("Flink application {name}");
-        let output = match self
+        let Some(output) = self
             .client
             .describe_application()
             .application_name(name)
             .send()
             .await
-        {
-            Ok(output) => output,
-            Err(error) if is_not_found(&error) => return Ok(None),
-            Err(error) => {
-                return Err(from_sdk(
-                    "kinesisanalytics:DescribeApplication",
-                    &what,
-                    error,
-                ));
-            }
+            .found("kinesisanalytics:DescribeApplication", &what)?
+        else {
+            return Ok(None);
         };
         let Some(detail) = output.application_detail() else {
             return Ok(None);
@@ -535,7 +415,7 @@ impl SdkFlink {
             .resource_arn(&arn)
             .send()
             .await
-            .map_err(|e| from_sdk("kinesisanalytics:ListTagsForResource", &what, e))?
+            .map_sdk("kinesisanalytics:ListTagsForResource", &what)?
             .tags()
             .iter()
             .map(|tag| {
@@ -641,13 +521,10 @@ impl SdkFlink {
                     .set_tags(Some(tags))
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:CreateApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:CreateApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::TagResource {
@@ -671,13 +548,10 @@ impl SdkFlink {
                     .set_tags(Some(tags))
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:TagResource",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:TagResource",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::UpdateApplication {
@@ -730,13 +604,10 @@ impl SdkFlink {
                     .application_configuration_update(update)
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:UpdateApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:UpdateApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::StartApplication { application } => {
@@ -745,13 +616,10 @@ impl SdkFlink {
                     .application_name(application)
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:StartApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:StartApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::StopApplication { application } => {
@@ -760,13 +628,10 @@ impl SdkFlink {
                     .application_name(application)
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:StopApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:StopApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
             Change::DeleteApplication {
@@ -782,13 +647,10 @@ impl SdkFlink {
                     ))
                     .send()
                     .await
-                    .map_err(|e| {
-                        from_sdk(
-                            "kinesisanalytics:DeleteApplication",
-                            &format!("Flink application {application}"),
-                            e,
-                        )
-                    })?;
+                    .map_sdk(
+                        "kinesisanalytics:DeleteApplication",
+                        format_args!("Flink application {application}"),
+                    )?;
                 Ok(())
             }
         }
@@ -805,6 +667,218 @@ impl FlinkApi for SdkFlink {
 
     fn apply<'a>(&'a self, change: &'a Change) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.apply_inner(change))
+    }
+}
+
+/// The Flink application part (only for `aggregation.engine: ManagedFlink`).
+pub struct FlinkApplication;
+
+impl PartReconciler for FlinkApplication {
+    const PART: Part = Part::FlinkApplication;
+    const CONDITION_TYPE: &'static str = "FlinkApplicationReady";
+    const NAME: &'static str = "Flink application";
+    const SERVICE: Service = Service::KinesisAnalyticsV2;
+    const DEPENDS_ON: &'static [Part] = &[Part::Buckets, Part::Stream];
+
+    type Desired = DesiredApplication;
+    type Observed = ObservedApplication;
+    type Change = Change;
+
+    fn wanted(spec: &ClickHeatmapPipelineSpec) -> bool {
+        spec.aggregation.engine == AggregationEngine::ManagedFlink
+    }
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredApplication>, Error> {
+        Ok(desired(input.spec, input.names)?.into_iter().collect())
+    }
+
+    fn summary(desired: &[DesiredApplication]) -> String {
+        desired
+            .iter()
+            .map(|app| {
+                format!(
+                    "Flink application {} is {} and matches the spec",
+                    app.name,
+                    if app.running {
+                        "RUNNING"
+                    } else {
+                        "READY (paused)"
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredApplication,
+    ) -> Result<Option<ObservedApplication>, Error> {
+        clients.flink.observe(&desired.name).await
+    }
+
+    /// The calls that turn `observed` into `desired`. Empty when they match.
+    fn diff(
+        desired: &DesiredApplication,
+        observed: Option<&ObservedApplication>,
+    ) -> Result<Vec<Change>, Error> {
+        let name = &desired.name;
+        let Some(observed) = observed else {
+            let mut changes = vec![Change::CreateApplication {
+                application: name.clone(),
+                settings: desired.settings.clone(),
+                tags: desired.tags.clone(),
+            }];
+            if desired.running {
+                changes.push(Change::StartApplication {
+                    application: name.clone(),
+                });
+            }
+            return Ok(changes);
+        };
+        let what = format!("Flink application {name}");
+        check_owner(
+            &what,
+            &observed.tags,
+            &desired.owner,
+            desired.adopt_existing,
+        )?;
+        let mut changes = Vec::new();
+        changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+            Change::TagResource {
+                application: name.clone(),
+                resource_arn: observed.arn.clone(),
+                tags,
+            }
+        }));
+        let changed = changed_settings(&desired.settings, &observed.settings);
+        if !changed.is_empty() {
+            changes.push(Change::UpdateApplication {
+                application: name.clone(),
+                current_version_id: observed.version_id,
+                settings: desired.settings.clone(),
+                changed,
+            });
+        }
+        if desired.running && observed.status == "READY" {
+            changes.push(Change::StartApplication {
+                application: name.clone(),
+            });
+        } else if !desired.running && observed.status == "RUNNING" {
+            changes.push(Change::StopApplication {
+                application: name.clone(),
+            });
+        }
+        if !changes.is_empty() && is_transitional(&observed.status) {
+            // Tags are metadata and can be set in any state (so adoption is not held up); the
+            // rest waits.
+            let tags: Vec<Change> = changes
+                .iter()
+                .filter(|c| matches!(c, Change::TagResource { .. }))
+                .cloned()
+                .collect();
+            if !tags.is_empty() {
+                return Ok(tags);
+            }
+            return Err(Error::Busy {
+                resource: what,
+                message: format!(
+                    "it is {}; {} change(s) wait until it is READY or RUNNING",
+                    observed.status,
+                    changes.len()
+                ),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Ready when running (or stopped, when paused on purpose).
+    fn readiness(
+        desired: &DesiredApplication,
+        observed: Option<&ObservedApplication>,
+    ) -> Readiness {
+        let wanted = if desired.running { "RUNNING" } else { "READY" };
+        match observed {
+            Some(app) if app.status == wanted => Readiness::Ready,
+            Some(app) => Readiness::Provisioning(format!(
+                "Flink application {} is {} (waiting for {wanted})",
+                app.name, app.status
+            )),
+            None => Readiness::Provisioning("the Flink application does not exist yet".to_owned()),
+        }
+    }
+
+    fn resources(
+        desired: &DesiredApplication,
+        observed: Option<&ObservedApplication>,
+        into: &mut PipelineResources,
+    ) {
+        into.flink_application_arn =
+            Some(observed.map_or_else(|| desired.arn.clone(), |o| o.arn.clone()));
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.flink_application_arn
+            .clone_from(&from.flink_application_arn);
+    }
+
+    /// Engine switched away from `ManagedFlink`: the application this pipeline made is deleted
+    /// (if it is still tagged by the pipeline and not already being deleted).
+    async fn leftover(clients: &AwsClients, input: PlanInput<'_>) -> Option<Leftover> {
+        let previous = input.previous.flink_application_arn.as_deref()?;
+        let name = name_from_arn(previous).unwrap_or(previous);
+        let found = clients.flink.observe(name).await.map(|observed| {
+            observed
+                .filter(|app| is_ours(&app.tags, &input.names.owner))
+                .map(|app| Removal {
+                    changes: match app.create_timestamp {
+                        Some(create_timestamp) if app.status != "DELETING" => {
+                            vec![
+                                Change::DeleteApplication {
+                                    application: app.name.clone(),
+                                    create_timestamp,
+                                }
+                                .into(),
+                            ]
+                        }
+                        _ => Vec::new(),
+                    },
+                    message: format!(
+                        "removing Flink application {name} (the engine is no longer ManagedFlink)"
+                    ),
+                    resources: PipelineResources {
+                        flink_application_arn: Some(app.arn),
+                        ..PipelineResources::default()
+                    },
+                })
+        });
+        Some(Leftover {
+            summary: "the aggregation does not run on Managed Flink".to_owned(),
+            found,
+        })
+    }
+
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        _done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        let owner = &input.names.owner;
+        let name = if Self::wanted(input.spec) {
+            flink_application_name(input.spec, owner)
+        } else {
+            match input
+                .previous
+                .flink_application_arn
+                .as_deref()
+                .and_then(name_from_arn)
+            {
+                Some(name) => name.to_owned(),
+                None => return Ok(Vec::new()),
+            }
+        };
+        let deletion = delete(clients.flink.as_ref(), &name, owner).await?;
+        Ok(vec![(format!("Flink application {name}"), deletion)])
     }
 }
 
@@ -914,31 +988,34 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            ops(diff(&app, None).expect("diff")),
+            ops(FlinkApplication::diff(&app, None).expect("diff")),
             ["CreateApplication", "StartApplication"]
         );
-        assert_eq!(diff(&app, Some(&in_sync(&app))), Ok(vec![]));
+        assert_eq!(
+            FlinkApplication::diff(&app, Some(&in_sync(&app))),
+            Ok(vec![])
+        );
         let mut observed = in_sync(&app);
         observed.status = "READY".into();
         assert_eq!(
-            ops(diff(&app, Some(&observed)).expect("diff")),
+            ops(FlinkApplication::diff(&app, Some(&observed)).expect("diff")),
             ["StartApplication"]
         );
         let mut paused = app.clone();
         paused.running = false;
         observed.status = "RUNNING".into();
         assert_eq!(
-            ops(diff(&paused, Some(&observed)).expect("diff")),
+            ops(FlinkApplication::diff(&paused, Some(&observed)).expect("diff")),
             ["StopApplication"]
         );
         observed.settings.parallelism = 8;
-        let changes = diff(&app, Some(&observed)).expect("diff");
+        let changes = FlinkApplication::diff(&app, Some(&observed)).expect("diff");
         assert_eq!(
             changes[0].to_string(),
             "update Flink application shop-full-heatmap (version 4): parallelism 8/1 → 2/1"
         );
         observed.status = "UPDATING".into();
-        let error = diff(&app, Some(&observed)).expect_err("busy");
+        let error = FlinkApplication::diff(&app, Some(&observed)).expect_err("busy");
         assert!(error.is_retryable());
     }
 
@@ -950,7 +1027,7 @@ mod tests {
             .expect("flink");
         let mut observed = in_sync(&app);
         observed.tags = Owner::new("default", "other").tags();
-        let error = diff(&app, Some(&observed)).expect_err("conflict");
+        let error = FlinkApplication::diff(&app, Some(&observed)).expect_err("conflict");
         assert_eq!(error.reason(), crate::error::Reason::Conflict);
     }
 }

@@ -27,12 +27,16 @@ use aws_sdk_glue::types::{
     CatalogTarget, Column as SdkColumn, CrawlerTargets, DatabaseInput, DeleteBehavior,
     SchemaChangePolicy, SerDeInfo, StorageDescriptor, TableInput, UpdateBehavior,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy, PartitionDiscovery};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, PartitionDiscovery, PipelineResources};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, is_ours, missing_tags};
-use crate::error::{Error, from_sdk, is_not_found};
-use crate::names::{Names, Owner, Ownership, crawler_name, curated_table_location};
+use super::{
+    AwsClients, Deletion, PartReconciler, PlanInput, Readiness, SdkResultExt, Service, check_owner,
+    is_ours, may_manage, tag_change,
+};
+use crate::error::Error;
+use crate::names::{Names, Owner, crawler_name, curated_table_location};
+use crate::pipeline::{DeleteStep, Part};
 
 pub const PARQUET_INPUT_FORMAT: &str =
     "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat";
@@ -411,14 +415,6 @@ pub fn desired(
     })
 }
 
-fn manageable(tags: &BTreeMap<String, String>, owner: &Owner, adopt: bool) -> bool {
-    match Ownership::of(tags, owner) {
-        Ownership::Ours => true,
-        Ownership::Unowned => adopt,
-        Ownership::Foreign(_) => false,
-    }
-}
-
 async fn get_tags(
     client: &Client,
     arn: &str,
@@ -429,7 +425,7 @@ async fn get_tags(
         .resource_arn(arn)
         .send()
         .await
-        .map_err(|e| from_sdk("glue:GetTags", what, e))?;
+        .map_sdk("glue:GetTags", what)?;
     Ok(output
         .tags()
         .map(|tags| {
@@ -446,10 +442,14 @@ async fn observe_crawler(
     arn: &str,
 ) -> Result<Option<ObservedCrawler>, Error> {
     let what = format!("crawler {name}");
-    let output = match client.get_crawler().name(name).send().await {
-        Ok(output) => output,
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(from_sdk("glue:GetCrawler", &what, error)),
+    let Some(output) = client
+        .get_crawler()
+        .name(name)
+        .send()
+        .await
+        .found("glue:GetCrawler", &what)?
+    else {
+        return Ok(None);
     };
     let Some(crawler) = output.crawler() else {
         return Ok(None);
@@ -517,79 +517,74 @@ pub async fn observe(client: &Client, desired: &DesiredCatalog) -> Result<Observ
     let mut observed = ObservedCatalog::default();
     let db = &desired.database;
     let what = format!("Glue database {}", db.name);
-    match client.get_database().name(&db.name).send().await {
-        Ok(output) => {
-            if let Some(database) = output.database() {
-                let tags = get_tags(client, &db.arn, &what).await?;
-                observed.database = Some(ObservedDatabase {
-                    name: database.name().to_owned(),
-                    catalog_id: database.catalog_id().map(str::to_owned),
-                    description: database.description().map(str::to_owned),
-                    tags,
-                });
-            }
-        }
-        Err(error) if is_not_found(&error) => {}
-        Err(error) => return Err(from_sdk("glue:GetDatabase", &what, error)),
+    let output = client
+        .get_database()
+        .name(&db.name)
+        .send()
+        .await
+        .found("glue:GetDatabase", &what)?;
+    if let Some(database) = output.as_ref().and_then(|output| output.database()) {
+        let tags = get_tags(client, &db.arn, &what).await?;
+        observed.database = Some(ObservedDatabase {
+            name: database.name().to_owned(),
+            catalog_id: database.catalog_id().map(str::to_owned),
+            description: database.description().map(str::to_owned),
+            tags,
+        });
     }
     if let Some(database) = &observed.database
-        && !manageable(&database.tags, &desired.owner, desired.adopt_existing)
+        && !may_manage(&database.tags, &desired.owner, desired.adopt_existing)
     {
         return Ok(observed);
     }
     if observed.database.is_some() {
         let table = &desired.table;
         let what = format!("table {}.{}", table.database, table.name);
-        match client
+        let output = client
             .get_table()
             .database_name(&table.database)
             .name(&table.name)
             .send()
             .await
-        {
-            Ok(output) => {
-                if let Some(found) = output.table() {
-                    let storage = found.storage_descriptor();
-                    let serde = storage.and_then(StorageDescriptor::serde_info);
-                    observed.table = Some(ObservedTable {
-                        database: table.database.clone(),
-                        name: found.name().to_owned(),
-                        definition: TableDefinition {
-                            table_type: found.table_type().unwrap_or_default().to_owned(),
-                            location: storage
-                                .and_then(StorageDescriptor::location)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            columns: storage
-                                .map(|s| columns_from_sdk(s.columns()))
-                                .unwrap_or_default(),
-                            partition_keys: columns_from_sdk(found.partition_keys()),
-                            input_format: storage
-                                .and_then(StorageDescriptor::input_format)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            output_format: storage
-                                .and_then(StorageDescriptor::output_format)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            serde_library: serde
-                                .and_then(SerDeInfo::serialization_library)
-                                .unwrap_or_default()
-                                .to_owned(),
-                            serde_parameters: serde
-                                .and_then(SerDeInfo::parameters)
-                                .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                                .unwrap_or_default(),
-                            parameters: found
-                                .parameters()
-                                .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                                .unwrap_or_default(),
-                        },
-                    });
-                }
-            }
-            Err(error) if is_not_found(&error) => {}
-            Err(error) => return Err(from_sdk("glue:GetTable", &what, error)),
+            .found("glue:GetTable", &what)?;
+        if let Some(found) = output.as_ref().and_then(|output| output.table()) {
+            let storage = found.storage_descriptor();
+            let serde = storage.and_then(StorageDescriptor::serde_info);
+            observed.table = Some(ObservedTable {
+                database: table.database.clone(),
+                name: found.name().to_owned(),
+                definition: TableDefinition {
+                    table_type: found.table_type().unwrap_or_default().to_owned(),
+                    location: storage
+                        .and_then(StorageDescriptor::location)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    columns: storage
+                        .map(|s| columns_from_sdk(s.columns()))
+                        .unwrap_or_default(),
+                    partition_keys: columns_from_sdk(found.partition_keys()),
+                    input_format: storage
+                        .and_then(StorageDescriptor::input_format)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    output_format: storage
+                        .and_then(StorageDescriptor::output_format)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    serde_library: serde
+                        .and_then(SerDeInfo::serialization_library)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    serde_parameters: serde
+                        .and_then(SerDeInfo::parameters)
+                        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                    parameters: found
+                        .parameters()
+                        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                },
+            });
         }
     }
     if let Some(crawler) = &desired.crawler {
@@ -664,111 +659,6 @@ fn crawler_matches(desired: &CrawlerDefinition, observed: &ObservedCrawler) -> b
         && desired.tables == observed.tables
         && desired.update_behavior == observed.update_behavior
         && desired.delete_behavior == observed.delete_behavior
-}
-
-/// The calls that turn `observed` into `desired`, database first. Empty when they match.
-pub fn diff(desired: &DesiredCatalog, observed: &ObservedCatalog) -> Result<Vec<Change>, Error> {
-    let mut changes = Vec::new();
-    let owner = &desired.owner;
-    let adopt = desired.adopt_existing;
-    let db = &desired.database;
-    match &observed.database {
-        None => changes.push(Change::CreateDatabase {
-            database: db.name.clone(),
-            description: db.description.clone(),
-            tags: db.tags.clone(),
-        }),
-        Some(found) => {
-            let what = format!("Glue database {}", db.name);
-            check_owner(&what, &found.tags, owner, adopt)?;
-            let missing = missing_tags(&found.tags, &db.tags);
-            if !missing.is_empty() {
-                changes.push(Change::TagResource {
-                    resource: what,
-                    resource_arn: db.arn.clone(),
-                    tags: missing,
-                });
-            }
-        }
-    }
-    let table = &desired.table;
-    match &observed.table {
-        None => changes.push(Change::CreateTable {
-            database: table.database.clone(),
-            table: table.name.clone(),
-            definition: table.definition.clone(),
-        }),
-        Some(found) => {
-            let what = format!("table {}.{}", table.database, table.name);
-            check_owner(&what, &found.definition.parameters, owner, adopt)?;
-            if !table_matches(&table.definition, &found.definition) {
-                changes.push(Change::UpdateTable {
-                    database: table.database.clone(),
-                    table: table.name.clone(),
-                    definition: merged_definition(&table.definition, &found.definition),
-                });
-            }
-        }
-    }
-    if let Some(crawler) = &desired.crawler {
-        let name = &crawler.definition.name;
-        match &observed.crawler {
-            None => changes.push(Change::CreateCrawler {
-                crawler: crawler.definition.clone(),
-                tags: crawler.tags.clone(),
-            }),
-            Some(found) => {
-                let what = format!("crawler {name}");
-                check_owner(&what, &found.tags, owner, adopt)?;
-                let missing = missing_tags(&found.tags, &crawler.tags);
-                if !missing.is_empty() {
-                    changes.push(Change::TagResource {
-                        resource: what,
-                        resource_arn: crawler.arn.clone(),
-                        tags: missing,
-                    });
-                }
-                if found.other_targets > 0 || !crawler_matches(&crawler.definition, found) {
-                    if found.state != "READY" {
-                        return Err(Error::CrawlerRunning {
-                            crawler: name.clone(),
-                        });
-                    }
-                    changes.push(Change::UpdateCrawler {
-                        crawler: crawler.definition.clone(),
-                    });
-                }
-            }
-        }
-    }
-    if let (Some((name, _)), Some(found)) =
-        (&desired.crawler_to_remove, &observed.crawler_to_remove)
-        && is_ours(&found.tags, owner)
-    {
-        if found.state != "READY" {
-            return Err(Error::CrawlerRunning {
-                crawler: name.clone(),
-            });
-        }
-        changes.push(Change::DeleteCrawler {
-            crawler: name.clone(),
-        });
-    }
-    Ok(changes)
-}
-
-/// The catalog is ready when the database and table exist (and the crawler, if wanted).
-pub fn readiness(desired: &DesiredCatalog, observed: &ObservedCatalog) -> Readiness {
-    if observed.database.is_none() {
-        return Readiness::Provisioning("the Glue database does not exist yet".to_owned());
-    }
-    if observed.table.is_none() {
-        return Readiness::Provisioning("the curated table does not exist yet".to_owned());
-    }
-    if desired.crawler.is_some() && observed.crawler.is_none() {
-        return Readiness::Provisioning("the crawler does not exist yet".to_owned());
-    }
-    Readiness::Ready
 }
 
 fn build_error(what: &str) -> impl FnOnce(aws_sdk_glue::error::BuildError) -> Error + '_ {
@@ -847,13 +737,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "glue:CreateDatabase",
-                        &format!("Glue database {database}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "glue:CreateDatabase",
+                    format_args!("Glue database {database}"),
+                )?;
             Ok(())
         }
         Change::TagResource {
@@ -867,7 +754,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags_to_add(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:TagResource", resource, e))?;
+                .map_sdk("glue:TagResource", resource)?;
             Ok(())
         }
         Change::CreateTable {
@@ -881,9 +768,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .table_input(table_input(table, definition)?)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk("glue:CreateTable", &format!("table {database}.{table}"), e)
-                })?;
+                .map_sdk("glue:CreateTable", format_args!("table {database}.{table}"))?;
             Ok(())
         }
         Change::UpdateTable {
@@ -897,9 +782,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .table_input(table_input(table, definition)?)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk("glue:UpdateTable", &format!("table {database}.{table}"), e)
-                })?;
+                .map_sdk("glue:UpdateTable", format_args!("table {database}.{table}"))?;
             Ok(())
         }
         Change::CreateCrawler { crawler, tags } => {
@@ -915,7 +798,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .set_tags(Some(tags.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:CreateCrawler", &crawler.name, e))?;
+                .map_sdk("glue:CreateCrawler", &crawler.name)?;
             Ok(())
         }
         Change::UpdateCrawler { crawler } => {
@@ -930,7 +813,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .configuration(&crawler.configuration)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:UpdateCrawler", &crawler.name, e))?;
+                .map_sdk("glue:UpdateCrawler", &crawler.name)?;
             Ok(())
         }
         Change::DeleteCrawler { crawler } => {
@@ -939,7 +822,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .name(crawler)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:DeleteCrawler", crawler, e))?;
+                .map_sdk("glue:DeleteCrawler", crawler)?;
             Ok(())
         }
     }
@@ -951,11 +834,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 pub async fn delete(
     client: &Client,
     desired: &DesiredCatalog,
-    policy: DeletionPolicy,
 ) -> Result<Vec<(String, Deletion)>, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(vec![("Glue catalog".to_owned(), Deletion::Retained)]);
-    }
     let owner = &desired.owner;
     let probe = DesiredCatalog {
         adopt_existing: false,
@@ -1016,7 +895,7 @@ pub async fn delete(
                 .name(&table.name)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:DeleteTable", &what, e))?;
+                .map_sdk("glue:DeleteTable", &what)?;
             Deletion::Gone
         }
     };
@@ -1035,12 +914,214 @@ pub async fn delete(
                 .name(&db.name)
                 .send()
                 .await
-                .map_err(|e| from_sdk("glue:DeleteDatabase", &what, e))?;
+                .map_sdk("glue:DeleteDatabase", &what)?;
             Deletion::Gone
         }
     };
     outcomes.push((what, outcome));
     Ok(outcomes)
+}
+
+/// The catalog part: the Glue database, the curated table and, for `partitions: Crawler`, the
+/// crawler.
+pub struct Catalog;
+
+impl PartReconciler for Catalog {
+    const PART: Part = Part::Catalog;
+    const CONDITION_TYPE: &'static str = "CatalogReady";
+    const NAME: &'static str = "catalog";
+    const SERVICE: Service = Service::Glue;
+
+    type Desired = DesiredCatalog;
+    type Observed = ObservedCatalog;
+    type Change = Change;
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredCatalog>, Error> {
+        Ok(vec![desired(
+            input.spec,
+            input.names,
+            input.previous.crawler_name.as_deref(),
+        )?])
+    }
+
+    fn summary(desired: &[DesiredCatalog]) -> String {
+        desired
+            .iter()
+            .map(|catalog| {
+                format!(
+                    "Glue table {}.{} matches the spec",
+                    catalog.table.database, catalog.table.name
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredCatalog,
+    ) -> Result<Option<ObservedCatalog>, Error> {
+        Ok(Some(observe(&clients.glue, desired).await?))
+    }
+
+    /// The calls that turn `observed` into `desired`, database first. Empty when they match.
+    fn diff(
+        desired: &DesiredCatalog,
+        observed: Option<&ObservedCatalog>,
+    ) -> Result<Vec<Change>, Error> {
+        let nothing = ObservedCatalog::default();
+        let observed = observed.unwrap_or(&nothing);
+        let mut changes = Vec::new();
+        let owner = &desired.owner;
+        let adopt = desired.adopt_existing;
+        let db = &desired.database;
+        match &observed.database {
+            None => changes.push(Change::CreateDatabase {
+                database: db.name.clone(),
+                description: db.description.clone(),
+                tags: db.tags.clone(),
+            }),
+            Some(found) => {
+                let what = format!("Glue database {}", db.name);
+                check_owner(&what, &found.tags, owner, adopt)?;
+                changes.extend(tag_change(&found.tags, &db.tags, |tags| {
+                    Change::TagResource {
+                        resource: what,
+                        resource_arn: db.arn.clone(),
+                        tags,
+                    }
+                }));
+            }
+        }
+        let table = &desired.table;
+        match &observed.table {
+            None => changes.push(Change::CreateTable {
+                database: table.database.clone(),
+                table: table.name.clone(),
+                definition: table.definition.clone(),
+            }),
+            Some(found) => {
+                let what = format!("table {}.{}", table.database, table.name);
+                check_owner(&what, &found.definition.parameters, owner, adopt)?;
+                if !table_matches(&table.definition, &found.definition) {
+                    changes.push(Change::UpdateTable {
+                        database: table.database.clone(),
+                        table: table.name.clone(),
+                        definition: merged_definition(&table.definition, &found.definition),
+                    });
+                }
+            }
+        }
+        if let Some(crawler) = &desired.crawler {
+            let name = &crawler.definition.name;
+            match &observed.crawler {
+                None => changes.push(Change::CreateCrawler {
+                    crawler: crawler.definition.clone(),
+                    tags: crawler.tags.clone(),
+                }),
+                Some(found) => {
+                    let what = format!("crawler {name}");
+                    check_owner(&what, &found.tags, owner, adopt)?;
+                    changes.extend(tag_change(&found.tags, &crawler.tags, |tags| {
+                        Change::TagResource {
+                            resource: what,
+                            resource_arn: crawler.arn.clone(),
+                            tags,
+                        }
+                    }));
+                    if found.other_targets > 0 || !crawler_matches(&crawler.definition, found) {
+                        if found.state != "READY" {
+                            return Err(Error::CrawlerRunning {
+                                crawler: name.clone(),
+                            });
+                        }
+                        changes.push(Change::UpdateCrawler {
+                            crawler: crawler.definition.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if let (Some((name, _)), Some(found)) =
+            (&desired.crawler_to_remove, &observed.crawler_to_remove)
+            && is_ours(&found.tags, owner)
+        {
+            if found.state != "READY" {
+                return Err(Error::CrawlerRunning {
+                    crawler: name.clone(),
+                });
+            }
+            changes.push(Change::DeleteCrawler {
+                crawler: name.clone(),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// The catalog is ready when the database and table exist (and the crawler, if wanted).
+    fn readiness(desired: &DesiredCatalog, observed: Option<&ObservedCatalog>) -> Readiness {
+        let nothing = ObservedCatalog::default();
+        let observed = observed.unwrap_or(&nothing);
+        if observed.database.is_none() {
+            return Readiness::Provisioning("the Glue database does not exist yet".to_owned());
+        }
+        if observed.table.is_none() {
+            return Readiness::Provisioning("the curated table does not exist yet".to_owned());
+        }
+        if desired.crawler.is_some() && observed.crawler.is_none() {
+            return Readiness::Provisioning("the crawler does not exist yet".to_owned());
+        }
+        Readiness::Ready
+    }
+
+    fn resources(
+        desired: &DesiredCatalog,
+        _observed: Option<&ObservedCatalog>,
+        into: &mut PipelineResources,
+    ) {
+        into.glue_database = Some(desired.database.name.clone());
+        into.glue_table = Some(desired.table.name.clone());
+        into.crawler_name = desired.crawler.as_ref().map(|c| c.definition.name.clone());
+    }
+
+    /// A crawler that could not be removed yet stays recorded, so removal is retried.
+    fn resources_when_blocked(desired: &DesiredCatalog, into: &mut PipelineResources) {
+        if let Some((name, _)) = &desired.crawler_to_remove {
+            into.crawler_name = Some(name.clone());
+        }
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.glue_database.clone_from(&from.glue_database);
+        into.glue_table.clone_from(&from.glue_table);
+        into.crawler_name.clone_from(&from.crawler_name);
+    }
+
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        _done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        delete(&clients.glue, &for_deletion(input)?).await
+    }
+}
+
+/// The catalog's names for deletion, even from a spec whose crawler has no role (deletion needs
+/// only names).
+fn for_deletion(input: PlanInput<'_>) -> Result<DesiredCatalog, Error> {
+    let mut spec = input.spec.clone();
+    if spec.catalog.partitions == PartitionDiscovery::Crawler {
+        let crawler = spec
+            .catalog
+            .crawler
+            .get_or_insert(clickheatmap_crds::CrawlerSpec {
+                name: None,
+                schedule: "cron(0/30 * * * ? *)".to_owned(),
+                role_arn: None,
+            });
+        crawler.role_arn.get_or_insert_with(String::new);
+    }
+    desired(&spec, input.names, input.previous.crawler_name.as_deref())
 }
 
 #[cfg(test)]
@@ -1163,7 +1244,7 @@ mod tests {
         for file in ["pipeline-minimal.yaml", "pipeline-full.yaml"] {
             let pipeline = fixture(file);
             let catalog = desired(&pipeline.spec, &names_for(&pipeline), None).expect("valid");
-            let changes = diff(&catalog, &ObservedCatalog::default()).expect("diff");
+            let changes = Catalog::diff(&catalog, Some(&ObservedCatalog::default())).expect("diff");
             let ops: Vec<_> = changes
                 .iter()
                 .map(|c| serde_json::to_value(c).expect("json")["op"].clone())
@@ -1174,7 +1255,11 @@ mod tests {
                 &["CreateDatabase", "CreateTable"]
             };
             assert_eq!(ops, expected, "{file}");
-            assert_eq!(diff(&catalog, &in_sync(&catalog)), Ok(vec![]), "{file}");
+            assert_eq!(
+                Catalog::diff(&catalog, Some(&in_sync(&catalog))),
+                Ok(vec![]),
+                "{file}"
+            );
         }
     }
 
@@ -1188,11 +1273,11 @@ mod tests {
             .definition
             .parameters
             .insert("recordCount".into(), "42".into());
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]));
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
         // A schema change is drift; the update keeps the statistics.
         let table = observed.table.as_mut().expect("table");
         table.definition.columns[1].kind = "bigint".into();
-        let changes = diff(&catalog, &observed).expect("diff");
+        let changes = Catalog::diff(&catalog, Some(&observed)).expect("diff");
         let [Change::UpdateTable { definition, .. }] = changes.as_slice() else {
             panic!("{changes:?}");
         };
@@ -1214,7 +1299,7 @@ mod tests {
         let catalog = desired(&crawled.spec, &names_for(&crawled), None).expect("valid");
         let mut observed = in_sync(&projection);
         observed.crawler = None;
-        let changes = diff(&catalog, &observed).expect("diff");
+        let changes = Catalog::diff(&catalog, Some(&observed)).expect("diff");
         let Change::UpdateTable { definition, .. } = &changes[0] else {
             panic!("{changes:?}");
         };
@@ -1234,10 +1319,14 @@ mod tests {
         let mut observed = in_sync(&catalog);
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.state = "RUNNING".into();
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]), "no drift, no error");
+        assert_eq!(
+            Catalog::diff(&catalog, Some(&observed)),
+            Ok(vec![]),
+            "no drift, no error"
+        );
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.definition.schedule = "cron(0 * * * ? *)".into();
-        let error = diff(&catalog, &observed).expect_err("running");
+        let error = Catalog::diff(&catalog, Some(&observed)).expect_err("running");
         assert_eq!(
             error,
             Error::CrawlerRunning {
@@ -1248,7 +1337,9 @@ mod tests {
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.state = "READY".into();
         assert!(matches!(
-            diff(&catalog, &observed).expect("diff").as_slice(),
+            Catalog::diff(&catalog, Some(&observed))
+                .expect("diff")
+                .as_slice(),
             [Change::UpdateCrawler { .. }]
         ));
     }
@@ -1260,7 +1351,7 @@ mod tests {
         let mut observed = in_sync(&catalog);
         let crawler = observed.crawler.as_mut().expect("crawler");
         crawler.definition.configuration = "{ \"Version\": 1.0, \"CrawlerOutput\": { \"Partitions\": { \"AddOrUpdateBehavior\": \"InheritFromTable\" } } }".into();
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]));
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
     }
 
     #[test]
@@ -1273,7 +1364,7 @@ mod tests {
             .definition
             .parameters
             .extend(Owner::new("x", "y").tags());
-        let error = diff(&catalog, &observed).expect_err("conflict");
+        let error = Catalog::diff(&catalog, Some(&observed)).expect_err("conflict");
         assert!(
             error
                 .to_string()
@@ -1282,7 +1373,7 @@ mod tests {
         let mut observed = in_sync(&catalog);
         let database = observed.database.as_mut().expect("database");
         database.tags.clear();
-        let error = diff(&catalog, &observed).expect_err("conflict");
+        let error = Catalog::diff(&catalog, Some(&observed)).expect_err("conflict");
         assert!(error.to_string().contains("adoptExisting"));
     }
 
@@ -1312,7 +1403,7 @@ mod tests {
             tags: catalog.owner.tags(),
         });
         assert_eq!(
-            diff(&catalog, &observed),
+            Catalog::diff(&catalog, Some(&observed)),
             Ok(vec![Change::DeleteCrawler {
                 crawler: "shop-curated".into()
             }])
@@ -1321,6 +1412,6 @@ mod tests {
         if let Some(found) = observed.crawler_to_remove.as_mut() {
             found.tags.clear();
         }
-        assert_eq!(diff(&catalog, &observed), Ok(vec![]));
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
     }
 }

@@ -24,14 +24,18 @@ use std::fmt;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::{EncryptionType, ScalingType, StreamMode, StreamModeDetails};
 use clickheatmap_crds::{
-    AggregationEngine, ClickHeatmapPipelineSpec, DeletionPolicy, StreamEncryption,
+    AggregationEngine, ClickHeatmapPipelineSpec, PipelineResources, StreamEncryption,
     StreamMode as SpecStreamMode,
 };
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags, paged_tags};
-use crate::error::{Error, from_sdk, is_not_found};
+use super::{
+    AwsClients, Deletion, PartReconciler, PlanInput, Readiness, SdkResultExt, Service, check_owner,
+    left_in_place, paged_tags, tag_change,
+};
+use crate::error::{Error, from_sdk};
 use crate::names::{Names, Owner};
+use crate::pipeline::{DeleteStep, Part};
 
 /// `StreamMode` as AWS spells it.
 pub const PROVISIONED: &str = "PROVISIONED";
@@ -300,15 +304,14 @@ pub async fn observe(
     consumer: &str,
 ) -> Result<Option<ObservedStream>, Error> {
     let what = format!("stream {name}");
-    let output = match client
+    let Some(output) = client
         .describe_stream_summary()
         .stream_name(name)
         .send()
         .await
-    {
-        Ok(output) => output,
-        Err(error) if is_not_found(&error) => return Ok(None),
-        Err(error) => return Err(from_sdk("kinesis:DescribeStreamSummary", &what, error)),
+        .found("kinesis:DescribeStreamSummary", &what)?
+    else {
+        return Ok(None);
     };
     let Some(summary) = output.stream_description_summary() else {
         return Ok(None);
@@ -323,7 +326,7 @@ pub async fn observe(
             let page = request
                 .send()
                 .await
-                .map_err(|e| from_sdk("kinesis:ListTagsForStream", what, e))?;
+                .map_sdk("kinesis:ListTagsForStream", what)?;
             Ok((tag_pairs(page.tags()).collect(), page.has_more_tags()))
         }
     })
@@ -363,178 +366,23 @@ async fn observe_consumer(
     stream_arn: &str,
     name: &str,
 ) -> Result<Option<ObservedConsumer>, Error> {
-    match client
+    let output = client
         .describe_stream_consumer()
         .stream_arn(stream_arn)
         .consumer_name(name)
         .send()
         .await
-    {
-        Ok(output) => Ok(output
-            .consumer_description()
-            .map(|consumer| ObservedConsumer {
-                arn: consumer.consumer_arn().to_owned(),
-                status: consumer.consumer_status().as_str().to_owned(),
-            })),
-        Err(error) if is_not_found(&error) => Ok(None),
-        Err(error) => Err(from_sdk(
+        .found(
             "kinesis:DescribeStreamConsumer",
-            &format!("consumer {name}"),
-            error,
-        )),
-    }
-}
-
-/// The calls that turn `observed` into `desired`, in the order they can be made. Empty when
-/// they match.
-pub fn diff(
-    desired: &DesiredStream,
-    observed: Option<&ObservedStream>,
-) -> Result<Vec<Change>, Error> {
-    let stream = &desired.name;
-    let Some(observed) = observed else {
-        let mut changes = vec![Change::CreateStream {
-            stream: stream.clone(),
-            mode: desired.mode.clone(),
-            shards: desired.shards,
-            tags: desired.tags.clone(),
-        }];
-        // A new stream keeps records 24 hours and is not encrypted; these follow once it is
-        // ACTIVE (shown by `plan`, applied by a later reconcile).
-        if desired.retention_hours > 24 {
-            changes.push(Change::IncreaseStreamRetentionPeriod {
-                stream: stream.clone(),
-                from: 24,
-                to: desired.retention_hours,
-            });
-        }
-        if let Some(key_id) = &desired.kms_key_id {
-            changes.push(Change::StartStreamEncryption {
-                stream: stream.clone(),
-                key_id: key_id.clone(),
-            });
-        }
-        if desired.consumer.wanted {
-            changes.push(Change::RegisterStreamConsumer {
-                stream: stream.clone(),
-                stream_arn: desired.arn.clone(),
-                consumer: desired.consumer.name.clone(),
-            });
-        }
-        return Ok(changes);
-    };
-    check_owner(
-        &format!("stream {stream}"),
-        &observed.tags,
-        &desired.owner,
-        desired.adopt_existing,
-    )?;
-    let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        changes.push(Change::AddTagsToStream {
-            stream: stream.clone(),
-            tags: missing,
-        });
-    }
-    // The consumer first: registering one does not make the stream UPDATING, so it does not
-    // wait behind the changes that do.
-    match (&observed.consumer, desired.consumer.wanted) {
-        (None, true) => changes.push(Change::RegisterStreamConsumer {
-            stream: stream.clone(),
-            stream_arn: observed.arn.clone(),
-            consumer: desired.consumer.name.clone(),
-        }),
-        (Some(consumer), false) if consumer.status != "DELETING" => {
-            changes.push(Change::DeregisterStreamConsumer {
-                stream: stream.clone(),
-                consumer: desired.consumer.name.clone(),
-                consumer_arn: consumer.arn.clone(),
-            });
-        }
-        _ => {}
-    }
-    if desired.retention_hours > observed.retention_hours {
-        changes.push(Change::IncreaseStreamRetentionPeriod {
-            stream: stream.clone(),
-            from: observed.retention_hours,
-            to: desired.retention_hours,
-        });
-    } else if desired.retention_hours < observed.retention_hours {
-        changes.push(Change::DecreaseStreamRetentionPeriod {
-            stream: stream.clone(),
-            from: observed.retention_hours,
-            to: desired.retention_hours,
-        });
-    }
-    let encrypted = observed.encryption_type == "KMS";
-    match &desired.kms_key_id {
-        Some(key_id) if !encrypted || observed.key_id.as_deref() != Some(key_id.as_str()) => {
-            changes.push(Change::StartStreamEncryption {
-                stream: stream.clone(),
-                key_id: key_id.clone(),
-            });
-        }
-        // Never weakened: a stream encrypted with KMS stays encrypted when the spec says
-        // `None` (see [`kept`]); stopping encryption is for a person to do on purpose.
-        _ => {}
-    }
-    if observed.mode != desired.mode {
-        changes.push(Change::UpdateStreamMode {
-            stream: stream.clone(),
-            stream_arn: observed.arn.clone(),
-            from: observed.mode.clone(),
-            to: desired.mode.clone(),
-        });
-    }
-    if let Some(target) = desired.shards
-        && observed.open_shards != target
-    {
-        changes.push(Change::UpdateShardCount {
-            stream: stream.clone(),
-            from: observed.open_shards,
-            to: next_shard_count(observed.open_shards, target),
-            target,
-        });
-    }
-    if !changes.is_empty() && observed.status != "ACTIVE" {
-        return Err(Error::Busy {
-            resource: format!("stream {stream}"),
-            message: format!(
-                "it is {}; {} change(s) wait until it is ACTIVE",
-                observed.status,
-                changes.len()
-            ),
-        });
-    }
-    Ok(changes)
-}
-
-/// What the stream has that is stronger than the spec asks, and keeps: KMS encryption while
-/// the spec says `encryption: None`.
-pub fn kept(desired: &DesiredStream, observed: Option<&ObservedStream>) -> Vec<String> {
-    match observed {
-        Some(observed) if observed.encryption_type == "KMS" && desired.kms_key_id.is_none() => {
-            vec![format!(
-                "stream {} server-side encryption with KMS key {} (the spec says None; stop it \
-                 yourself if that is really wanted)",
-                desired.name,
-                observed.key_id.as_deref().unwrap_or("(unknown)")
-            )]
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// A stream is ready when it is `ACTIVE`.
-pub fn readiness(observed: Option<&ObservedStream>) -> Readiness {
-    match observed {
-        Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
-        Some(stream) => {
-            Readiness::Provisioning(format!("stream {} is {}", stream.name, stream.status))
-        }
-        None => Readiness::Provisioning("the stream does not exist yet".to_owned()),
-    }
+            format_args!("consumer {name}"),
+        )?;
+    Ok(output
+        .as_ref()
+        .and_then(|output| output.consumer_description())
+        .map(|consumer| ObservedConsumer {
+            arn: consumer.consumer_arn().to_owned(),
+            status: consumer.consumer_status().as_str().to_owned(),
+        }))
 }
 
 fn build_error(what: &str) -> impl FnOnce(aws_sdk_kinesis::error::BuildError) -> Error + '_ {
@@ -555,13 +403,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .consumer_name(consumer)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:RegisterStreamConsumer",
-                        &format!("consumer {consumer}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:RegisterStreamConsumer",
+                    format_args!("consumer {consumer}"),
+                )?;
             Ok(())
         }
         Change::DeregisterStreamConsumer {
@@ -574,13 +419,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .consumer_arn(consumer_arn)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:DeregisterStreamConsumer",
-                        &format!("consumer {consumer}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:DeregisterStreamConsumer",
+                    format_args!("consumer {consumer}"),
+                )?;
             Ok(())
         }
         Change::CreateStream {
@@ -605,7 +447,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
             request
                 .send()
                 .await
-                .map_err(|e| from_sdk("kinesis:CreateStream", &what, e))?;
+                .map_sdk("kinesis:CreateStream", &what)?;
             // Some endpoints ignore CreateStream's tags; without them the next reconcile would
             // take the stream for someone else's. Reading them back is best effort: if the new
             // stream cannot be read yet, AWS has applied the tags with the create.
@@ -618,8 +460,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 return Ok(());
             };
             let current: BTreeMap<String, String> = tag_pairs(current.tags()).collect();
-            let missing = missing_tags(&current, tags);
-            if !missing.is_empty() {
+            if let Some(missing) = tag_change(&current, tags, |missing| missing) {
                 add_tags(client, stream, &missing).await?;
             }
             Ok(())
@@ -632,13 +473,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .retention_period_hours(*to)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:IncreaseStreamRetentionPeriod",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:IncreaseStreamRetentionPeriod",
+                    format_args!("stream {stream}"),
+                )?;
             Ok(())
         }
         Change::DecreaseStreamRetentionPeriod { stream, to, .. } => {
@@ -648,13 +486,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .retention_period_hours(*to)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:DecreaseStreamRetentionPeriod",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:DecreaseStreamRetentionPeriod",
+                    format_args!("stream {stream}"),
+                )?;
             Ok(())
         }
         Change::StartStreamEncryption { stream, key_id } => {
@@ -665,13 +500,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .key_id(key_id)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "kinesis:StartStreamEncryption",
-                        &format!("stream {stream}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "kinesis:StartStreamEncryption",
+                    format_args!("stream {stream}"),
+                )?;
             Ok(())
         }
         Change::UpdateStreamMode {
@@ -690,9 +522,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .stream_mode_details(details)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk("kinesis:UpdateStreamMode", &format!("stream {stream}"), e)
-                })?;
+                .map_sdk("kinesis:UpdateStreamMode", format_args!("stream {stream}"))?;
             Ok(())
         }
         Change::UpdateShardCount {
@@ -740,19 +570,12 @@ async fn add_tags(
     request
         .send()
         .await
-        .map_err(|e| from_sdk("kinesis:AddTagsToStream", &format!("stream {stream}"), e))?;
+        .map_sdk("kinesis:AddTagsToStream", format_args!("stream {stream}"))?;
     Ok(())
 }
 
 /// Deletes the stream under `deletionPolicy: Delete` if this pipeline owns it.
-pub async fn delete(
-    client: &Client,
-    desired: &DesiredStream,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, desired: &DesiredStream) -> Result<Deletion, Error> {
     let stream = &desired.name;
     let Some(observed) = observe(client, stream, &desired.consumer.name).await? else {
         return Ok(Deletion::Gone);
@@ -769,8 +592,211 @@ pub async fn delete(
         .enforce_consumer_deletion(true)
         .send()
         .await
-        .map_err(|e| from_sdk("kinesis:DeleteStream", &format!("stream {stream}"), e))?;
+        .map_sdk("kinesis:DeleteStream", format_args!("stream {stream}"))?;
     Ok(Deletion::InProgress(format!("deleting stream {stream}")))
+}
+
+/// The stream part: the pipeline's Kinesis data stream.
+pub struct Stream;
+
+impl PartReconciler for Stream {
+    const PART: Part = Part::Stream;
+    const CONDITION_TYPE: &'static str = "StreamReady";
+    const NAME: &'static str = "stream";
+    const SERVICE: Service = Service::Kinesis;
+
+    type Desired = DesiredStream;
+    type Observed = ObservedStream;
+    type Change = Change;
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredStream>, Error> {
+        Ok(vec![desired(input.spec, input.names)])
+    }
+
+    fn summary(desired: &[DesiredStream]) -> String {
+        let names: Vec<&str> = desired.iter().map(|s| s.name.as_str()).collect();
+        format!("stream {} is ACTIVE and matches the spec", names.join(", "))
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredStream,
+    ) -> Result<Option<ObservedStream>, Error> {
+        observe(&clients.kinesis, &desired.name, &desired.consumer.name).await
+    }
+
+    /// The calls that turn `observed` into `desired`, in the order they can be made. Empty when
+    /// they match.
+    fn diff(
+        desired: &DesiredStream,
+        observed: Option<&ObservedStream>,
+    ) -> Result<Vec<Change>, Error> {
+        let stream = &desired.name;
+        let Some(observed) = observed else {
+            let mut changes = vec![Change::CreateStream {
+                stream: stream.clone(),
+                mode: desired.mode.clone(),
+                shards: desired.shards,
+                tags: desired.tags.clone(),
+            }];
+            // A new stream keeps records 24 hours and is not encrypted; these follow once it is
+            // ACTIVE (shown by `plan`, applied by a later reconcile).
+            if desired.retention_hours > 24 {
+                changes.push(Change::IncreaseStreamRetentionPeriod {
+                    stream: stream.clone(),
+                    from: 24,
+                    to: desired.retention_hours,
+                });
+            }
+            if let Some(key_id) = &desired.kms_key_id {
+                changes.push(Change::StartStreamEncryption {
+                    stream: stream.clone(),
+                    key_id: key_id.clone(),
+                });
+            }
+            if desired.consumer.wanted {
+                changes.push(Change::RegisterStreamConsumer {
+                    stream: stream.clone(),
+                    stream_arn: desired.arn.clone(),
+                    consumer: desired.consumer.name.clone(),
+                });
+            }
+            return Ok(changes);
+        };
+        check_owner(
+            &format!("stream {stream}"),
+            &observed.tags,
+            &desired.owner,
+            desired.adopt_existing,
+        )?;
+        let mut changes = Vec::new();
+        changes.extend(tag_change(&observed.tags, &desired.tags, |tags| {
+            Change::AddTagsToStream {
+                stream: stream.clone(),
+                tags,
+            }
+        }));
+        // The consumer first: registering one does not make the stream UPDATING, so it does not
+        // wait behind the changes that do.
+        match (&observed.consumer, desired.consumer.wanted) {
+            (None, true) => changes.push(Change::RegisterStreamConsumer {
+                stream: stream.clone(),
+                stream_arn: observed.arn.clone(),
+                consumer: desired.consumer.name.clone(),
+            }),
+            (Some(consumer), false) if consumer.status != "DELETING" => {
+                changes.push(Change::DeregisterStreamConsumer {
+                    stream: stream.clone(),
+                    consumer: desired.consumer.name.clone(),
+                    consumer_arn: consumer.arn.clone(),
+                });
+            }
+            _ => {}
+        }
+        if desired.retention_hours > observed.retention_hours {
+            changes.push(Change::IncreaseStreamRetentionPeriod {
+                stream: stream.clone(),
+                from: observed.retention_hours,
+                to: desired.retention_hours,
+            });
+        } else if desired.retention_hours < observed.retention_hours {
+            changes.push(Change::DecreaseStreamRetentionPeriod {
+                stream: stream.clone(),
+                from: observed.retention_hours,
+                to: desired.retention_hours,
+            });
+        }
+        let encrypted = observed.encryption_type == "KMS";
+        match &desired.kms_key_id {
+            Some(key_id) if !encrypted || observed.key_id.as_deref() != Some(key_id.as_str()) => {
+                changes.push(Change::StartStreamEncryption {
+                    stream: stream.clone(),
+                    key_id: key_id.clone(),
+                });
+            }
+            // Never weakened: a stream encrypted with KMS stays encrypted when the spec says
+            // `None` (see [`kept`]); stopping encryption is for a person to do on purpose.
+            _ => {}
+        }
+        if observed.mode != desired.mode {
+            changes.push(Change::UpdateStreamMode {
+                stream: stream.clone(),
+                stream_arn: observed.arn.clone(),
+                from: observed.mode.clone(),
+                to: desired.mode.clone(),
+            });
+        }
+        if let Some(target) = desired.shards
+            && observed.open_shards != target
+        {
+            changes.push(Change::UpdateShardCount {
+                stream: stream.clone(),
+                from: observed.open_shards,
+                to: next_shard_count(observed.open_shards, target),
+                target,
+            });
+        }
+        if !changes.is_empty() && observed.status != "ACTIVE" {
+            return Err(Error::Busy {
+                resource: format!("stream {stream}"),
+                message: format!(
+                    "it is {}; {} change(s) wait until it is ACTIVE",
+                    observed.status,
+                    changes.len()
+                ),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// What the stream has that is stronger than the spec asks, and keeps: KMS encryption while
+    /// the spec says `encryption: None`.
+    fn kept(desired: &DesiredStream, observed: Option<&ObservedStream>) -> Vec<String> {
+        match observed {
+            Some(observed) if observed.encryption_type == "KMS" && desired.kms_key_id.is_none() => {
+                vec![format!(
+                    "stream {} server-side encryption with KMS key {} (the spec says None; stop it \
+                     yourself if that is really wanted)",
+                    desired.name,
+                    observed.key_id.as_deref().unwrap_or("(unknown)")
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A stream is ready when it is `ACTIVE`.
+    fn readiness(_desired: &DesiredStream, observed: Option<&ObservedStream>) -> Readiness {
+        match observed {
+            Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
+            Some(stream) => {
+                Readiness::Provisioning(format!("stream {} is {}", stream.name, stream.status))
+            }
+            None => Readiness::Provisioning("the stream does not exist yet".to_owned()),
+        }
+    }
+
+    fn resources(
+        desired: &DesiredStream,
+        observed: Option<&ObservedStream>,
+        into: &mut PipelineResources,
+    ) {
+        into.stream_arn = Some(observed.map_or_else(|| desired.arn.clone(), |o| o.arn.clone()));
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.stream_arn.clone_from(&from.stream_arn);
+    }
+
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        _done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        let stream = desired(input.spec, input.names);
+        let deletion = delete(&clients.kinesis, &stream).await?;
+        Ok(vec![(format!("stream {}", stream.name), deletion)])
+    }
 }
 
 #[cfg(test)]
@@ -839,7 +865,7 @@ mod tests {
         assert_eq!(stream.shards, None);
         let mut observed = in_sync(&stream);
         observed.open_shards = 7;
-        assert_eq!(diff(&stream, Some(&observed)), Ok(vec![]));
+        assert_eq!(Stream::diff(&stream, Some(&observed)), Ok(vec![]));
     }
 
     #[test]
@@ -875,7 +901,7 @@ mod tests {
     fn create_plans_the_follow_ups() {
         let full = fixture("pipeline-full.yaml");
         let stream = desired(&full.spec, &names_for(&full));
-        let changes = diff(&stream, None).expect("diff");
+        let changes = Stream::diff(&stream, None).expect("diff");
         assert_eq!(changes.len(), 4);
         assert!(changes[0].needs_settling());
         assert_eq!(
@@ -908,7 +934,11 @@ mod tests {
         for file in ["pipeline-minimal.yaml", "pipeline-full.yaml"] {
             let pipeline = fixture(file);
             let stream = desired(&pipeline.spec, &names_for(&pipeline));
-            assert_eq!(diff(&stream, Some(&in_sync(&stream))), Ok(vec![]), "{file}");
+            assert_eq!(
+                Stream::diff(&stream, Some(&in_sync(&stream))),
+                Ok(vec![]),
+                "{file}"
+            );
         }
     }
 
@@ -921,19 +951,19 @@ mod tests {
         let mut observed = in_sync(&stream);
         observed.consumer = None;
         assert!(matches!(
-            diff(&stream, Some(&observed)).unwrap().as_slice(),
+            Stream::diff(&stream, Some(&observed)).unwrap().as_slice(),
             [Change::RegisterStreamConsumer { consumer, stream_arn, .. }]
                 if consumer == "shop-full-aggregator" && *stream_arn == stream.arn
         ));
         // A new stream's plan ends with it.
         assert!(matches!(
-            diff(&stream, None).unwrap().last(),
+            Stream::diff(&stream, None).unwrap().last(),
             Some(Change::RegisterStreamConsumer { .. })
         ));
         stream.consumer.wanted = false;
         let observed = in_sync(&desired(&full.spec, &names_for(&full)));
         assert!(matches!(
-            diff(&stream, Some(&observed)).unwrap().as_slice(),
+            Stream::diff(&stream, Some(&observed)).unwrap().as_slice(),
             [Change::DeregisterStreamConsumer { .. }]
         ));
         // Already on its way out: nothing to do.
@@ -941,7 +971,7 @@ mod tests {
         if let Some(consumer) = deleting.consumer.as_mut() {
             consumer.status = "DELETING".into();
         }
-        assert_eq!(diff(&stream, Some(&deleting)), Ok(vec![]));
+        assert_eq!(Stream::diff(&stream, Some(&deleting)), Ok(vec![]));
         // Managed Flink reads the stream itself: no consumer for the aggregator.
         let mut flink = full.clone();
         flink.spec.aggregation.engine = AggregationEngine::ManagedFlink;
@@ -958,7 +988,7 @@ mod tests {
         observed.key_id = None;
         observed.mode = "ON_DEMAND".into();
         observed.open_shards = 8;
-        let changes = diff(&stream, Some(&observed)).expect("diff");
+        let changes = Stream::diff(&stream, Some(&observed)).expect("diff");
         assert_eq!(
             changes,
             vec![
@@ -1016,8 +1046,8 @@ mod tests {
         let mut observed = in_sync(&stream);
         observed.encryption_type = "KMS".into();
         observed.key_id = Some("alias/x".into());
-        assert_eq!(diff(&stream, Some(&observed)), Ok(vec![]));
-        let kept = kept(&stream, Some(&observed));
+        assert_eq!(Stream::diff(&stream, Some(&observed)), Ok(vec![]));
+        let kept = Stream::kept(&stream, Some(&observed));
         assert_eq!(kept.len(), 1);
         assert!(kept[0].contains("KMS key alias/x"), "{kept:?}");
     }
@@ -1028,13 +1058,13 @@ mod tests {
         let stream = desired(&minimal.spec, &names_for(&minimal));
         let mut observed = in_sync(&stream);
         observed.status = "UPDATING".into();
-        assert_eq!(diff(&stream, Some(&observed)), Ok(vec![]));
+        assert_eq!(Stream::diff(&stream, Some(&observed)), Ok(vec![]));
         assert!(matches!(
-            readiness(Some(&observed)),
+            Stream::readiness(&stream, Some(&observed)),
             Readiness::Provisioning(_)
         ));
         observed.open_shards = 2;
-        let error = diff(&stream, Some(&observed)).expect_err("busy");
+        let error = Stream::diff(&stream, Some(&observed)).expect_err("busy");
         assert_eq!(error.reason(), crate::error::Reason::Provisioning);
         assert!(error.is_retryable());
     }
@@ -1047,7 +1077,7 @@ mod tests {
         observed.tags = Owner::new("other", "pipeline").tags();
         observed.status = "UPDATING".into();
         observed.open_shards = 3;
-        let error = diff(&stream, Some(&observed)).expect_err("conflict");
+        let error = Stream::diff(&stream, Some(&observed)).expect_err("conflict");
         assert_eq!(error.reason(), crate::error::Reason::Conflict);
     }
 
@@ -1062,7 +1092,7 @@ mod tests {
         let mut missing = stream.tags.clone();
         missing.remove("team");
         assert_eq!(
-            diff(&stream, Some(&observed)),
+            Stream::diff(&stream, Some(&observed)),
             Ok(vec![Change::AddTagsToStream {
                 stream: "shop-full-clicks".into(),
                 tags: missing

@@ -1,20 +1,25 @@
-//! The AWS side of the operator: one module per service, all with the same shape.
+//! The AWS side of the operator: one module per service, each with one [`PartReconciler`] — the
+//! same shape for every part of a pipeline:
 //!
-//! * `desired(spec, names)` — pure: what the spec asks for (unit-tested from the example
-//!   manifests).
-//! * `observe(client, …)` — I/O, reads only: what exists, `None` when nothing does. A resource
-//!   that belongs to someone else is read no further than its tags.
-//! * `diff(desired, observed)` — pure: the list of [`Change`]s (one AWS call each) that turn the
-//!   observed state into the desired one. **Empty when in sync**, which is what makes a resync
-//!   free of writes. Ownership is decided here too: a resource tagged by another pipeline, or an
+//! * `desired` — pure: what the spec asks for (unit-tested from the example manifests).
+//! * `observe` — I/O, reads only: what exists, `None` when nothing does. A resource that belongs
+//!   to someone else is read no further than its tags.
+//! * `diff` — pure: the list of [`Change`]s (one AWS call each) that turn the observed state into
+//!   the desired one. **Empty when in sync**, which is what makes a resync free of writes.
+//!   Ownership is decided here too ([`check_owner`]): a resource tagged by another pipeline, or an
 //!   untagged one while `adoptExisting` is off, is a terminal `Conflict`.
-//! * `apply(client, change)` — I/O: makes the call.
-//! * `delete(client, …, policy)` — I/O: removes what this pipeline owns under `Delete`, nothing
-//!   under `Retain`.
+//! * `readiness`, `kept`, `resources` — pure: the part's condition and `status.resources`.
+//! * `delete` — I/O: removes what this pipeline owns under `deletionPolicy: Delete` (the caller
+//!   has already returned under `Retain`); a resource that is not the pipeline's is left in place
+//!   ([`left_in_place`]).
+//!
+//! Each service module also has `apply(client, change)`, the I/O that makes one call, with the
+//! SDK errors mapped the same way everywhere ([`SdkResultExt`]).
 //!
 //! Splitting the pure parts from the calls is what lets the `plan` command print exactly what a
 //! reconcile would do, and lets the unit tests check every decision without an emulator. The
-//! Kubernetes controller sits on top and only needs [`crate::pipeline`].
+//! Kubernetes controller sits on top and only needs [`crate::pipeline`], which runs the parts in
+//! order with one generic loop.
 
 pub mod athena;
 pub mod calls;
@@ -30,13 +35,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response;
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, PipelineResources};
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
 pub use calls::CallCounter;
 
-use crate::error::{Error, from_sdk};
-use crate::names::{Account, MANAGED_BY_TAG, Owner, Ownership, PIPELINE_TAG};
+use crate::error::{Error, from_sdk, is_not_found};
+use crate::names::{Account, MANAGED_BY_TAG, Names, Owner, Ownership, PIPELINE_TAG};
+use crate::pipeline::{DeleteStep, Part};
 
 /// The AWS services the operator calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -76,6 +86,25 @@ pub enum Change {
     Athena(athena::Change),
     Flink(flink::Change),
 }
+
+macro_rules! change_from {
+    ($($variant:ident($change:ty)),* $(,)?) => {
+        $(impl From<$change> for Change {
+            fn from(change: $change) -> Change {
+                Change::$variant(change)
+            }
+        })*
+    };
+}
+
+change_from!(
+    S3(s3::Change),
+    Kinesis(kinesis::Change),
+    Firehose(firehose::Change),
+    Glue(glue::Change),
+    Athena(athena::Change),
+    Flink(flink::Change),
+);
 
 impl Change {
     pub fn service(&self) -> Service {
@@ -117,6 +146,134 @@ impl fmt::Display for Change {
     }
 }
 
+/// What a part's reconciler plans from: the spec, the pipeline's names, and the resources the
+/// previous status recorded (so that a part switched off removes what it made).
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    pub spec: &'a ClickHeatmapPipelineSpec,
+    pub names: &'a Names,
+    pub previous: &'a PipelineResources,
+}
+
+/// What a part the spec no longer wants left behind (the raw archive switched off, the engine
+/// changed away from `ManagedFlink`), found through the previous status.
+#[derive(Clone, Debug)]
+pub struct Leftover {
+    /// What to say when there is nothing (more) to remove.
+    pub summary: String,
+    /// The resource when it still exists and is this pipeline's; `Err` when it could not be read.
+    pub found: Result<Option<Removal>, Error>,
+}
+
+/// The removal of a leftover resource of this pipeline.
+#[derive(Clone, Debug)]
+pub struct Removal {
+    /// The calls that remove it (none while it is already being deleted).
+    pub changes: Vec<Change>,
+    /// The part's message until it is gone.
+    pub message: String,
+    /// The part's fields of `status.resources` until it is gone.
+    pub resources: PipelineResources,
+}
+
+/// One part of a pipeline (one status condition) and the AWS resources behind it, reconciled
+/// the same way for every service. [`crate::pipeline`] runs the parts in [`Part::ORDER`]:
+///
+/// 1. [`desired`](PartReconciler::desired) — pure: one entry per resource the spec asks for;
+///    none when the spec does not want the part (then [`leftover`](PartReconciler::leftover)
+///    says what an earlier spec left to remove);
+/// 2. [`observe`](PartReconciler::observe) each entry — reads only, `None` when nothing exists;
+/// 3. [`diff`](PartReconciler::diff) — pure: the calls that bring it in line (empty when in
+///    sync), or a terminal `Conflict` for a resource that is not the pipeline's;
+/// 4. [`readiness`](PartReconciler::readiness), [`kept`](PartReconciler::kept) and
+///    [`resources`](PartReconciler::resources) — pure: the condition and `status.resources`.
+///
+/// The calls themselves go through [`crate::pipeline::apply_change`] (one `apply` per service),
+/// and [`delete`](PartReconciler::delete) removes the part under `deletionPolicy: Delete` (the
+/// caller has already returned under `Retain`). A new service is one module with one
+/// implementation, plus its line in `crate::pipeline`'s part table.
+pub trait PartReconciler {
+    const PART: Part;
+    /// The status condition type, e.g. `StreamReady`.
+    const CONDITION_TYPE: &'static str;
+    /// How messages name the part, e.g. `stream`.
+    const NAME: &'static str;
+    const SERVICE: Service;
+    /// Parts that must be ready before this one is created or changed.
+    const DEPENDS_ON: &'static [Part] = &[];
+
+    /// One resource as the spec wants it.
+    type Desired: Send + Sync;
+    /// One existing resource.
+    type Observed: Send + Sync;
+    /// One call of the service.
+    type Change: Into<Change>;
+
+    /// True when the spec itself wants the part (as opposed to a part with leftovers to
+    /// remove). A wanted part waits for [`PartReconciler::DEPENDS_ON`].
+    fn wanted(_spec: &ClickHeatmapPipelineSpec) -> bool {
+        true
+    }
+
+    /// The resources the spec asks for, in the order they are reconciled; empty when the spec
+    /// does not want the part.
+    fn desired(input: PlanInput<'_>) -> Result<Vec<Self::Desired>, Error>;
+
+    /// What the part's condition says when it is in sync.
+    fn summary(desired: &[Self::Desired]) -> String;
+
+    /// Reads one resource; `None` when it does not exist.
+    fn observe(
+        clients: &AwsClients,
+        desired: &Self::Desired,
+    ) -> impl Future<Output = Result<Option<Self::Observed>, Error>> + Send;
+
+    /// The calls that turn `observed` into `desired`, in order. Empty when they match.
+    fn diff(
+        desired: &Self::Desired,
+        observed: Option<&Self::Observed>,
+    ) -> Result<Vec<Self::Change>, Error>;
+
+    /// Whether the resource can be used as observed.
+    fn readiness(desired: &Self::Desired, observed: Option<&Self::Observed>) -> Readiness;
+
+    /// Settings of the existing resource that are stronger than the spec asks and are kept
+    /// (the operator never weakens a resource).
+    fn kept(_desired: &Self::Desired, _observed: Option<&Self::Observed>) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Records the resource's names/ARNs once the diff's calls are made.
+    fn resources(
+        desired: &Self::Desired,
+        observed: Option<&Self::Observed>,
+        into: &mut PipelineResources,
+    );
+
+    /// What stays recorded when the diff failed (nothing, unless a removal must be retried).
+    fn resources_when_blocked(_desired: &Self::Desired, _into: &mut PipelineResources) {}
+
+    /// Copies the fields of `status.resources` this part is responsible for.
+    fn record(from: &PipelineResources, into: &mut PipelineResources);
+
+    /// When the spec does not want the part: what an earlier spec left to remove; `None` when
+    /// nothing was recorded.
+    fn leftover(
+        _clients: &AwsClients,
+        _input: PlanInput<'_>,
+    ) -> impl Future<Output = Option<Leftover>> + Send {
+        async { None }
+    }
+
+    /// Removes what this pipeline owns of the part (`deletionPolicy: Delete`), one entry per
+    /// resource; `done` are the steps of the parts removed before (the reverse reconcile order).
+    fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        done: &[DeleteStep],
+    ) -> impl Future<Output = Result<Vec<(String, Deletion)>, Error>> + Send;
+}
+
 /// Whether an existing resource can take traffic/changes, judged from its observed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -142,6 +299,56 @@ impl Deletion {
     /// True when there is nothing left to wait for.
     pub fn is_finished(&self) -> bool {
         !matches!(self, Deletion::InProgress(_))
+    }
+}
+
+/// The error mapping every SDK call shares: an SDK error becomes an [`Error`] that names the IAM
+/// action and the resource (see [`crate::error::from_sdk`]).
+pub(crate) trait SdkResultExt<T> {
+    /// `operation` is the IAM action (`kinesis:CreateStream`), `what` the resource the call was
+    /// about (`stream shop-clicks`).
+    fn map_sdk(self, operation: &str, what: impl fmt::Display) -> Result<T, Error>;
+
+    /// As [`SdkResultExt::map_sdk`], for a read: `None` when the service says there is no such
+    /// resource.
+    fn found(self, operation: &str, what: impl fmt::Display) -> Result<Option<T>, Error>;
+}
+
+impl<T, E> SdkResultExt<T> for Result<T, SdkError<E, Response>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    fn map_sdk(self, operation: &str, what: impl fmt::Display) -> Result<T, Error> {
+        self.map_err(|error| from_sdk(operation, &what.to_string(), error))
+    }
+
+    fn found(self, operation: &str, what: impl fmt::Display) -> Result<Option<T>, Error> {
+        match self {
+            Ok(output) => Ok(Some(output)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(from_sdk(operation, &what.to_string(), error)),
+        }
+    }
+}
+
+/// The change that adds the desired tags an existing resource lacks (or holds with another
+/// value), made by `change` from those tags; `None` when it has them all.
+pub(crate) fn tag_change<C>(
+    observed: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+    change: impl FnOnce(BTreeMap<String, String>) -> C,
+) -> Option<C> {
+    let missing = missing_tags(observed, desired);
+    (!missing.is_empty()).then(|| change(missing))
+}
+
+/// True when the operator may read and change a resource with these tags: it is `owner`'s, or
+/// untagged and `adopt` is on. (A resource that is not is read no further than its tags.)
+pub(crate) fn may_manage(tags: &BTreeMap<String, String>, owner: &Owner, adopt: bool) -> bool {
+    match Ownership::of(tags, owner) {
+        Ownership::Ours => true,
+        Ownership::Unowned => adopt,
+        Ownership::Foreign(_) => false,
     }
 }
 
@@ -362,7 +569,7 @@ impl AwsClients {
                     .get_caller_identity()
                     .send()
                     .await
-                    .map_err(|e| from_sdk("sts:GetCallerIdentity", "the caller", e))?;
+                    .map_sdk("sts:GetCallerIdentity", "the caller")?;
                 let id = identity
                     .account()
                     .ok_or_else(|| Error::internal("sts:GetCallerIdentity returned no account"))?;

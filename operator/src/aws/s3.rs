@@ -39,12 +39,16 @@ use aws_sdk_s3::types::{
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging, Transition,
     TransitionStorageClass,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, DeletionPolicy};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, PipelineResources};
 use serde::Serialize;
 
-use super::{Deletion, Readiness, check_owner, left_in_place, missing_tags};
+use super::{
+    AwsClients, Deletion, PartReconciler, PlanInput, Readiness, SdkResultExt, Service, check_owner,
+    left_in_place, may_manage, tag_change,
+};
 use crate::error::{Error, code_of, from_sdk, is_not_found};
-use crate::names::{Names, Owner, Ownership};
+use crate::names::{Names, Owner};
+use crate::pipeline::{DeleteStep, Part};
 
 /// Raw archive objects move to STANDARD_IA after this many days.
 pub const RAW_TRANSITION_DAYS: i32 = 30;
@@ -385,12 +389,7 @@ pub async fn observe(
         Err(error) if code_of(&error) == Some("NoSuchTagSet") => BTreeMap::new(),
         Err(error) => return Err(from_sdk("s3:GetBucketTagging", &what, error)),
     };
-    let manageable = match Ownership::of(&tags, &desired.owner) {
-        Ownership::Ours => true,
-        Ownership::Unowned => desired.adopt_existing,
-        Ownership::Foreign(_) => false,
-    };
-    let config = if manageable {
+    let config = if may_manage(&tags, &desired.owner, desired.adopt_existing) {
         Some(read_config(client, bucket, &what).await?)
     } else {
         None
@@ -478,115 +477,6 @@ fn rule_from_sdk(rule: &SdkLifecycleRule) -> LifecycleRule {
     }
 }
 
-/// The calls that turn `observed` into `desired`. Empty when they match.
-pub fn diff(
-    desired: &DesiredBucket,
-    observed: Option<&ObservedBucket>,
-) -> Result<Vec<Change>, Error> {
-    let bucket = &desired.name;
-    let Some(observed) = observed else {
-        return Ok(vec![
-            Change::CreateBucket {
-                bucket: bucket.clone(),
-                region: desired.region.clone(),
-                tags: desired.tags.clone(),
-            },
-            Change::PutPublicAccessBlock {
-                bucket: bucket.clone(),
-                config: desired.public_access_block,
-            },
-            Change::PutBucketEncryption {
-                bucket: bucket.clone(),
-                algorithm: desired.encryption.clone(),
-            },
-            Change::PutBucketLifecycleConfiguration {
-                bucket: bucket.clone(),
-                rules: desired.lifecycle.clone(),
-                kept: OtherRules::default(),
-            },
-        ]);
-    };
-    let what = format!("bucket {bucket}");
-    check_owner(
-        &what,
-        &observed.tags,
-        &desired.owner,
-        desired.adopt_existing,
-    )?;
-    if let Some(region) = &observed.region
-        && *region != desired.region
-    {
-        return Err(Error::Conflict(format!(
-            "bucket {bucket} is in region {region}, not in the pipeline's region {}",
-            desired.region
-        )));
-    }
-    let mut changes = Vec::new();
-    let missing = missing_tags(&observed.tags, &desired.tags);
-    if !missing.is_empty() {
-        let mut tags = observed.tags.clone();
-        tags.extend(missing);
-        changes.push(Change::PutBucketTagging {
-            bucket: bucket.clone(),
-            tags,
-        });
-    }
-    let config = observed.config.clone().unwrap_or_default();
-    // Only ever more blocked: a switch the spec wants on is turned on (the others are on too).
-    if config.public_access_block != desired.public_access_block {
-        changes.push(Change::PutPublicAccessBlock {
-            bucket: bucket.clone(),
-            config: desired.public_access_block,
-        });
-    }
-    // SSE-S3 where there is no default encryption; an existing one (SSE-KMS with the user's
-    // key, DSSE-KMS, or SSE-S3) is at least as strong and stays.
-    if config.encryption.is_none() {
-        changes.push(Change::PutBucketEncryption {
-            bucket: bucket.clone(),
-            algorithm: desired.encryption.clone(),
-        });
-    }
-    if config.lifecycle != desired.lifecycle {
-        changes.push(Change::PutBucketLifecycleConfiguration {
-            bucket: bucket.clone(),
-            rules: desired.lifecycle.clone(),
-            kept: config.other_rules.clone(),
-        });
-    }
-    Ok(changes)
-}
-
-/// What the bucket has beyond what the operator manages, and keeps: a stronger default
-/// encryption than SSE-S3, lifecycle rules of its own.
-pub fn kept(desired: &DesiredBucket, observed: Option<&ObservedBucket>) -> Vec<String> {
-    let Some(config) = observed.and_then(|o| o.config.as_ref()) else {
-        return Vec::new();
-    };
-    let bucket = &desired.name;
-    let mut kept = Vec::new();
-    if let Some(algorithm) = &config.encryption
-        && *algorithm != desired.encryption
-    {
-        kept.push(format!("bucket {bucket} default encryption {algorithm}"));
-    }
-    if !config.other_rules.is_empty() {
-        kept.push(format!(
-            "bucket {bucket} lifecycle rules [{}]",
-            config.other_rules.ids().join(", ")
-        ));
-    }
-    kept
-}
-
-/// A bucket is ready as soon as it exists: S3 has no provisioning states.
-pub fn readiness(observed: Option<&ObservedBucket>) -> Readiness {
-    match observed {
-        Some(_) => Readiness::Ready,
-        None => Readiness::Provisioning("bucket does not exist yet".to_owned()),
-    }
-}
-
 fn build_error(what: impl fmt::Display) -> impl FnOnce(aws_sdk_s3::error::BuildError) -> Error {
     move |error| Error::internal(format!("building {what}: {error}"))
 }
@@ -647,7 +537,7 @@ async fn put_tags(
         .tagging(tagging)
         .send()
         .await
-        .map_err(|e| from_sdk("s3:PutBucketTagging", &format!("bucket {bucket}"), e))?;
+        .map_sdk("s3:PutBucketTagging", format_args!("bucket {bucket}"))?;
     Ok(())
 }
 
@@ -668,10 +558,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                         .build(),
                 );
             }
-            request
-                .send()
-                .await
-                .map_err(|e| from_sdk("s3:CreateBucket", bucket, e))?;
+            request.send().await.map_sdk("s3:CreateBucket", bucket)?;
             put_tags(client, bucket, tags).await
         }
         Change::PutBucketTagging { bucket, tags } => put_tags(client, bucket, tags).await,
@@ -689,7 +576,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 )
                 .send()
                 .await
-                .map_err(|e| from_sdk("s3:PutPublicAccessBlock", &format!("bucket {bucket}"), e))?;
+                .map_sdk("s3:PutPublicAccessBlock", format_args!("bucket {bucket}"))?;
             Ok(())
         }
         Change::PutBucketEncryption { bucket, algorithm } => {
@@ -711,7 +598,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .server_side_encryption_configuration(configuration)
                 .send()
                 .await
-                .map_err(|e| from_sdk("s3:PutBucketEncryption", &format!("bucket {bucket}"), e))?;
+                .map_sdk("s3:PutBucketEncryption", format_args!("bucket {bucket}"))?;
             Ok(())
         }
         Change::PutBucketLifecycleConfiguration {
@@ -731,13 +618,10 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                 .lifecycle_configuration(configuration)
                 .send()
                 .await
-                .map_err(|e| {
-                    from_sdk(
-                        "s3:PutBucketLifecycleConfiguration",
-                        &format!("bucket {bucket}"),
-                        e,
-                    )
-                })?;
+                .map_sdk(
+                    "s3:PutBucketLifecycleConfiguration",
+                    format_args!("bucket {bucket}"),
+                )?;
             Ok(())
         }
     }
@@ -746,14 +630,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 /// Removes a bucket of this pipeline under `deletionPolicy: Delete`: empties it (up to
 /// 20,000 objects per call; call again while it reports [`Deletion::InProgress`]) and deletes it.
 /// A bucket that is not tagged by this pipeline is left alone.
-pub async fn delete(
-    client: &Client,
-    desired: &DesiredBucket,
-    policy: DeletionPolicy,
-) -> Result<Deletion, Error> {
-    if policy == DeletionPolicy::Retain {
-        return Ok(Deletion::Retained);
-    }
+pub async fn delete(client: &Client, desired: &DesiredBucket) -> Result<Deletion, Error> {
     let bucket = desired.name.as_str();
     let what = format!("bucket {bucket}");
     // Observe as if adoption were off: only a bucket tagged by this pipeline is deleted.
@@ -776,7 +653,7 @@ pub async fn delete(
             .set_continuation_token(token.take())
             .send()
             .await
-            .map_err(|e| from_sdk("s3:ListBucket", &what, e))?;
+            .map_sdk("s3:ListBucket", &what)?;
         let objects = page
             .contents()
             .iter()
@@ -801,7 +678,7 @@ pub async fn delete(
                 .delete(batch)
                 .send()
                 .await
-                .map_err(|e| from_sdk("s3:DeleteObject", &what, e))?;
+                .map_sdk("s3:DeleteObject", &what)?;
             if let Some(failure) = output.errors().first() {
                 return Err(from_code(
                     "s3:DeleteObject",
@@ -826,7 +703,7 @@ pub async fn delete(
         .bucket(bucket)
         .send()
         .await
-        .map_err(|e| from_sdk("s3:DeleteBucket", &what, e))?;
+        .map_sdk("s3:DeleteBucket", &what)?;
     Ok(Deletion::Gone)
 }
 
@@ -838,6 +715,193 @@ fn from_code(operation: &str, what: &str, code: Option<&str>, message: &str) -> 
         None,
         message.to_owned(),
     )
+}
+
+/// The buckets part: one entry per distinct bucket.
+pub struct Buckets;
+
+impl PartReconciler for Buckets {
+    const PART: Part = Part::Buckets;
+    const CONDITION_TYPE: &'static str = "BucketsReady";
+    const NAME: &'static str = "buckets";
+    const SERVICE: Service = Service::S3;
+
+    type Desired = DesiredBucket;
+    type Observed = ObservedBucket;
+    type Change = Change;
+
+    fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredBucket>, Error> {
+        Ok(desired(input.spec, input.names))
+    }
+
+    fn summary(desired: &[DesiredBucket]) -> String {
+        let names: Vec<&str> = desired.iter().map(|b| b.name.as_str()).collect();
+        format!("buckets {} match the spec", names.join(", "))
+    }
+
+    async fn observe(
+        clients: &AwsClients,
+        desired: &DesiredBucket,
+    ) -> Result<Option<ObservedBucket>, Error> {
+        observe(&clients.s3, desired).await
+    }
+
+    /// The calls that turn `observed` into `desired`. Empty when they match.
+    fn diff(
+        desired: &DesiredBucket,
+        observed: Option<&ObservedBucket>,
+    ) -> Result<Vec<Change>, Error> {
+        let bucket = &desired.name;
+        let Some(observed) = observed else {
+            return Ok(vec![
+                Change::CreateBucket {
+                    bucket: bucket.clone(),
+                    region: desired.region.clone(),
+                    tags: desired.tags.clone(),
+                },
+                Change::PutPublicAccessBlock {
+                    bucket: bucket.clone(),
+                    config: desired.public_access_block,
+                },
+                Change::PutBucketEncryption {
+                    bucket: bucket.clone(),
+                    algorithm: desired.encryption.clone(),
+                },
+                Change::PutBucketLifecycleConfiguration {
+                    bucket: bucket.clone(),
+                    rules: desired.lifecycle.clone(),
+                    kept: OtherRules::default(),
+                },
+            ]);
+        };
+        let what = format!("bucket {bucket}");
+        check_owner(
+            &what,
+            &observed.tags,
+            &desired.owner,
+            desired.adopt_existing,
+        )?;
+        if let Some(region) = &observed.region
+            && *region != desired.region
+        {
+            return Err(Error::Conflict(format!(
+                "bucket {bucket} is in region {region}, not in the pipeline's region {}",
+                desired.region
+            )));
+        }
+        let mut changes = Vec::new();
+        // S3 replaces the whole tag set: the bucket's other tags are written back with the missing.
+        changes.extend(tag_change(&observed.tags, &desired.tags, |missing| {
+            let mut tags = observed.tags.clone();
+            tags.extend(missing);
+            Change::PutBucketTagging {
+                bucket: bucket.clone(),
+                tags,
+            }
+        }));
+        let config = observed.config.clone().unwrap_or_default();
+        // Only ever more blocked: a switch the spec wants on is turned on (the others are on too).
+        if config.public_access_block != desired.public_access_block {
+            changes.push(Change::PutPublicAccessBlock {
+                bucket: bucket.clone(),
+                config: desired.public_access_block,
+            });
+        }
+        // SSE-S3 where there is no default encryption; an existing one (SSE-KMS with the user's
+        // key, DSSE-KMS, or SSE-S3) is at least as strong and stays.
+        if config.encryption.is_none() {
+            changes.push(Change::PutBucketEncryption {
+                bucket: bucket.clone(),
+                algorithm: desired.encryption.clone(),
+            });
+        }
+        if config.lifecycle != desired.lifecycle {
+            changes.push(Change::PutBucketLifecycleConfiguration {
+                bucket: bucket.clone(),
+                rules: desired.lifecycle.clone(),
+                kept: config.other_rules.clone(),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// What the bucket has beyond what the operator manages, and keeps: a stronger default
+    /// encryption than SSE-S3, lifecycle rules of its own.
+    fn kept(desired: &DesiredBucket, observed: Option<&ObservedBucket>) -> Vec<String> {
+        let Some(config) = observed.and_then(|o| o.config.as_ref()) else {
+            return Vec::new();
+        };
+        let bucket = &desired.name;
+        let mut kept = Vec::new();
+        if let Some(algorithm) = &config.encryption
+            && *algorithm != desired.encryption
+        {
+            kept.push(format!("bucket {bucket} default encryption {algorithm}"));
+        }
+        if !config.other_rules.is_empty() {
+            kept.push(format!(
+                "bucket {bucket} lifecycle rules [{}]",
+                config.other_rules.ids().join(", ")
+            ));
+        }
+        kept
+    }
+
+    /// A bucket is ready as soon as it exists: S3 has no provisioning states.
+    fn readiness(_desired: &DesiredBucket, observed: Option<&ObservedBucket>) -> Readiness {
+        match observed {
+            Some(_) => Readiness::Ready,
+            None => Readiness::Provisioning("bucket does not exist yet".to_owned()),
+        }
+    }
+
+    fn resources(
+        desired: &DesiredBucket,
+        _observed: Option<&ObservedBucket>,
+        into: &mut PipelineResources,
+    ) {
+        for role in &desired.roles {
+            let field = match role {
+                BucketRole::Raw => &mut into.raw_bucket,
+                BucketRole::Curated => &mut into.curated_bucket,
+                BucketRole::QueryResults => &mut into.query_results_bucket,
+            };
+            *field = Some(desired.name.clone());
+        }
+    }
+
+    fn record(from: &PipelineResources, into: &mut PipelineResources) {
+        into.raw_bucket.clone_from(&from.raw_bucket);
+        into.curated_bucket.clone_from(&from.curated_bucket);
+        into.query_results_bucket
+            .clone_from(&from.query_results_bucket);
+    }
+
+    /// Buckets are emptied and removed once nothing writes to them any more: the parts that
+    /// depend on them (the delivery stream, the Flink application) are gone.
+    async fn delete(
+        clients: &AwsClients,
+        input: PlanInput<'_>,
+        done: &[DeleteStep],
+    ) -> Result<Vec<(String, Deletion)>, Error> {
+        let writers_gone = done
+            .iter()
+            .filter(|step| step.part.depends_on().contains(&Part::Buckets))
+            .all(|step| step.deletion.is_finished());
+        let mut steps = Vec::new();
+        for bucket in desired(input.spec, input.names) {
+            let deletion = if writers_gone {
+                delete(&clients.s3, &bucket).await?
+            } else {
+                Deletion::InProgress(format!(
+                    "bucket {} waits until the delivery stream and the Flink application are deleted",
+                    bucket.name
+                ))
+            };
+            steps.push((format!("bucket {}", bucket.name), deletion));
+        }
+        Ok(steps)
+    }
 }
 
 #[cfg(test)]
@@ -930,7 +994,7 @@ mod tests {
     fn missing_bucket_is_created_and_configured() {
         let pipeline = fixture("pipeline-minimal.yaml");
         let bucket = desired(&pipeline.spec, &names_for(&pipeline)).remove(0);
-        let changes = diff(&bucket, None).expect("diff");
+        let changes = Buckets::diff(&bucket, None).expect("diff");
         assert!(matches!(changes[0], Change::CreateBucket { .. }));
         assert_eq!(changes.len(), 4);
         assert_eq!(
@@ -943,7 +1007,7 @@ mod tests {
     fn in_sync_bucket_needs_nothing() {
         let pipeline = fixture("pipeline-minimal.yaml");
         for bucket in desired(&pipeline.spec, &names_for(&pipeline)) {
-            assert_eq!(diff(&bucket, Some(&in_sync(&bucket))), Ok(vec![]));
+            assert_eq!(Buckets::diff(&bucket, Some(&in_sync(&bucket))), Ok(vec![]));
         }
     }
 
@@ -956,7 +1020,7 @@ mod tests {
         config.public_access_block.block_public_policy = false;
         config.encryption = None;
         config.lifecycle.clear();
-        let changes = diff(&bucket, Some(&observed)).expect("diff");
+        let changes = Buckets::diff(&bucket, Some(&observed)).expect("diff");
         let ops: Vec<_> = changes
             .iter()
             .map(|c| serde_json::to_value(c).expect("json")["op"].clone())
@@ -1001,10 +1065,10 @@ mod tests {
             .expect("rule");
         config.other_rules = OtherRules(vec![users.clone()]);
         // KMS and the user's rule alone: nothing to do.
-        assert_eq!(diff(&bucket, Some(&observed)), Ok(vec![]));
+        assert_eq!(Buckets::diff(&bucket, Some(&observed)), Ok(vec![]));
         // The operator's own rules drifted: they are written, the user's rule with them.
         observed.config.as_mut().expect("config").lifecycle.clear();
-        let changes = diff(&bucket, Some(&observed)).expect("diff");
+        let changes = Buckets::diff(&bucket, Some(&observed)).expect("diff");
         assert_eq!(changes.len(), 1, "{changes:?}");
         let Change::PutBucketLifecycleConfiguration { kept, rules, .. } = &changes[0] else {
             panic!("{changes:?}");
@@ -1024,12 +1088,12 @@ mod tests {
         let bucket = desired(&pipeline.spec, &names_for(&pipeline)).remove(0);
         let mut observed = in_sync(&bucket);
         observed.tags = Owner::new("default", "other").tags();
-        let error = diff(&bucket, Some(&observed)).expect_err("conflict");
+        let error = Buckets::diff(&bucket, Some(&observed)).expect_err("conflict");
         assert_eq!(error.reason(), crate::error::Reason::Conflict);
         assert!(error.to_string().contains("default/other"), "{error}");
 
         observed.tags = BTreeMap::from([("team".to_owned(), "web".to_owned())]);
-        let error = diff(&bucket, Some(&observed)).expect_err("conflict");
+        let error = Buckets::diff(&bucket, Some(&observed)).expect_err("conflict");
         assert!(error.to_string().contains("adoptExisting"), "{error}");
     }
 
@@ -1040,7 +1104,7 @@ mod tests {
         bucket.adopt_existing = true;
         let mut observed = in_sync(&bucket);
         observed.tags = BTreeMap::from([("team".to_owned(), "web".to_owned())]);
-        let changes = diff(&bucket, Some(&observed)).expect("diff");
+        let changes = Buckets::diff(&bucket, Some(&observed)).expect("diff");
         let Change::PutBucketTagging { tags, .. } = &changes[0] else {
             panic!("expected tagging first: {changes:?}");
         };
@@ -1055,7 +1119,7 @@ mod tests {
         let bucket = desired(&pipeline.spec, &names_for(&pipeline)).remove(0);
         let mut observed = in_sync(&bucket);
         observed.region = Some("eu-west-1".into());
-        let error = diff(&bucket, Some(&observed)).expect_err("conflict");
+        let error = Buckets::diff(&bucket, Some(&observed)).expect_err("conflict");
         assert!(error.to_string().contains("eu-west-1"));
     }
 }
