@@ -170,7 +170,9 @@ pub fn assess(
 
     let quiet_ms = millis(health.quiet_period);
     let traffic = last_accepted.is_some_and(|at| now_ms.saturating_sub(at) <= quiet_ms);
-    let flowing = if recent.is_empty() {
+    // Paused on purpose comes first: the reports of the last minutes before the pause are
+    // still recent, and a shard that stopped being read is not a stall.
+    let flowing = if recent.is_empty() || expectation == Expectation::Paused {
         no_recent_report(expectation, newest_report, location, now_ms)
     } else if let Some(stalled) = stalled_shard(&shards, &recent, now_ms) {
         stalled
@@ -232,7 +234,7 @@ pub fn assess(
             (now_ms > due).then_some((shard, end, now_ms - due))
         })
         .max_by_key(|(_, _, late)| *late);
-    let fresh = if recent.is_empty() {
+    let fresh = if recent.is_empty() || expectation == Expectation::Paused {
         match (expectation, newest_window_end) {
             (Expectation::Paused, _) | (_, None) => HealthCondition {
                 type_: FRESH_CONDITION,
@@ -242,7 +244,11 @@ pub fn assess(
                 } else {
                     "NoReport"
                 },
-                message: "no recent progress report to judge the table by".to_owned(),
+                message: if expectation == Expectation::Paused {
+                    "aggregation.replicas is 0: the table is not updated while paused".to_owned()
+                } else {
+                    "no recent progress report to judge the table by".to_owned()
+                },
             },
             (_, Some(end)) => HealthCondition {
                 type_: FRESH_CONDITION,
@@ -742,6 +748,18 @@ mod tests {
         assert_eq!(
             judged.status.as_ref().expect("status").replicas_reporting,
             0
+        );
+        // Paused right after a stall was reported: the pause wins.
+        let mut stuck = shard("s-1");
+        stuck.millis_behind_latest = Some(60_000);
+        stuck.last_commit_at_ms = Some(NOW - 10 * MINUTE);
+        let judged = judge(
+            &[report("r-0", NOW - 1_000, vec![stuck])],
+            Expectation::Paused,
+        );
+        assert_eq!(
+            (judged.flowing.reason, judged.fresh.reason),
+            ("Paused", "Paused")
         );
         // Paused on purpose: nothing to worry about.
         let judged = judge(

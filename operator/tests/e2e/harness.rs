@@ -406,9 +406,9 @@ pub struct Installed {
     pub deployment: Deployment,
 }
 
-/// Renders the chart with the real Helm library (tests/helm/render.py), applies its CRD and
-/// waits until it is Established, then applies every rendered object into `namespace`.
-pub async fn install_chart(client: &Client, namespace: &str, values: Value) -> Installed {
+/// Renders the chart with the real Helm library (tests/helm/render.py): `{"crds": [...],
+/// "objects": [...]}`.
+pub fn render_chart(namespace: &str, values: &Value) -> Value {
     let python = workspace_root().join(".venv/bin/python");
     let output = Command::new(&python)
         .arg(workspace_root().join("tests/helm/render.py"))
@@ -428,7 +428,13 @@ pub async fn install_chart(client: &Client, namespace: &str, values: Value) -> I
          which .ci/run does): {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rendered: Value = serde_json::from_slice(&output.stdout).expect("render output");
+    serde_json::from_slice(&output.stdout).expect("render output")
+}
+
+/// Renders the chart ([`render_chart`]), applies its CRD and waits until it is Established,
+/// then applies every rendered object into `namespace`.
+pub async fn install_chart(client: &Client, namespace: &str, values: Value) -> Installed {
+    let rendered = render_chart(namespace, &values);
     for crd in rendered["crds"].as_array().expect("crds") {
         apply(client, crd, None).await;
         let name = crd["metadata"]["name"]

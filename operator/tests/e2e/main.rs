@@ -133,7 +133,9 @@ async fn minimal_pipeline_lifecycle() {
     manifest["metadata"]["namespace"] = json!(namespace);
     let created = apply(&client, &manifest, Some(namespace)).await;
     let name = created.name_any();
-    // Argo CD sees a new pipeline (no status yet) as Progressing, a Ready one as Healthy.
+    // Argo CD sees a new pipeline (no status yet) as Progressing; a Ready one whose aggregator
+    // has not reported yet (no aggregator process runs in this suite: the stand-in kubelet only
+    // marks its pod Ready) as Progressing too. `data_plane_health_*` takes it to Healthy.
     if let Some((health, message)) =
         harness::argo_health(&serde_json::to_value(&created).expect("json"))
     {
@@ -141,10 +143,18 @@ async fn minimal_pipeline_lifecycle() {
     }
     let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
     let pipeline = wait_ready(&api, &name).await;
+    let flowing = condition(&pipeline, "DataFlowing").expect("DataFlowing");
+    assert_eq!(
+        (flowing.status.as_str(), flowing.reason.as_str()),
+        ("Unknown", "AwaitingReport"),
+        "{}",
+        flowing.message
+    );
     if let Some((health, message)) =
         harness::argo_health(&serde_json::to_value(&pipeline).expect("json"))
     {
-        assert_eq!(health, "Healthy", "{message}");
+        assert_eq!(health, "Progressing", "{message}");
+        assert!(message.contains("first progress report"), "{message}");
     }
 
     // Every condition true, the status names what was made.
@@ -1044,5 +1054,286 @@ async fn deletion_waits_for_aws_and_says_so() {
             }
         },
     )
+    .await;
+}
+
+/// What an aggregator replica writes (`clickheatmap_crds::progress`), at the place the operator
+/// computes for the pipeline: `s3://<curated>/curated/_checkpoints/<stream>/_progress/`.
+async fn put_progress(
+    s3: &aws_sdk_s3::Client,
+    pipeline: &ClickHeatmapPipeline,
+    report: &clickheatmap_crds::progress::ReplicaProgress,
+) {
+    let config = clickheatmap_operator::controller::workload::aggregator_config(pipeline)
+        .expect("aggregator config");
+    let location = config.progress_location(&pipeline.spec.stream.name);
+    let rest = location.strip_prefix("s3://").expect("an S3 location");
+    let (bucket, prefix) = rest.split_once('/').expect("bucket/prefix");
+    s3.put_object()
+        .bucket(bucket)
+        .key(format!(
+            "{prefix}{}",
+            clickheatmap_crds::progress::progress_file_name(&report.replica)
+        ))
+        .body(serde_json::to_vec(report).expect("json").into())
+        .send()
+        .await
+        .expect("writing a progress report to moto");
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+/// `status.dataPlane`, `DataFlowing` and `Fresh` from the aggregator's progress reports in S3,
+/// read by the real operator over HTTPS (with the chart's IAM-less moto and RBAC): awaiting the
+/// first report, flowing and fresh (Argo CD Healthy), all rejected, stalled (Argo CD Degraded),
+/// paused (Suspended); the per-pipeline metrics the chart's alerts and dashboard use are on the
+/// operator's /metrics, and go when the pipeline goes.
+#[tokio::test]
+async fn data_plane_health_from_the_aggregators_reports() {
+    use clickheatmap_crds::progress::{
+        PROGRESS_VERSION, ProgressCounts, ReplicaProgress, ShardProgress,
+    };
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.admin().await;
+    let namespace = "e2e-dataplane";
+    let installed = setup(&client, namespace, json!({})).await;
+    let moto = MotoServer::start_https();
+    let operator = OperatorProcess::start(
+        cluster,
+        &installed,
+        &client,
+        &moto,
+        "operator-0",
+        &["--resync-seconds", "2"],
+    )
+    .await;
+    let mut manifest = minimal_named("flow", namespace);
+    // The shortest check interval the CRD allows, so that the test does not wait a minute.
+    manifest["spec"]["health"] = json!({"checkInterval": "10s", "quietPeriod": "5m"});
+    apply(&client, &manifest, Some(namespace)).await;
+    let api: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    let pipeline = wait_ready(&api, "flow").await;
+    let flowing = condition(&pipeline, "DataFlowing").expect("DataFlowing");
+    assert_eq!(flowing.reason, "AwaitingReport", "{}", flowing.message);
+    assert!(
+        pipeline
+            .status
+            .as_ref()
+            .and_then(|s| s.data_plane.as_ref())
+            .is_none(),
+        "no report, no dataPlane"
+    );
+
+    let aws = aws_config(&moto, "ap-northeast-2").await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let counts = |accepted: u64, rejected: &[(&str, u64)]| ProgressCounts {
+        records: accepted + rejected.iter().map(|(_, n)| n).sum::<u64>(),
+        accepted,
+        late: 0,
+        rejected: rejected
+            .iter()
+            .map(|(reason, n)| ((*reason).to_owned(), *n))
+            .collect(),
+    };
+    let report = |shard: ShardProgress, per_minute: ProgressCounts, totals: ProgressCounts| {
+        ReplicaProgress {
+            version: PROGRESS_VERSION,
+            replica: "flow-aggregator-0".to_owned(),
+            stream: "flow-clicks".to_owned(),
+            written_at_ms: now_ms(),
+            started_at_ms: now_ms() - 3_600_000,
+            shards: vec![shard],
+            totals,
+            per_minute,
+        }
+    };
+    let now = now_ms();
+    let window_start = now - now.rem_euclid(60_000);
+    let healthy_shard = ShardProgress {
+        shard_id: "shardId-000000000000".to_owned(),
+        sequence_number: Some(
+            "49650000000000000000000000000000000000000000000000000002".to_owned(),
+        ),
+        last_event_time_ms: Some(now - 1_500),
+        watermark_ms: Some(now - 1_500),
+        millis_behind_latest: Some(0),
+        last_committed_window_end_ms: Some(window_start),
+        oldest_open_window_start_ms: Some(window_start),
+        window_size_ms: 60_000,
+        last_commit_at_ms: Some(now - 4_000),
+        last_record_at_ms: Some(now - 1_000),
+        last_accepted_at_ms: Some(now - 1_000),
+        files_committed: 12,
+        counts: counts(5_000, &[("malformed_json", 40)]),
+    };
+    put_progress(
+        &s3,
+        &pipeline,
+        &report(
+            healthy_shard.clone(),
+            counts(120, &[("malformed_json", 3)]),
+            counts(5_000, &[("malformed_json", 40)]),
+        ),
+    )
+    .await;
+    let flowing = eventually("DataFlowing True from the report", WAIT, || async {
+        let pipeline = api.get("flow").await.ok()?;
+        let fresh = condition(&pipeline, "Fresh")?;
+        (condition(&pipeline, "DataFlowing")?.status == "True" && fresh.status == "True")
+            .then_some(pipeline)
+    })
+    .await;
+    let data_plane = flowing
+        .status
+        .as_ref()
+        .and_then(|s| s.data_plane.clone())
+        .expect("status.dataPlane");
+    assert_eq!(data_plane.accepted_per_minute, 120);
+    assert_eq!(data_plane.rejected_per_minute["malformed_json"], 3);
+    assert_eq!(data_plane.accepted_total, 5_000);
+    assert_eq!(data_plane.files_committed, 12);
+    assert_eq!((data_plane.replicas_reporting, data_plane.shards), (1, 1));
+    assert_eq!(data_plane.lag_millis, Some(0));
+    assert!(data_plane.last_committed_window_end.is_some());
+    let message = &condition(&flowing, "DataFlowing")
+        .expect("DataFlowing")
+        .message;
+    assert!(
+        message.contains("120 clicks/min accepted, 3 records/min rejected (mostly malformed_json)"),
+        "{message}"
+    );
+    if let Some((health, message)) =
+        harness::argo_health(&serde_json::to_value(&flowing).expect("json"))
+    {
+        assert_eq!(health, "Healthy", "{message}");
+    }
+    let labels = ["namespace=\"e2e-dataplane\"", "pipeline=\"flow\""];
+    eventually("the per-pipeline gauges", WAIT, || async {
+        (operator.metric("clickheatmap_pipeline_accepted_per_minute", &labels) == 120
+            && operator.metric("clickheatmap_pipeline_fresh", &labels) == 1)
+            .then_some(())
+    })
+    .await;
+    // Every series the chart's alerts and dashboard use is on the running operator's page.
+    let page = operator.metrics();
+    let rendered = harness::render_chart(
+        namespace,
+        &json!({"metrics": {"prometheusRule": {"enabled": true}, "grafanaDashboard": {"enabled": true}}}),
+    );
+    let mut referenced = std::collections::BTreeSet::new();
+    for object in rendered["objects"].as_array().expect("objects") {
+        let text = match object["kind"].as_str() {
+            Some("PrometheusRule") => object["spec"].to_string(),
+            Some("ConfigMap") => object["data"].to_string(),
+            _ => continue,
+        };
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("clickheatmap_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            referenced.insert(name);
+        }
+    }
+    assert!(referenced.len() >= 8, "{referenced:?}");
+    for name in &referenced {
+        assert!(
+            page.lines()
+                .any(|line| line.starts_with(&format!("# TYPE {name} "))),
+            "{name} is used by the chart but not exported:\n{page}"
+        );
+    }
+
+    // All rejected: records arrive, none is a click.
+    let mut rejecting = healthy_shard.clone();
+    rejecting.last_accepted_at_ms = Some(now_ms() - 20 * 60_000);
+    rejecting.last_record_at_ms = Some(now_ms() - 2_000);
+    rejecting.oldest_open_window_start_ms = None;
+    put_progress(
+        &s3,
+        &pipeline,
+        &report(
+            rejecting,
+            counts(0, &[("not_a_click", 50)]),
+            counts(5_000, &[("malformed_json", 40), ("not_a_click", 900)]),
+        ),
+    )
+    .await;
+    let rejected = eventually("DataFlowing AllRejected", WAIT, || async {
+        let pipeline = api.get("flow").await.ok()?;
+        let flowing = condition(&pipeline, "DataFlowing")?;
+        (flowing.reason == "AllRejected").then_some(flowing.message.clone())
+    })
+    .await;
+    assert!(rejected.contains("not_a_click"), "{rejected}");
+
+    // Stalled: records wait in the stream, nothing committed for ten minutes.
+    let mut stuck = healthy_shard.clone();
+    stuck.millis_behind_latest = Some(600_000);
+    stuck.last_commit_at_ms = Some(now_ms() - 10 * 60_000);
+    put_progress(
+        &s3,
+        &pipeline,
+        &report(stuck, counts(30, &[]), counts(5_030, &[])),
+    )
+    .await;
+    let stalled = eventually("DataFlowing Stalled", WAIT, || async {
+        let pipeline = api.get("flow").await.ok()?;
+        (condition(&pipeline, "DataFlowing")?.reason == "Stalled").then_some(pipeline)
+    })
+    .await;
+    // Ready stays about the control plane; Argo CD says Degraded.
+    assert_eq!(condition(&stalled, "Ready").expect("Ready").status, "True");
+    if let Some((health, message)) =
+        harness::argo_health(&serde_json::to_value(&stalled).expect("json"))
+    {
+        assert_eq!(health, "Degraded", "{message}");
+        assert!(
+            message.contains("shardId-000000000000 is 10m behind"),
+            "{message}"
+        );
+    }
+    eventually("the stalled gauge", WAIT, || async {
+        (operator.metric("clickheatmap_pipeline_stalled", &labels) == 1).then_some(())
+    })
+    .await;
+
+    // Paused on purpose: nothing to judge.
+    api.patch(
+        "flow",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"aggregation": {"replicas": 0}}})),
+    )
+    .await
+    .expect("pausing");
+    eventually("DataFlowing Paused, Argo CD Suspended", WAIT, || async {
+        let pipeline = api.get("flow").await.ok()?;
+        let suspended = harness::argo_health(&serde_json::to_value(&pipeline).ok()?)
+            .is_none_or(|(health, _)| health == "Suspended");
+        (condition(&pipeline, "DataFlowing")?.reason == "Paused" && suspended).then_some(())
+    })
+    .await;
+
+    // The pipeline's series leave the operator's page with it.
+    api.delete("flow", &DeleteParams::default())
+        .await
+        .expect("deleting the pipeline");
+    eventually("the pipeline's series to go", WAIT, || async {
+        (!operator.metrics().contains("pipeline=\"flow\"")).then_some(())
+    })
     .await;
 }
