@@ -784,7 +784,14 @@ async fn apply<B: PipelineBackend>(
             ]
             .iter()
             .any(|r| r.as_str() == condition.reason);
-        if terminal {
+        // A stall is announced once, when it starts (its message counts the minutes).
+        let stalled = condition.type_ == crate::dataplane::DATA_FLOWING_CONDITION
+            && condition.reason == "Stalled"
+            && !previous
+                .into_iter()
+                .flat_map(|p| &p.conditions)
+                .any(|c| c.type_ == condition.type_ && c.reason == "Stalled");
+        if terminal || stalled {
             let note = format!("{}: {}", condition.type_, condition.message);
             publish(ctx, &pipeline.object_ref(&()), &condition.reason, &note).await;
         }

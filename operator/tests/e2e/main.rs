@@ -1307,6 +1307,20 @@ async fn data_plane_health_from_the_aggregators_reports() {
             "{message}"
         );
     }
+    // Announced once, as a Warning Event on the pipeline.
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    eventually("a Stalled event", WAIT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Stalled")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.name.as_deref() == Some("flow")
+            })
+            .then_some(())
+    })
+    .await;
     eventually("the stalled gauge", WAIT, || async {
         (operator.metric("clickheatmap_pipeline_stalled", &labels) == 1).then_some(())
     })

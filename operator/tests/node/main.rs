@@ -646,7 +646,9 @@ fn pipeline_spec(window: &str, columns: i64, replicas: i64) -> Value {
             "replicas": replicas
         },
         "collector": {"enabled": true, "allowedOrigins": ["https://shop.example.com"]},
-        "viewer": {"enabled": true, "engine": "Embedded", "live": true}
+        "viewer": {"enabled": true, "engine": "Embedded", "live": true},
+        // The shortest data-plane check the CRD allows: the test reads the conditions soon.
+        "health": {"checkInterval": "10s"}
     })
 }
 
@@ -865,6 +867,39 @@ async fn inside_the_node() {
     eprintln!("node: pod RSS under load (KiB): {:?}", workload_rss(&state));
     wait_exact_in(Some(&client), &clicks, "steady clicks").await;
 
+    // The data plane as the operator pod reads it from the aggregator pod's progress report in
+    // moto's S3: flowing, fresh, every click counted, Argo CD Healthy.
+    let sent = u64::try_from(clicks.sent).expect("clicks");
+    let flowing = eventually(
+        "DataFlowing and Fresh from the aggregator's report",
+        WAIT,
+        || async {
+            let pipeline = api.get(PIPELINE).await.ok()?;
+            let data_plane = pipeline.status.as_ref()?.data_plane.clone()?;
+            (condition(&pipeline, "DataFlowing")?.reason == "ClicksAccepted"
+                && condition(&pipeline, "Fresh")?.status == "True"
+                && data_plane.accepted_total == sent)
+                .then_some(pipeline)
+        },
+    )
+    .await;
+    let data_plane = flowing
+        .status
+        .as_ref()
+        .and_then(|s| s.data_plane.clone())
+        .expect("dataPlane");
+    assert_eq!(data_plane.replicas_reporting, 1, "{data_plane:?}");
+    assert_eq!(data_plane.shards, 2, "{data_plane:?}");
+    assert!(data_plane.files_committed > 0, "{data_plane:?}");
+    assert_eq!(data_plane.rejected_total, 0, "{data_plane:?}");
+    assert!(
+        data_plane.last_committed_window_end.is_some(),
+        "{data_plane:?}"
+    );
+    let health = harness::argo_health(&serde_json::to_value(&flowing).expect("json"));
+    assert_eq!(health.map(|(status, _)| status).as_deref(), Some("Healthy"));
+    eprintln!("node: data plane from the aggregator's report: {data_plane:?}");
+
     // The viewer pod: closed windows from the table (embedded engine over S3).
     let viewer = ready_pod_ip(&client, "viewer").await;
     let (from, to) = (now_ms() - 3_600_000, now_ms() + 60_000);
@@ -1041,6 +1076,11 @@ async fn inside_the_node() {
         health.map(|(status, _)| status).as_deref(),
         Some("Suspended")
     );
+    eventually("DataFlowing Paused", WAIT, || async {
+        let pipeline = api.get(PIPELINE).await.ok()?;
+        (condition(&pipeline, "DataFlowing")?.reason == "Paused").then_some(())
+    })
+    .await;
     let body = clicks.batch("while-paused", 20, now_ms(), window_ms, (columns, ROWS));
     post_clicks(&ready_pod_ip(&client, "collector").await, &body).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
