@@ -1,7 +1,8 @@
 //! The Firehose reconciler against a real moto server: the raw-archive delivery stream created
 //! from nothing (Kinesis source + Extended S3 destination), a resync without writes, destination
 //! drift repaired with UpdateDestination (carrying the current version id), a delivery stream of
-//! another pipeline or with another source refused, adoption, and both deletion policies.
+//! another pipeline or with another source refused, adoption (keeping every setting the spec has
+//! no field for), and both deletion policies.
 //!
 //! moto's Firehose never reads its Kinesis source (and does not check that the stream exists);
 //! these tests check configuration only, which is all the operator manages.
@@ -9,8 +10,12 @@
 mod common;
 
 use aws_sdk_firehose::types::{
-    BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
-    ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
+    BufferingHints, CloudWatchLoggingOptions, CompressionFormat,
+    DeliveryStreamEncryptionConfigurationInput, DeliveryStreamType, EncryptionConfiguration,
+    ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate, KeyType,
+    KinesisStreamSourceConfiguration, KmsEncryptionConfig, ProcessingConfiguration, Processor,
+    ProcessorParameter, ProcessorParameterName, ProcessorType, S3BackupMode,
+    S3DestinationConfiguration, Tag,
 };
 use clickheatmap_operator::aws::{Deletion, PartReconciler, firehose};
 use clickheatmap_operator::{Error, Owner, Reason};
@@ -253,4 +258,170 @@ async fn deletion_policies() {
         firehose::delete(&env.clients.firehose, &stream.name, &stream.owner).await,
         Ok(Deletion::Gone)
     );
+}
+
+/// The settings of an adopted delivery stream that the spec has no field for, as Firehose
+/// describes them.
+async fn own_settings(env: &Env, name: &str) -> Vec<String> {
+    let description = env
+        .clients
+        .firehose
+        .describe_delivery_stream()
+        .delivery_stream_name(name)
+        .send()
+        .await
+        .expect("describe")
+        .delivery_stream_description
+        .expect("description");
+    let s3 = description.destinations()[0]
+        .extended_s3_destination_description()
+        .expect("extended S3")
+        .clone();
+    vec![
+        format!(
+            "{:?}",
+            description.delivery_stream_encryption_configuration()
+        ),
+        format!("{:?}", s3.encryption_configuration()),
+        format!("{:?}", s3.cloud_watch_logging_options()),
+        format!("{:?}", s3.processing_configuration()),
+        format!("{:?}", s3.error_output_prefix()),
+        format!("{:?}", s3.s3_backup_mode()),
+        format!("{:?}", s3.s3_backup_description().map(|b| b.bucket_arn())),
+    ]
+}
+
+#[tokio::test]
+async fn adopting_a_delivery_stream_keeps_its_own_settings() {
+    let env = start().await;
+    let stream = desired(&env, "minimal", true).await;
+    let role = stream.role_arn.clone();
+    let key = "arn:aws:kms:ap-northeast-2:123456789012:key/team-key";
+    // Made by hand the way a team would: the spec's bucket and prefix but smaller buffers, plus
+    // settings the spec has no field for.
+    env.clients
+        .firehose
+        .create_delivery_stream()
+        .delivery_stream_name(&stream.name)
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .kinesis_stream_source_configuration(
+            KinesisStreamSourceConfiguration::builder()
+                .kinesis_stream_arn(&stream.stream_arn)
+                .role_arn(&role)
+                .build()
+                .expect("source"),
+        )
+        .delivery_stream_encryption_configuration_input(
+            DeliveryStreamEncryptionConfigurationInput::builder()
+                .key_type(KeyType::CustomerManagedCmk)
+                .key_arn(key)
+                .build()
+                .expect("sse"),
+        )
+        .extended_s3_destination_configuration(
+            ExtendedS3DestinationConfiguration::builder()
+                .bucket_arn(&stream.destination.bucket_arn)
+                .role_arn(&role)
+                .prefix(&stream.destination.prefix)
+                .error_output_prefix("errors/")
+                .compression_format(CompressionFormat::Uncompressed)
+                .buffering_hints(
+                    BufferingHints::builder()
+                        .size_in_mbs(1)
+                        .interval_in_seconds(60)
+                        .build(),
+                )
+                .encryption_configuration(
+                    EncryptionConfiguration::builder()
+                        .kms_encryption_config(
+                            KmsEncryptionConfig::builder()
+                                .awskms_key_arn(key)
+                                .build()
+                                .expect("kms"),
+                        )
+                        .build(),
+                )
+                .cloud_watch_logging_options(
+                    CloudWatchLoggingOptions::builder()
+                        .enabled(true)
+                        .log_group_name("/aws/kinesisfirehose/team")
+                        .log_stream_name("S3Delivery")
+                        .build(),
+                )
+                .processing_configuration(
+                    ProcessingConfiguration::builder()
+                        .enabled(true)
+                        .processors(
+                            Processor::builder()
+                                .r#type(ProcessorType::Lambda)
+                                .parameters(
+                                    ProcessorParameter::builder()
+                                        .parameter_name(ProcessorParameterName::LambdaArn)
+                                        .parameter_value(
+                                            "arn:aws:lambda:ap-northeast-2:123456789012:function:scrub",
+                                        )
+                                        .build()
+                                        .expect("parameter"),
+                                )
+                                .build()
+                                .expect("processor"),
+                        )
+                        .build(),
+                )
+                .s3_backup_mode(S3BackupMode::Enabled)
+                .s3_backup_configuration(
+                    S3DestinationConfiguration::builder()
+                        .bucket_arn("arn:aws:s3:::team-backup")
+                        .role_arn(&role)
+                        .compression_format(CompressionFormat::Gzip)
+                        .buffering_hints(
+                            BufferingHints::builder()
+                                .size_in_mbs(5)
+                                .interval_in_seconds(300)
+                                .build(),
+                        )
+                        .build()
+                        .expect("backup"),
+                )
+                .build()
+                .expect("destination"),
+        )
+        .send()
+        .await
+        .expect("create");
+    let settings = own_settings(&env, &stream.name).await;
+
+    let made = reconcile(&env, &stream).await.expect("adopt");
+    let ops: Vec<_> = made
+        .iter()
+        .map(|c| serde_json::to_value(c).expect("json")["op"].clone())
+        .collect();
+    assert_eq!(ops, ["TagDeliveryStream", "UpdateDestination"]);
+    let adopted = firehose::observe(&env.clients.firehose, &stream.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(adopted.destination.as_ref(), Some(&stream.destination));
+    assert_eq!(own_settings(&env, &stream.name).await, settings);
+    let kept = firehose::RawArchive::kept(&stream, Some(&adopted));
+    assert_eq!(
+        kept,
+        [
+            format!(
+                "delivery stream shop-clicks-raw server-side encryption (CUSTOMER_MANAGED_CMK with key {key})"
+            ),
+            format!("delivery stream shop-clicks-raw destination encryption with KMS key {key}"),
+            "delivery stream shop-clicks-raw CloudWatch logging to /aws/kinesisfirehose/team/S3Delivery"
+                .to_owned(),
+            "delivery stream shop-clicks-raw record processing (1 processor(s))".to_owned(),
+            "delivery stream shop-clicks-raw error output prefix errors/".to_owned(),
+            "delivery stream shop-clicks-raw S3 backup to arn:aws:s3:::team-backup".to_owned(),
+        ]
+    );
+
+    // A resync plans nothing, writes nothing, and changes nothing of the team's.
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &stream).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "resync after adoption");
+    assert_eq!(own_settings(&env, &stream.name).await, settings);
 }

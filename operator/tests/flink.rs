@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use clickheatmap_crds::AggregationEngine;
@@ -310,4 +311,200 @@ async fn fake_leaves_a_foreign_application_alone() {
         "no call to someone else's application"
     );
     let _ = Arc::clone(&fake);
+}
+
+/// An application made by hand on moto the way a team would: the spec's code, role and
+/// parallelism, but a newer runtime, autoscaling, custom monitoring and checkpoints, snapshots,
+/// an extra key in the operator's property group and a property group of its own; untagged.
+async fn create_teams_application(env: &Env, app: &flink::DesiredApplication) {
+    use aws_sdk_kinesisanalyticsv2::types::{
+        ApplicationCodeConfiguration, ApplicationConfiguration, ApplicationSnapshotConfiguration,
+        CheckpointConfiguration, CodeContent, CodeContentType, ConfigurationType,
+        EnvironmentProperties, FlinkApplicationConfiguration, LogLevel, MetricsLevel,
+        MonitoringConfiguration, ParallelismConfiguration, PropertyGroup, RuntimeEnvironment,
+        S3ContentLocation,
+    };
+    let settings = &app.settings;
+    let mut groups = settings.properties.clone();
+    groups
+        .entry(flink::PROPERTY_GROUP.to_owned())
+        .or_default()
+        .insert("LOG_SAMPLE".into(), "0.01".into());
+    groups.insert(
+        "TeamProperties".into(),
+        BTreeMap::from([("ALERTS".into(), "on".into())]),
+    );
+    let groups = groups
+        .into_iter()
+        .map(|(id, map)| {
+            PropertyGroup::builder()
+                .property_group_id(id)
+                .set_property_map(Some(map.into_iter().collect()))
+                .build()
+                .expect("group")
+        })
+        .collect();
+    let configuration = ApplicationConfiguration::builder()
+        .application_code_configuration(
+            ApplicationCodeConfiguration::builder()
+                .code_content_type(CodeContentType::Zipfile)
+                .code_content(
+                    CodeContent::builder()
+                        .s3_content_location(
+                            S3ContentLocation::builder()
+                                .bucket_arn(&settings.code_bucket_arn)
+                                .file_key(&settings.code_key)
+                                .build()
+                                .expect("code"),
+                        )
+                        .build(),
+                )
+                .build()
+                .expect("code configuration"),
+        )
+        .flink_application_configuration(
+            FlinkApplicationConfiguration::builder()
+                .monitoring_configuration(
+                    MonitoringConfiguration::builder()
+                        .configuration_type(ConfigurationType::Custom)
+                        .metrics_level(MetricsLevel::Operator)
+                        .log_level(LogLevel::Warn)
+                        .build()
+                        .expect("monitoring"),
+                )
+                .checkpoint_configuration(
+                    CheckpointConfiguration::builder()
+                        .configuration_type(ConfigurationType::Custom)
+                        .checkpointing_enabled(true)
+                        .checkpoint_interval(30_000)
+                        .build()
+                        .expect("checkpoints"),
+                )
+                .parallelism_configuration(
+                    ParallelismConfiguration::builder()
+                        .configuration_type(ConfigurationType::Custom)
+                        .parallelism(settings.parallelism)
+                        .parallelism_per_kpu(settings.parallelism_per_kpu)
+                        .auto_scaling_enabled(true)
+                        .build()
+                        .expect("parallelism"),
+                )
+                .build(),
+        )
+        .application_snapshot_configuration(
+            ApplicationSnapshotConfiguration::builder()
+                .snapshots_enabled(true)
+                .build()
+                .expect("snapshots"),
+        )
+        .environment_properties(
+            EnvironmentProperties::builder()
+                .set_property_groups(Some(groups))
+                .build()
+                .expect("properties"),
+        )
+        .build();
+    let flink = aws_sdk_kinesisanalyticsv2::Client::from_conf(
+        aws_sdk_kinesisanalyticsv2::config::Builder::from(&env.config).build(),
+    );
+    flink
+        .create_application()
+        .application_name(&app.name)
+        .runtime_environment(RuntimeEnvironment::Flink120)
+        .service_execution_role(&settings.role_arn)
+        .application_configuration(configuration)
+        .send()
+        .await
+        .expect("create");
+}
+
+const TEAMS_SETTINGS: &str = "Flink application shop-full-heatmap runtime FLINK-1_20 (the spec says FLINK-1_18; Managed Flink cannot downgrade in place), autoscaling, properties FlinkApplicationProperties [LOG_SAMPLE], property group TeamProperties, monitoring (metrics OPERATOR, logs WARN), checkpoints every 30000 ms, snapshots";
+
+#[tokio::test]
+async fn moto_adopting_an_application_keeps_its_own_settings() {
+    let env = start().await;
+    let app = desired(&env, true).await;
+    create_teams_application(&env, &app).await;
+    let api = env.clients.flink.as_ref();
+    let observed = api
+        .observe(&app.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    // Adoption only tags it: a newer runtime, autoscaling, other properties and settings the
+    // spec has no field for are not drift (moto keeps the application STARTING, so the same is
+    // checked for a RUNNING one).
+    let made = reconcile(api, &app).await.expect("adopt");
+    assert_eq!(ops(&made), ["TagResource"]);
+    let mut running = observed.clone();
+    running.status = "RUNNING".into();
+    running.tags = app.tags.clone();
+    assert_eq!(
+        flink::FlinkApplication::diff(&app, Some(&running)),
+        Ok(vec![])
+    );
+    assert_eq!(
+        flink::FlinkApplication::kept(&app, Some(&observed)),
+        [TEAMS_SETTINGS]
+    );
+
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(api, &app).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "resync after adoption");
+    let after = api
+        .observe(&app.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(after.settings, observed.settings);
+    assert_eq!(after.unmanaged, observed.unmanaged);
+}
+
+#[tokio::test]
+async fn fake_an_update_of_an_adopted_application_keeps_its_own_settings() {
+    // The application as moto describes the team's one, in the fake, RUNNING, with another
+    // parallelism than the spec's: the update must change that and nothing else.
+    let env = start().await;
+    let app = desired(&env, true).await;
+    create_teams_application(&env, &app).await;
+    let mut teams = env
+        .clients
+        .flink
+        .observe(&app.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    // (moto's description leaves the name out.)
+    teams.name = app.name.clone();
+    teams.status = "RUNNING".into();
+    teams.settings.parallelism = 8;
+    let fake = FakeFlink::new();
+    fake.put(teams.clone());
+
+    let made = reconcile(fake.as_ref(), &app).await.expect("adopt");
+    assert_eq!(ops(&made), ["TagResource", "UpdateApplication"]);
+    assert!(
+        made[1].to_string().ends_with("parallelism 8/1 → 2/1"),
+        "{}",
+        made[1]
+    );
+    fake.settle();
+    let updated = fake.app(&app.name).expect("exists");
+    assert_eq!(updated.settings.parallelism, 2);
+    assert_eq!(
+        updated.settings,
+        flink::ApplicationSettings {
+            parallelism: 2,
+            ..teams.settings.clone()
+        }
+    );
+    assert_eq!(updated.unmanaged, teams.unmanaged);
+    assert_eq!(
+        flink::FlinkApplication::kept(&app, Some(&updated)),
+        [TEAMS_SETTINGS]
+    );
+    assert_eq!(
+        reconcile(fake.as_ref(), &app).await.expect("resync"),
+        vec![]
+    );
 }

@@ -2,7 +2,8 @@
 //! partition projection created from nothing, a resync without writes, table drift repaired
 //! (keeping parameters a crawler added), crawler mode with its crawler, a running crawler never
 //! updated, a switch back to projection removing the crawler, conflicts, adoption of the demo's
-//! hand-made database and table, and both deletion policies.
+//! hand-made database and table (and of a team's catalog, keeping every setting the spec does not
+//! declare), and both deletion policies.
 //!
 //! moto gaps: moto has no `UpdateCrawler` (HTTP 500), so crawler drift is shown to be *planned*
 //! (and refused while the crawler runs), and the failed apply is shown to be classified as
@@ -14,7 +15,8 @@ mod common;
 use std::collections::HashMap;
 
 use aws_sdk_glue::types::{
-    CatalogTarget, Column, CrawlerTargets, DatabaseInput, StorageDescriptor, TableInput,
+    CatalogTarget, Column, CrawlerTargets, DatabaseInput, DeleteBehavior, RecrawlBehavior,
+    RecrawlPolicy, SchemaChangePolicy, SerDeInfo, StorageDescriptor, TableInput, UpdateBehavior,
 };
 use clickheatmap_crds::PartitionDiscovery;
 use clickheatmap_operator::aws::{Deletion, PartReconciler, glue};
@@ -520,4 +522,217 @@ async fn deletion_policies() {
             .await
             .is_ok()
     );
+}
+
+/// What a team set on its own database, table and crawler, as Glue describes it (the owner
+/// parameters the operator adds left out).
+async fn own_settings(env: &Env, catalog: &glue::DesiredCatalog) -> Vec<String> {
+    let glue = &env.clients.glue;
+    let database = glue
+        .get_database()
+        .name(&catalog.database.name)
+        .send()
+        .await
+        .expect("database")
+        .database
+        .expect("database");
+    let table = glue
+        .get_table()
+        .database_name(&catalog.table.database)
+        .name(&catalog.table.name)
+        .send()
+        .await
+        .expect("table")
+        .table
+        .expect("table");
+    let crawler = glue
+        .get_crawler()
+        .name("shop-full-curated")
+        .send()
+        .await
+        .expect("crawler")
+        .crawler
+        .expect("crawler");
+    let storage = table.storage_descriptor().expect("storage");
+    let serde = storage.serde_info().expect("serde");
+    let mut parameters = table.parameters().cloned().unwrap_or_default();
+    for key in Owner::new("analytics", "shop-full").tags().keys() {
+        parameters.remove(key);
+    }
+    let sorted = |map: Option<&HashMap<String, String>>| {
+        let mut entries: Vec<_> = map.into_iter().flatten().collect();
+        entries.sort();
+        format!("{entries:?}")
+    };
+    let configuration: serde_json::Value =
+        serde_json::from_str(crawler.configuration().expect("configuration")).expect("json");
+    vec![
+        format!("{:?}", database.description()),
+        sorted(database.parameters()),
+        format!("{:?}", table.description()),
+        format!("{:?} {}", table.owner(), table.retention()),
+        sorted(Some(&parameters)),
+        sorted(storage.parameters()),
+        format!("{:?} {}", serde.name(), sorted(serde.parameters())),
+        format!(
+            "{:?}",
+            storage
+                .columns()
+                .iter()
+                .map(|c| c.comment())
+                .collect::<Vec<_>>()
+        ),
+        format!("{:?}", crawler.description()),
+        format!("{:?}", crawler.recrawl_policy()),
+        configuration.to_string(),
+    ]
+}
+
+#[tokio::test]
+async fn adopting_a_teams_catalog_keeps_its_own_settings() {
+    let env = start().await;
+    let catalog = desired(&env, "full", true, None).await;
+    let glue = &env.clients.glue;
+    glue.create_database()
+        .database_input(
+            DatabaseInput::builder()
+                .name(&catalog.database.name)
+                .description("The web team's click data")
+                .parameters("team", "web")
+                .build()
+                .expect("input"),
+        )
+        .send()
+        .await
+        .expect("create database");
+    let definition = &catalog.table.definition;
+    let columns: Vec<Column> = definition
+        .columns
+        .iter()
+        .map(|c| {
+            Column::builder()
+                .name(&c.name)
+                .r#type(&c.kind)
+                .set_comment((c.name == "clicks").then(|| "clicks in the cell".to_owned()))
+                .build()
+                .expect("column")
+        })
+        .collect();
+    let keys: Vec<Column> = definition
+        .partition_keys
+        .iter()
+        .map(|c| {
+            Column::builder()
+                .name(&c.name)
+                .r#type(&c.kind)
+                .build()
+                .expect("column")
+        })
+        .collect();
+    glue.create_table()
+        .database_name(&catalog.table.database)
+        .table_input(
+            TableInput::builder()
+                .name(&catalog.table.name)
+                .table_type("EXTERNAL_TABLE")
+                .description("Heatmap cells, one row per page, cell and window")
+                .owner("web-team")
+                .retention(90)
+                .storage_descriptor(
+                    StorageDescriptor::builder()
+                        .set_columns(Some(columns))
+                        .location(&definition.location)
+                        .input_format(&definition.input_format)
+                        .output_format(&definition.output_format)
+                        .serde_info(
+                            SerDeInfo::builder()
+                                .name("curated")
+                                .serialization_library(&definition.serde_library)
+                                .parameters("serialization.format", "1")
+                                .parameters("parquet.compression", "ZSTD")
+                                .build(),
+                        )
+                        .parameters("team", "web")
+                        .build(),
+                )
+                .set_partition_keys(Some(keys))
+                .parameters("classification", "parquet")
+                .parameters("EXTERNAL", "TRUE")
+                .parameters("team", "web")
+                .parameters("recordCount", "1234")
+                .build()
+                .expect("table input"),
+        )
+        .send()
+        .await
+        .expect("create table");
+    let crawler = catalog
+        .crawler
+        .as_ref()
+        .expect("crawler")
+        .definition
+        .clone();
+    glue.create_crawler()
+        .name(&crawler.name)
+        .role(&crawler.role_arn)
+        .description("Adds the new hours")
+        .targets(
+            CrawlerTargets::builder()
+                .catalog_targets(
+                    CatalogTarget::builder()
+                        .database_name(&crawler.database)
+                        .set_tables(Some(crawler.tables.clone()))
+                        .build()
+                        .expect("target"),
+                )
+                .build(),
+        )
+        .schedule(&crawler.schedule)
+        .schema_change_policy(
+            SchemaChangePolicy::builder()
+                .update_behavior(UpdateBehavior::Log)
+                .delete_behavior(DeleteBehavior::Log)
+                .build(),
+        )
+        .recrawl_policy(
+            RecrawlPolicy::builder()
+                .recrawl_behavior(RecrawlBehavior::CrawlEverything)
+                .build(),
+        )
+        .configuration(
+            json!({
+                "Version": 1.0,
+                "CrawlerOutput": {"Partitions": {"AddOrUpdateBehavior": "InheritFromTable"}},
+                "Grouping": {"TableGroupingPolicy": "CombineCompatibleSchemas"}
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("create crawler");
+    let settings = own_settings(&env, &catalog).await;
+
+    // Adoption tags the database and crawler and marks the table as the pipeline's (UpdateTable,
+    // which replaces the whole table input: everything else is carried over).
+    let made = reconcile(&env, &catalog).await.expect("adopt");
+    assert_eq!(ops(&made), ["TagResource", "UpdateTable", "TagResource"]);
+    assert_eq!(own_settings(&env, &catalog).await, settings);
+    let observed = glue::observe(&env.clients.glue, &catalog)
+        .await
+        .expect("observe");
+    assert_eq!(
+        glue::Catalog::kept(&catalog, Some(&observed)),
+        [
+            "Glue database shop_heatmap description",
+            "Glue database shop_heatmap parameters [team]",
+            "table shop_heatmap.curated_heatmap description, owner web-team, retention 90 days, storage parameters [team], SerDe name curated, comments on [clicks], parameters [team], SerDe parameters [parquet.compression]",
+            "crawler shop-full-curated description, recrawl policy CRAWL_EVERYTHING, configuration [Grouping]",
+        ]
+    );
+
+    // A resync plans nothing, writes nothing, and changes nothing of the team's.
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &catalog).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "resync after adoption");
+    assert_eq!(own_settings(&env, &catalog).await, settings);
 }

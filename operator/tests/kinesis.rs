@@ -10,7 +10,7 @@
 
 mod common;
 
-use clickheatmap_operator::aws::{Deletion, PartReconciler, kinesis};
+use clickheatmap_operator::aws::{Deletion, PartReconciler, Readiness, kinesis};
 use clickheatmap_operator::{Error, Owner, Reason};
 use common::{Env, assert_no_writes, pipeline, start, writes_since};
 
@@ -101,7 +101,7 @@ async fn stream_is_created_then_configured_then_left_alone() {
     );
     assert_eq!(
         kinesis::Stream::readiness(&stream, Some(&observed)),
-        clickheatmap_operator::aws::Readiness::Ready
+        Readiness::Ready
     );
 
     let before = env.calls.snapshot();
@@ -217,13 +217,17 @@ async fn drift_is_repaired_in_allowed_steps() {
                 stream: stream.name.clone(),
                 from: 8,
                 to: 4,
-                target: 2
+                target: 2,
+                calls_left: 10,
+                more_from: None,
             },
             kinesis::Change::UpdateShardCount {
                 stream: stream.name.clone(),
                 from: 4,
                 to: 2,
-                target: 2
+                target: 2,
+                calls_left: 9,
+                more_from: None,
             },
         ]
     );
@@ -385,5 +389,94 @@ async fn deletion_policies() {
     assert_eq!(
         kinesis::observe(&env.clients.kinesis, &stream.name, &stream.consumer.name).await,
         Ok(None)
+    );
+}
+
+/// The operator's record of its resizes, from the stream's tags.
+async fn resized_at(env: &Env, stream: &str) -> Vec<i64> {
+    kinesis::observe(&env.clients.kinesis, stream, "none")
+        .await
+        .expect("observe")
+        .expect("exists")
+        .resized_at
+}
+
+#[tokio::test]
+async fn resizes_are_recorded_and_the_quota_is_said_before_it_runs_out() {
+    let env = start().await;
+    let mut stream = desired(&env, "full", false).await;
+    converge(&env, &stream).await;
+    assert_eq!(resized_at(&env, &stream.name).await, Vec::<i64>::new());
+
+    // Seven resizes recorded in the last hours (by an earlier reconcile): 3 calls are left.
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let seven: Vec<i64> = (1..=7).map(|h| now - h * 3600).collect();
+    let value = seven
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    env.clients
+        .kinesis
+        .add_tags_to_stream()
+        .stream_name(&stream.name)
+        .tags(kinesis::RESIZED_AT_TAG, value)
+        .send()
+        .await
+        .expect("tag");
+    stream.shards = Some(64);
+    let made = reconcile(&env, &stream).await.expect("resize");
+    let [
+        kinesis::Change::UpdateShardCount {
+            from: 2,
+            to: 4,
+            target: 64,
+            calls_left: 3,
+            more_from: Some(more_from),
+            ..
+        },
+    ] = made.as_slice()
+    else {
+        panic!("{made:?}");
+    };
+    let expected = k8s_openapi::jiff::Timestamp::from_second(now - 7 * 3600 + 24 * 3600)
+        .expect("time")
+        .to_string();
+    assert_eq!(more_from, &expected);
+    assert!(
+        made[0].to_string().ends_with(&format!(
+            "(resizing 2 → 64 shards needs 5 UpdateShardCount calls; 3 are left in the 24 h \
+             quota: 16 shards today, the rest from {expected})"
+        )),
+        "{}",
+        made[0]
+    );
+    // The call is recorded beside the earlier ones.
+    let recorded = resized_at(&env, &stream.name).await;
+    assert_eq!(recorded.len(), 8);
+    assert_eq!(
+        recorded[..7],
+        seven.iter().rev().copied().collect::<Vec<_>>()[..]
+    );
+    assert!(recorded[7] >= now);
+
+    // Two more calls use the quota up; then none is planned and the stream says until when.
+    let rounds = converge(&env, &stream).await;
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    let observed = kinesis::observe(&env.clients.kinesis, &stream.name, "none")
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!((observed.open_shards, observed.resized_at.len()), (16, 10));
+    let before = env.calls.snapshot();
+    assert_eq!(reconcile(&env, &stream).await.expect("resync"), vec![]);
+    assert_no_writes(&env.calls, &before, "no call left");
+    assert_eq!(
+        kinesis::Stream::readiness(&stream, Some(&observed)),
+        Readiness::Provisioning(format!(
+            "stream {}: resizing 16 → 64 shards needs 2 UpdateShardCount calls; none is left in \
+             the 24 h quota: the next from {expected}",
+            stream.name
+        ))
     );
 }

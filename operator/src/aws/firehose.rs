@@ -10,6 +10,14 @@
 //! which needs the stream's current version id and the destination id: both are read by
 //! [`observe`] and carried in [`Change::UpdateDestination`], so a concurrent change makes the
 //! call fail (`ConcurrentModificationException`, retried) instead of overwriting it.
+//!
+//! **Only what the spec declares.** The update names the destination's bucket, role, prefix,
+//! buffering hints and compression — the fields of `spec.rawArchive` — and nothing else. Firehose
+//! merges an update into a destination of the same type (a parameter left out keeps its value),
+//! so an adopted delivery stream keeps everything the spec has no field for: its server-side
+//! encryption, the destination's KMS key, CloudWatch logging, a processing configuration, the
+//! error output prefix, an S3 backup, dynamic partitioning, a format conversion. [`observe`]
+//! lists them ([`ObservedDeliveryStream::unmanaged`]) and the condition says they are kept.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -75,6 +83,9 @@ pub struct ObservedDeliveryStream {
     pub destination_id: String,
     /// `None` when the destination is not Extended S3.
     pub destination: Option<S3Destination>,
+    /// The settings the spec has no field for that the delivery stream has (the operator creates
+    /// none of them), described: never written, so Firehose keeps them.
+    pub unmanaged: Vec<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -242,6 +253,28 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliv
                 .unwrap_or(300),
             compression: s3.compression_format().as_str().to_owned(),
         });
+    let mut unmanaged = Vec::new();
+    if let Some(encryption) = description.delivery_stream_encryption_configuration()
+        && encryption.status().map_or(
+            // An emulator may leave the status out; a key type then says it is on.
+            encryption.key_type().is_some(),
+            |status| status.as_str() != "DISABLED",
+        )
+    {
+        unmanaged.push(format!(
+            "server-side encryption ({}{})",
+            encryption
+                .key_type()
+                .map_or("AWS_OWNED_CMK", |key| key.as_str()),
+            encryption
+                .key_arn()
+                .map(|key| format!(" with key {key}"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(s3) = first.and_then(|d| d.extended_s3_destination_description()) {
+        unmanaged.extend(unmanaged_destination_settings(s3));
+    }
     let tags = paged_tags(|start| {
         let request = client
             .list_tags_for_delivery_stream()
@@ -281,8 +314,71 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<ObservedDeliv
             .map(|d| d.destination_id().to_owned())
             .unwrap_or_default(),
         destination,
+        unmanaged,
         tags,
     }))
+}
+
+/// The destination settings the spec has no field for, described (see the module comment).
+fn unmanaged_destination_settings(
+    s3: &aws_sdk_firehose::types::ExtendedS3DestinationDescription,
+) -> Vec<String> {
+    let mut unmanaged = Vec::new();
+    if let Some(key) = s3
+        .encryption_configuration()
+        .and_then(|e| e.kms_encryption_config())
+    {
+        unmanaged.push(format!(
+            "destination encryption with KMS key {}",
+            key.awskms_key_arn()
+        ));
+    }
+    if let Some(logging) = s3
+        .cloud_watch_logging_options()
+        .filter(|l| l.enabled() == Some(true))
+    {
+        unmanaged.push(format!(
+            "CloudWatch logging to {}/{}",
+            logging.log_group_name().unwrap_or_default(),
+            logging.log_stream_name().unwrap_or_default()
+        ));
+    }
+    if let Some(processing) = s3
+        .processing_configuration()
+        .filter(|p| p.enabled() == Some(true))
+    {
+        unmanaged.push(format!(
+            "record processing ({} processor(s))",
+            processing.processors().len()
+        ));
+    }
+    if let Some(prefix) = s3.error_output_prefix().filter(|p| !p.is_empty()) {
+        unmanaged.push(format!("error output prefix {prefix}"));
+    }
+    if s3
+        .s3_backup_mode()
+        .is_some_and(|mode| mode.as_str() == "Enabled")
+    {
+        unmanaged.push(format!(
+            "S3 backup to {}",
+            s3.s3_backup_description()
+                .map(|b| b.bucket_arn())
+                .unwrap_or("(unknown)")
+        ));
+    }
+    if s3
+        .dynamic_partitioning_configuration()
+        .is_some_and(|d| d.enabled() == Some(true))
+    {
+        unmanaged.push("dynamic partitioning".to_owned());
+    }
+    if s3
+        .data_format_conversion_configuration()
+        .is_some_and(|d| d.enabled() == Some(true))
+    {
+        unmanaged.push("record format conversion".to_owned());
+    }
+    unmanaged
 }
 
 fn build_error(what: &str) -> impl FnOnce(aws_sdk_firehose::error::BuildError) -> Error + '_ {
@@ -368,6 +464,7 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
             destination_id,
             destination,
         } => {
+            // Only the spec's fields: Firehose keeps every parameter an update leaves out.
             let update = ExtendedS3DestinationUpdate::builder()
                 .bucket_arn(&destination.bucket_arn)
                 .role_arn(&destination.role_arn)
@@ -530,6 +627,20 @@ impl PartReconciler for RawArchive {
         Ok(changes)
     }
 
+    /// The delivery stream's own settings, which no update touches.
+    fn kept(
+        desired: &DesiredDeliveryStream,
+        observed: Option<&ObservedDeliveryStream>,
+    ) -> Vec<String> {
+        observed.map_or_else(Vec::new, |observed| {
+            observed
+                .unmanaged
+                .iter()
+                .map(|setting| format!("delivery stream {} {setting}", desired.name))
+                .collect()
+        })
+    }
+
     /// A delivery stream is ready when it is `ACTIVE`.
     fn readiness(
         _desired: &DesiredDeliveryStream,
@@ -631,6 +742,7 @@ mod tests {
             source_role_arn: Some(desired.role_arn.clone()),
             destination_id: "destinationId-000000000001".into(),
             destination: Some(desired.destination.clone()),
+            unmanaged: Vec::new(),
             tags: desired.tags.clone(),
         }
     }
@@ -707,6 +819,23 @@ mod tests {
             }]
         );
         assert!(changes[0].to_string().contains("(version 3)"));
+    }
+
+    #[test]
+    fn settings_the_spec_does_not_declare_are_kept_and_said() {
+        let minimal = fixture("pipeline-minimal.yaml");
+        let stream = desired(&minimal.spec, &names_for(&minimal))
+            .expect("valid")
+            .expect("enabled");
+        let mut observed = in_sync(&stream);
+        observed.unmanaged = vec!["error output prefix errors/".into()];
+        // Not drift: nothing to change, and the update would not name it anyway.
+        assert_eq!(RawArchive::diff(&stream, Some(&observed)), Ok(vec![]));
+        assert_eq!(
+            RawArchive::kept(&stream, Some(&observed)),
+            ["delivery stream shop-clicks-raw error output prefix errors/"]
+        );
+        assert!(RawArchive::kept(&stream, Some(&in_sync(&stream))).is_empty());
     }
 
     #[test]

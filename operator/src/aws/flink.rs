@@ -13,6 +13,16 @@
 //! of being overwritten. Nothing is changed while the application is in a transitional state
 //! (`STARTING`, `UPDATING`, …).
 //!
+//! **Only what the spec declares.** The spec declares the runtime, role, code location,
+//! parallelism and parallelism per KPU, and the keys of the `FlinkApplicationProperties` group.
+//! An existing application keeps the rest: `UpdateApplication` names no monitoring, checkpoint,
+//! snapshot, rollback, VPC or logging setting (Managed Flink keeps what an update leaves out),
+//! keeps autoscaling as it is (the operator only switches it off on applications it creates), and
+//! writes the property groups back with the application's own groups and keys (the update
+//! replaces the whole set). A runtime is only ever upgraded: Managed Flink upgrades in place but
+//! cannot downgrade, so an application on a newer runtime than the spec's keeps it (said in the
+//! condition, like everything else kept: [`FlinkApplication::kept`]).
+//!
 //! The calls go through the [`FlinkApi`] trait. moto implements only create/describe/list/tag
 //! for this service, so the update, start, stop and delete paths are tested against a fake
 //! implementation of the trait (see `operator/tests/flink.rs`); [`SdkFlink`] is the real one.
@@ -71,6 +81,9 @@ pub struct ApplicationSettings {
     pub code_key: String,
     pub parallelism: i32,
     pub parallelism_per_kpu: i32,
+    /// Off on the applications the operator creates (the spec's numbers hold); an existing
+    /// application keeps its own (the spec has no field for it).
+    pub auto_scaling: bool,
     /// Property groups by id.
     pub properties: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -106,6 +119,9 @@ pub struct ObservedApplication {
     pub version_id: i64,
     pub create_timestamp: Option<Timestamp>,
     pub settings: ApplicationSettings,
+    /// The settings the spec has no field for and the operator never writes (custom monitoring
+    /// or checkpointing, snapshots, VPC, logging, …), described.
+    pub unmanaged: Vec<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -123,7 +139,8 @@ pub enum Change {
         resource_arn: String,
         tags: BTreeMap<String, String>,
     },
-    /// UpdateApplication with the complete settings; `changed` names what drifted.
+    /// UpdateApplication with the spec's settings (and the application's own property groups,
+    /// keys and autoscaling); `changed` names what drifted.
     UpdateApplication {
         application: String,
         current_version_id: i64,
@@ -250,6 +267,7 @@ pub fn desired(
             code_key: flink.code_s3_key.clone(),
             parallelism: flink.parallelism,
             parallelism_per_kpu: flink.parallelism_per_kpu,
+            auto_scaling: false,
             properties,
         },
         running: spec.aggregation.replicas > 0,
@@ -264,9 +282,67 @@ pub fn name_from_arn(arn: &str) -> Option<&str> {
     arn.rsplit_once(":application/").map(|(_, name)| name)
 }
 
+/// `FLINK-1_18` → `(1, 18)`; `None` for another form.
+fn runtime_version(runtime: &str) -> Option<(u32, u32)> {
+    let (major, minor) = runtime.strip_prefix("FLINK-")?.split_once('_')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// True when `observed` is a newer Flink runtime than `desired` (which the operator never
+/// downgrades to).
+fn is_newer_runtime(observed: &str, desired: &str) -> bool {
+    matches!(
+        (runtime_version(observed), runtime_version(desired)),
+        (Some(observed), Some(desired)) if observed > desired
+    )
+}
+
+/// True when every group and key of `desired` is in `observed` with the same value.
+fn properties_contain(
+    observed: &BTreeMap<String, BTreeMap<String, String>>,
+    desired: &BTreeMap<String, BTreeMap<String, String>>,
+) -> bool {
+    desired.iter().all(|(id, map)| {
+        observed
+            .get(id)
+            .is_some_and(|found| map.iter().all(|(key, value)| found.get(key) == Some(value)))
+    })
+}
+
+/// The property groups to write: the observed ones with the desired groups' keys set.
+fn merged_properties(
+    observed: &BTreeMap<String, BTreeMap<String, String>>,
+    desired: &BTreeMap<String, BTreeMap<String, String>>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut merged = observed.clone();
+    for (id, map) in desired {
+        merged.entry(id.clone()).or_default().extend(map.clone());
+    }
+    merged
+}
+
+/// The settings an update writes: the spec's, with what the application has of its own (see
+/// the module comment).
+fn settings_to_write(
+    desired: &ApplicationSettings,
+    observed: &ApplicationSettings,
+) -> ApplicationSettings {
+    ApplicationSettings {
+        runtime: if is_newer_runtime(&observed.runtime, &desired.runtime) {
+            observed.runtime.clone()
+        } else {
+            desired.runtime.clone()
+        },
+        auto_scaling: observed.auto_scaling,
+        properties: merged_properties(&observed.properties, &desired.properties),
+        ..desired.clone()
+    }
+}
+
 fn changed_settings(desired: &ApplicationSettings, observed: &ApplicationSettings) -> Vec<String> {
     let mut changed = Vec::new();
-    if desired.runtime != observed.runtime {
+    if desired.runtime != observed.runtime && !is_newer_runtime(&observed.runtime, &desired.runtime)
+    {
         changed.push(format!(
             "runtime {} → {}",
             observed.runtime, desired.runtime
@@ -290,7 +366,7 @@ fn changed_settings(desired: &ApplicationSettings, observed: &ApplicationSetting
             desired.parallelism_per_kpu
         ));
     }
-    if desired.properties != observed.properties {
+    if !properties_contain(&observed.properties, &desired.properties) {
         changed.push("properties".to_owned());
     }
     changed
@@ -364,6 +440,101 @@ fn property_groups(settings: &ApplicationSettings) -> Result<Vec<PropertyGroup>,
                 .map_err(build_error("a property group"))
         })
         .collect()
+}
+
+/// The configuration part of `UpdateApplication`: code, parallelism (autoscaling as
+/// `settings` says) and property groups. Nothing else is named, so the application keeps its
+/// monitoring, checkpoint, snapshot and VPC settings.
+fn configuration_update(
+    settings: &ApplicationSettings,
+) -> Result<ApplicationConfigurationUpdate, Error> {
+    Ok(ApplicationConfigurationUpdate::builder()
+        .application_code_configuration_update(
+            ApplicationCodeConfigurationUpdate::builder()
+                .code_content_type_update(CodeContentType::Zipfile)
+                .code_content_update(
+                    CodeContentUpdate::builder()
+                        .s3_content_location_update(
+                            S3ContentLocationUpdate::builder()
+                                .bucket_arn_update(&settings.code_bucket_arn)
+                                .file_key_update(&settings.code_key)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .flink_application_configuration_update(
+            FlinkApplicationConfigurationUpdate::builder()
+                .parallelism_configuration_update(
+                    ParallelismConfigurationUpdate::builder()
+                        .configuration_type_update(ConfigurationType::Custom)
+                        .parallelism_update(settings.parallelism)
+                        .parallelism_per_kpu_update(settings.parallelism_per_kpu)
+                        .auto_scaling_enabled_update(settings.auto_scaling)
+                        .build(),
+                )
+                .build(),
+        )
+        .environment_property_updates(
+            EnvironmentPropertyUpdates::builder()
+                .set_property_groups(Some(property_groups(settings)?))
+                .build()
+                .map_err(build_error("the environment properties"))?,
+        )
+        .build())
+}
+
+/// The settings of a described application that the spec has no field for, described (only
+/// what differs from how the operator creates an application).
+fn unmanaged_settings(
+    configuration: Option<&aws_sdk_kinesisanalyticsv2::types::ApplicationConfigurationDescription>,
+    detail: &aws_sdk_kinesisanalyticsv2::types::ApplicationDetail,
+) -> Vec<String> {
+    let mut unmanaged = Vec::new();
+    let flink = configuration.and_then(|c| c.flink_application_configuration_description());
+    if let Some(monitoring) = flink
+        .and_then(|f| f.monitoring_configuration_description())
+        .filter(|m| m.configuration_type() == Some(&ConfigurationType::Custom))
+    {
+        unmanaged.push(format!(
+            "monitoring (metrics {}, logs {})",
+            monitoring.metrics_level().map_or("-", |l| l.as_str()),
+            monitoring.log_level().map_or("-", |l| l.as_str())
+        ));
+    }
+    if let Some(checkpoints) = flink
+        .and_then(|f| f.checkpoint_configuration_description())
+        .filter(|c| c.configuration_type() == Some(&ConfigurationType::Custom))
+    {
+        unmanaged.push(if checkpoints.checkpointing_enabled() == Some(false) {
+            "checkpointing off".to_owned()
+        } else {
+            format!(
+                "checkpoints every {} ms",
+                checkpoints.checkpoint_interval().unwrap_or_default()
+            )
+        });
+    }
+    if configuration
+        .and_then(|c| c.application_snapshot_configuration_description())
+        .is_some_and(|s| s.snapshots_enabled())
+    {
+        unmanaged.push("snapshots".to_owned());
+    }
+    if configuration
+        .and_then(|c| c.application_system_rollback_configuration_description())
+        .is_some_and(|r| r.rollback_enabled())
+    {
+        unmanaged.push("system rollback".to_owned());
+    }
+    if configuration.is_some_and(|c| !c.vpc_configuration_descriptions().is_empty()) {
+        unmanaged.push("VPC configuration".to_owned());
+    }
+    if !detail.cloud_watch_logging_option_descriptions().is_empty() {
+        unmanaged.push("CloudWatch logging".to_owned());
+    }
+    unmanaged
 }
 
 impl SdkFlink {
@@ -446,8 +617,12 @@ impl SdkFlink {
                 parallelism_per_kpu: parallelism
                     .and_then(|p| p.parallelism_per_kpu())
                     .unwrap_or(1),
+                auto_scaling: parallelism
+                    .and_then(|p| p.auto_scaling_enabled())
+                    .unwrap_or(false),
                 properties,
             },
+            unmanaged: unmanaged_settings(configuration, detail),
             tags,
         }))
     }
@@ -560,41 +735,7 @@ impl SdkFlink {
                 settings,
                 ..
             } => {
-                let update = ApplicationConfigurationUpdate::builder()
-                    .application_code_configuration_update(
-                        ApplicationCodeConfigurationUpdate::builder()
-                            .code_content_type_update(CodeContentType::Zipfile)
-                            .code_content_update(
-                                CodeContentUpdate::builder()
-                                    .s3_content_location_update(
-                                        S3ContentLocationUpdate::builder()
-                                            .bucket_arn_update(&settings.code_bucket_arn)
-                                            .file_key_update(&settings.code_key)
-                                            .build(),
-                                    )
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .flink_application_configuration_update(
-                        FlinkApplicationConfigurationUpdate::builder()
-                            .parallelism_configuration_update(
-                                ParallelismConfigurationUpdate::builder()
-                                    .configuration_type_update(ConfigurationType::Custom)
-                                    .parallelism_update(settings.parallelism)
-                                    .parallelism_per_kpu_update(settings.parallelism_per_kpu)
-                                    .auto_scaling_enabled_update(false)
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .environment_property_updates(
-                        EnvironmentPropertyUpdates::builder()
-                            .set_property_groups(Some(property_groups(settings)?))
-                            .build()
-                            .map_err(build_error("the environment properties"))?,
-                    )
-                    .build();
+                let update = configuration_update(settings)?;
                 client
                     .update_application()
                     .application_name(application)
@@ -756,7 +897,7 @@ impl PartReconciler for FlinkApplication {
             changes.push(Change::UpdateApplication {
                 application: name.clone(),
                 current_version_id: observed.version_id,
-                settings: desired.settings.clone(),
+                settings: settings_to_write(&desired.settings, &observed.settings),
                 changed,
             });
         }
@@ -790,6 +931,50 @@ impl PartReconciler for FlinkApplication {
             });
         }
         Ok(changes)
+    }
+
+    /// What the application has of its own: a newer runtime, autoscaling, other property groups
+    /// and keys, and the settings the spec has no field for.
+    fn kept(desired: &DesiredApplication, observed: Option<&ObservedApplication>) -> Vec<String> {
+        let Some(observed) = observed else {
+            return Vec::new();
+        };
+        let ours = &desired.settings;
+        let theirs = &observed.settings;
+        let mut said = Vec::new();
+        if is_newer_runtime(&theirs.runtime, &ours.runtime) {
+            said.push(format!(
+                "runtime {} (the spec says {}; Managed Flink cannot downgrade in place)",
+                theirs.runtime, ours.runtime
+            ));
+        }
+        if theirs.auto_scaling {
+            said.push("autoscaling".to_owned());
+        }
+        for (id, map) in &theirs.properties {
+            match ours.properties.get(id) {
+                None => said.push(format!("property group {id}")),
+                Some(own) => {
+                    let extra: Vec<&str> = map
+                        .keys()
+                        .filter(|key| !own.contains_key(*key))
+                        .map(String::as_str)
+                        .collect();
+                    if !extra.is_empty() {
+                        said.push(format!("properties {id} [{}]", extra.join(", ")));
+                    }
+                }
+            }
+        }
+        said.extend(observed.unmanaged.iter().cloned());
+        if said.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "Flink application {} {}",
+            desired.name,
+            said.join(", ")
+        )]
     }
 
     /// Ready when running (or stopped, when paused on purpose).
@@ -904,6 +1089,7 @@ mod tests {
                 nanos: 0,
             }),
             settings: desired.settings.clone(),
+            unmanaged: Vec::new(),
             tags: desired.tags.clone(),
         }
     }
@@ -1017,6 +1203,86 @@ mod tests {
         observed.status = "UPDATING".into();
         let error = FlinkApplication::diff(&app, Some(&observed)).expect_err("busy");
         assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn an_existing_applications_own_settings_are_kept() {
+        let pipeline = flink_pipeline();
+        let app = desired(&pipeline.spec, &names_for(&pipeline))
+            .expect("valid")
+            .expect("flink");
+        let mut observed = in_sync(&app);
+        observed.settings.runtime = "FLINK-1_20".into();
+        observed.settings.auto_scaling = true;
+        observed
+            .settings
+            .properties
+            .entry(PROPERTY_GROUP.into())
+            .or_default()
+            .insert("LOG_SAMPLE".into(), "0.01".into());
+        observed.settings.properties.insert(
+            "TeamProperties".into(),
+            BTreeMap::from([("ALERTS".into(), "on".into())]),
+        );
+        observed.unmanaged = vec!["snapshots".into()];
+        // A newer runtime, autoscaling, other groups and keys: none of it is drift.
+        assert_eq!(FlinkApplication::diff(&app, Some(&observed)), Ok(vec![]));
+        assert_eq!(
+            FlinkApplication::kept(&app, Some(&observed)),
+            [
+                "Flink application shop-full-heatmap runtime FLINK-1_20 (the spec says FLINK-1_18; Managed Flink cannot downgrade in place), autoscaling, properties FlinkApplicationProperties [LOG_SAMPLE], property group TeamProperties, snapshots"
+            ]
+        );
+        // An older runtime is upgraded.
+        let mut older = observed.clone();
+        older.settings.runtime = "FLINK-1_15".into();
+        let changes = FlinkApplication::diff(&app, Some(&older)).expect("diff");
+        assert!(
+            changes[0]
+                .to_string()
+                .ends_with("runtime FLINK-1_15 → FLINK-1_18")
+        );
+        // A declared setting drifts: the update writes it and keeps everything else.
+        observed.settings.parallelism = 8;
+        let changes = FlinkApplication::diff(&app, Some(&observed)).expect("diff");
+        let [Change::UpdateApplication { settings, .. }] = changes.as_slice() else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(settings.parallelism, 2);
+        assert_eq!(settings.runtime, "FLINK-1_20");
+        assert!(settings.auto_scaling);
+        assert_eq!(settings.properties[PROPERTY_GROUP]["LOG_SAMPLE"], "0.01");
+        assert_eq!(
+            settings.properties[PROPERTY_GROUP]["KINESIS_STREAM_ARN"],
+            app.settings.properties[PROPERTY_GROUP]["KINESIS_STREAM_ARN"]
+        );
+        assert_eq!(settings.properties["TeamProperties"]["ALERTS"], "on");
+        // The request names nothing the spec does not declare.
+        let update = configuration_update(settings).expect("update");
+        let flink = update
+            .flink_application_configuration_update()
+            .expect("flink");
+        assert!(flink.monitoring_configuration_update().is_none());
+        assert!(flink.checkpoint_configuration_update().is_none());
+        assert_eq!(
+            flink
+                .parallelism_configuration_update()
+                .and_then(|p| p.auto_scaling_enabled_update()),
+            Some(true)
+        );
+        assert!(update.application_snapshot_configuration_update().is_none());
+        assert!(update.vpc_configuration_updates().is_empty());
+        assert!(
+            update
+                .application_system_rollback_configuration_update()
+                .is_none()
+        );
+        assert_eq!(
+            update
+                .environment_property_updates()
+                .map(|e| e.property_groups().len()),
+            Some(2)
+        );
     }
 
     #[test]

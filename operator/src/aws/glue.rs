@@ -16,8 +16,20 @@
 //!   ([`Error::CrawlerRunning`], retried later).
 //!
 //! Glue tables cannot carry resource tags, so the table's owner is recorded in two table
-//! parameters with the same keys as the tags. Parameters the operator does not manage (crawlers
-//! add statistics) are kept on every update.
+//! parameters with the same keys as the tags.
+//!
+//! **Only what the spec declares.** The operator owns the table's type, location, columns,
+//! partition keys, formats, SerDe library, its own parameters (classification, `EXTERNAL`, the
+//! owner, and the projection parameters of the spec's `partitions`) and its own SerDe parameter.
+//! `UpdateTable` replaces the whole table input, so everything else an existing table has is
+//! carried over verbatim ([`UnmanagedTableSettings`]): other table and SerDe parameters (a
+//! crawler's statistics, a team's own keys), the description, owner, retention, storage
+//! descriptor parameters, SerDe name, compression flag and column comments. The database is
+//! never updated (its description and parameters stay as they are). A crawler's configuration
+//! JSON only has to *contain* the operator's settings: other keys (grouping, table-level
+//! settings) are kept, and an `UpdateCrawler` writes them back merged; the fields it does not
+//! name (description, recrawl policy, classifiers, table prefix, lineage, security
+//! configuration) keep their values. What is kept is said in the condition ([`Catalog::kept`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +64,20 @@ fn is_projection_parameter(key: &str) -> bool {
     key.starts_with("projection.") || key == "storage.location.template"
 }
 
+/// Table parameters a Glue crawler writes on the tables it updates: kept like any other, but
+/// not worth saying in the condition.
+const CRAWLER_TABLE_PARAMETERS: [&str; 9] = [
+    "averageRecordSize",
+    "compressionType",
+    "CrawlerSchemaDeserializerVersion",
+    "CrawlerSchemaSerializerVersion",
+    "objectCount",
+    "recordCount",
+    "sizeKey",
+    "typeOfData",
+    "UPDATED_BY_CRAWLER",
+];
+
 /// A column name and its Hive type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Column {
@@ -83,6 +109,69 @@ pub struct TableDefinition {
     pub serde_parameters: BTreeMap<String, String>,
     /// All parameters (on a desired table: the managed ones, including the owner).
     pub parameters: BTreeMap<String, String>,
+    /// What the table has that the spec does not declare (none on a desired table): never
+    /// compared, carried over by every update.
+    pub unmanaged: UnmanagedTableSettings,
+}
+
+/// The settings of a table that the operator does not manage; see the module comment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmanagedTableSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Days; 0 when unset.
+    pub retention: i32,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_parameters: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serde_name: Option<String>,
+    pub compressed: bool,
+    /// Column comments by column name (lower case).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub column_comments: BTreeMap<String, String>,
+}
+
+impl UnmanagedTableSettings {
+    /// The settings, described for the condition (empty when there are none).
+    fn describe(&self) -> Vec<String> {
+        let mut said = Vec::new();
+        if self.description.as_deref().is_some_and(|d| !d.is_empty()) {
+            said.push("description".to_owned());
+        }
+        if let Some(owner) = self.owner.as_deref().filter(|o| !o.is_empty()) {
+            said.push(format!("owner {owner}"));
+        }
+        if self.retention > 0 {
+            said.push(format!("retention {} days", self.retention));
+        }
+        if !self.storage_parameters.is_empty() {
+            said.push(format!(
+                "storage parameters [{}]",
+                keys(&self.storage_parameters)
+            ));
+        }
+        if let Some(name) = self.serde_name.as_deref().filter(|n| !n.is_empty()) {
+            said.push(format!("SerDe name {name}"));
+        }
+        if self.compressed {
+            said.push("compressed flag".to_owned());
+        }
+        if !self.column_comments.is_empty() {
+            said.push(format!("comments on [{}]", keys(&self.column_comments)));
+        }
+        said
+    }
+}
+
+/// `a, b, c`: the keys of a map, for messages.
+fn keys(map: &BTreeMap<String, String>) -> String {
+    map.keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -147,6 +236,8 @@ pub struct ObservedDatabase {
     pub name: String,
     pub catalog_id: Option<String>,
     pub description: Option<String>,
+    /// Never written by the operator.
+    pub parameters: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -166,6 +257,9 @@ pub struct ObservedCrawler {
     pub definition: CrawlerDefinition,
     /// Number of non-catalog targets (S3, JDBC, …) the crawler also has.
     pub other_targets: usize,
+    /// The settings `UpdateCrawler` does not name (description, recrawl policy, …), described:
+    /// they keep their values.
+    pub unmanaged: Vec<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -200,8 +294,8 @@ pub enum Change {
         table: String,
         definition: TableDefinition,
     },
-    /// UpdateTable with the complete definition (parameters the operator does not manage are
-    /// carried over).
+    /// UpdateTable with the complete definition (everything the operator does not manage is
+    /// carried over: see [`UnmanagedTableSettings`]).
     UpdateTable {
         database: String,
         table: String,
@@ -211,6 +305,8 @@ pub enum Change {
         crawler: CrawlerDefinition,
         tags: BTreeMap<String, String>,
     },
+    /// UpdateCrawler with the operator's settings; the configuration is the existing one with
+    /// the operator's keys set (its other keys are kept).
     UpdateCrawler {
         crawler: CrawlerDefinition,
     },
@@ -361,6 +457,7 @@ pub fn desired(
             serde_library: PARQUET_SERDE.to_owned(),
             serde_parameters: BTreeMap::from([("serialization.format".to_owned(), "1".to_owned())]),
             parameters,
+            unmanaged: UnmanagedTableSettings::default(),
         },
     };
     let crawler_wanted = catalog.partitions == PartitionDiscovery::Crawler;
@@ -472,6 +569,35 @@ async fn observe_crawler(
         + catalog_targets.len().saturating_sub(1);
     let first = catalog_targets.first();
     let policy = crawler.schema_change_policy();
+    let mut unmanaged = Vec::new();
+    if crawler.description().is_some_and(|d| !d.is_empty()) {
+        unmanaged.push("description".to_owned());
+    }
+    if let Some(recrawl) = crawler.recrawl_policy().and_then(|p| p.recrawl_behavior()) {
+        unmanaged.push(format!("recrawl policy {}", recrawl.as_str()));
+    }
+    if !crawler.classifiers().is_empty() {
+        unmanaged.push(format!(
+            "classifiers [{}]",
+            crawler.classifiers().join(", ")
+        ));
+    }
+    if let Some(prefix) = crawler.table_prefix().filter(|p| !p.is_empty()) {
+        unmanaged.push(format!("table prefix {prefix}"));
+    }
+    if let Some(security) = crawler
+        .crawler_security_configuration()
+        .filter(|c| !c.is_empty())
+    {
+        unmanaged.push(format!("security configuration {security}"));
+    }
+    if let Some(lineage) = crawler
+        .lineage_configuration()
+        .and_then(|l| l.crawler_lineage_settings())
+        .filter(|l| l.as_str() == "ENABLE")
+    {
+        unmanaged.push(format!("lineage {}", lineage.as_str()));
+    }
     Ok(Some(ObservedCrawler {
         state: crawler
             .state()
@@ -500,8 +626,26 @@ async fn observe_crawler(
             configuration: crawler.configuration().unwrap_or_default().to_owned(),
         },
         other_targets,
+        unmanaged,
         tags: get_tags(client, arn, &what).await?,
     }))
+}
+
+/// Column comments by lower-case column name.
+fn comments_from_sdk(columns: &[SdkColumn]) -> BTreeMap<String, String> {
+    columns
+        .iter()
+        .filter_map(|c| {
+            c.comment()
+                .filter(|comment| !comment.is_empty())
+                .map(|comment| (c.name().to_ascii_lowercase(), comment.to_owned()))
+        })
+        .collect()
+}
+
+fn map_of(map: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<String, String> {
+    map.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
 }
 
 fn columns_from_sdk(columns: &[SdkColumn]) -> Vec<Column> {
@@ -529,6 +673,7 @@ pub async fn observe(client: &Client, desired: &DesiredCatalog) -> Result<Observ
             name: database.name().to_owned(),
             catalog_id: database.catalog_id().map(str::to_owned),
             description: database.description().map(str::to_owned),
+            parameters: map_of(database.parameters()),
             tags,
         });
     }
@@ -575,14 +720,19 @@ pub async fn observe(client: &Client, desired: &DesiredCatalog) -> Result<Observ
                         .and_then(SerDeInfo::serialization_library)
                         .unwrap_or_default()
                         .to_owned(),
-                    serde_parameters: serde
-                        .and_then(SerDeInfo::parameters)
-                        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default(),
-                    parameters: found
-                        .parameters()
-                        .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default(),
+                    serde_parameters: map_of(serde.and_then(SerDeInfo::parameters)),
+                    parameters: map_of(found.parameters()),
+                    unmanaged: UnmanagedTableSettings {
+                        description: found.description().map(str::to_owned),
+                        owner: found.owner().map(str::to_owned),
+                        retention: found.retention(),
+                        storage_parameters: map_of(storage.and_then(StorageDescriptor::parameters)),
+                        serde_name: serde.and_then(SerDeInfo::name).map(str::to_owned),
+                        compressed: storage.is_some_and(StorageDescriptor::compressed),
+                        column_comments: storage
+                            .map(|s| comments_from_sdk(s.columns()))
+                            .unwrap_or_default(),
+                    },
                 },
             });
         }
@@ -596,8 +746,9 @@ pub async fn observe(client: &Client, desired: &DesiredCatalog) -> Result<Observ
     Ok(observed)
 }
 
-/// The definition to write: the desired one, plus the observed parameters the operator does
-/// not manage (minus projection parameters the desired table does not have).
+/// The definition to write: the desired one, plus everything of the observed table the
+/// operator does not manage — its other parameters (minus projection parameters the desired
+/// table does not have), other SerDe parameters and [`UnmanagedTableSettings`].
 fn merged_definition(desired: &TableDefinition, observed: &TableDefinition) -> TableDefinition {
     let mut parameters: BTreeMap<String, String> = observed
         .parameters
@@ -606,9 +757,109 @@ fn merged_definition(desired: &TableDefinition, observed: &TableDefinition) -> T
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     parameters.extend(desired.parameters.clone());
+    let mut serde_parameters = observed.serde_parameters.clone();
+    serde_parameters.extend(desired.serde_parameters.clone());
     TableDefinition {
         parameters,
+        serde_parameters,
+        unmanaged: observed.unmanaged.clone(),
         ..desired.clone()
+    }
+}
+
+/// The table's settings and parameters that the operator keeps as they are, described.
+fn kept_of_table(desired: &TableDefinition, observed: &TableDefinition) -> Vec<String> {
+    let mut said = observed.unmanaged.describe();
+    let other = |ours: &BTreeMap<String, String>, theirs: &BTreeMap<String, String>| {
+        theirs
+            .iter()
+            .filter(|(key, _)| {
+                !ours.contains_key(*key)
+                    && !is_projection_parameter(key)
+                    && !CRAWLER_TABLE_PARAMETERS.contains(&key.as_str())
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let parameters = other(&desired.parameters, &observed.parameters);
+    if !parameters.is_empty() {
+        said.push(format!("parameters [{}]", keys(&parameters)));
+    }
+    let serde = other(&desired.serde_parameters, &observed.serde_parameters);
+    if !serde.is_empty() {
+        said.push(format!("SerDe parameters [{}]", keys(&serde)));
+    }
+    said
+}
+
+/// True when every key of `desired` is in `observed` with the same value (objects compared key
+/// by key, anything else as a whole): other keys of `observed` are its own.
+fn json_contains(observed: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    match (observed, desired) {
+        (serde_json::Value::Object(observed), serde_json::Value::Object(desired)) => {
+            desired.iter().all(|(key, value)| {
+                observed
+                    .get(key)
+                    .is_some_and(|found| json_contains(found, value))
+            })
+        }
+        _ => observed == desired,
+    }
+}
+
+/// `observed` with the keys of `desired` set (objects merged key by key).
+fn json_merge(observed: &serde_json::Value, desired: &serde_json::Value) -> serde_json::Value {
+    match (observed, desired) {
+        (serde_json::Value::Object(observed), serde_json::Value::Object(desired)) => {
+            let mut merged = observed.clone();
+            for (key, value) in desired {
+                let next = match observed.get(key) {
+                    Some(found) => json_merge(found, value),
+                    None => value.clone(),
+                };
+                merged.insert(key.clone(), next);
+            }
+            serde_json::Value::Object(merged)
+        }
+        _ => desired.clone(),
+    }
+}
+
+/// The dotted paths of the keys `observed` has and `desired` does not.
+fn json_extra_keys(
+    observed: &serde_json::Value,
+    desired: &serde_json::Value,
+    prefix: &str,
+    into: &mut Vec<String>,
+) {
+    let (serde_json::Value::Object(observed), serde_json::Value::Object(desired)) =
+        (observed, desired)
+    else {
+        return;
+    };
+    for (key, value) in observed {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match desired.get(key) {
+            Some(ours) => json_extra_keys(value, ours, &path, into),
+            None => into.push(path),
+        }
+    }
+}
+
+fn parse_json(text: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(text).ok()
+}
+
+/// The configuration to write: the existing one with the operator's keys set; the operator's
+/// alone when the existing one is empty or not JSON.
+fn merged_configuration(desired: &str, observed: &str) -> String {
+    match (parse_json(desired), parse_json(observed)) {
+        (Some(ours), Some(theirs)) => json_merge(&theirs, &ours).to_string(),
+        _ => desired.to_owned(),
     }
 }
 
@@ -643,12 +894,11 @@ fn table_matches(desired: &TableDefinition, observed: &TableDefinition) -> bool 
 }
 
 fn crawler_matches(desired: &CrawlerDefinition, observed: &ObservedCrawler) -> bool {
-    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
     let same_configuration = match (
-        json(&desired.configuration),
-        json(&observed.definition.configuration),
+        parse_json(&desired.configuration),
+        parse_json(&observed.definition.configuration),
     ) {
-        (Some(a), Some(b)) => a == b,
+        (Some(ours), Some(theirs)) => json_contains(&theirs, &ours),
         _ => desired.configuration == observed.definition.configuration,
     };
     let observed = &observed.definition;
@@ -665,13 +915,17 @@ fn build_error(what: &str) -> impl FnOnce(aws_sdk_glue::error::BuildError) -> Er
     move |error| Error::internal(format!("building {what}: {error}"))
 }
 
-fn sdk_columns(columns: &[Column]) -> Result<Vec<SdkColumn>, Error> {
+fn sdk_columns(
+    columns: &[Column],
+    comments: &BTreeMap<String, String>,
+) -> Result<Vec<SdkColumn>, Error> {
     columns
         .iter()
         .map(|c| {
             SdkColumn::builder()
                 .name(&c.name)
                 .r#type(&c.kind)
+                .set_comment(comments.get(&c.name.to_ascii_lowercase()).cloned())
                 .build()
                 .map_err(build_error("a Glue column"))
         })
@@ -679,24 +933,35 @@ fn sdk_columns(columns: &[Column]) -> Result<Vec<SdkColumn>, Error> {
 }
 
 fn table_input(name: &str, definition: &TableDefinition) -> Result<TableInput, Error> {
+    let unmanaged = &definition.unmanaged;
     let serde = SerDeInfo::builder()
         .serialization_library(&definition.serde_library)
+        .set_name(unmanaged.serde_name.clone())
         .set_parameters(Some(
             definition.serde_parameters.clone().into_iter().collect(),
         ))
         .build();
+    let comments = &unmanaged.column_comments;
     let storage = StorageDescriptor::builder()
-        .set_columns(Some(sdk_columns(&definition.columns)?))
+        .set_columns(Some(sdk_columns(&definition.columns, comments)?))
         .location(&definition.location)
         .input_format(&definition.input_format)
         .output_format(&definition.output_format)
         .serde_info(serde)
+        .set_parameters(
+            (!unmanaged.storage_parameters.is_empty())
+                .then(|| unmanaged.storage_parameters.clone().into_iter().collect()),
+        )
+        .set_compressed(unmanaged.compressed.then_some(true))
         .build();
     TableInput::builder()
         .name(name)
         .table_type(&definition.table_type)
+        .set_description(unmanaged.description.clone())
+        .set_owner(unmanaged.owner.clone())
+        .set_retention((unmanaged.retention > 0).then_some(unmanaged.retention))
         .storage_descriptor(storage)
-        .set_partition_keys(Some(sdk_columns(&definition.partition_keys)?))
+        .set_partition_keys(Some(sdk_columns(&definition.partition_keys, comments)?))
         .set_parameters(Some(definition.parameters.clone().into_iter().collect()))
         .build()
         .map_err(build_error("the table input"))
@@ -1036,7 +1301,13 @@ impl PartReconciler for Catalog {
                             });
                         }
                         changes.push(Change::UpdateCrawler {
-                            crawler: crawler.definition.clone(),
+                            crawler: CrawlerDefinition {
+                                configuration: merged_configuration(
+                                    &crawler.definition.configuration,
+                                    &found.definition.configuration,
+                                ),
+                                ..crawler.definition.clone()
+                            },
                         });
                     }
                 }
@@ -1056,6 +1327,62 @@ impl PartReconciler for Catalog {
             });
         }
         Ok(changes)
+    }
+
+    /// What the database, table and crawler have that the spec does not declare.
+    fn kept(desired: &DesiredCatalog, observed: Option<&ObservedCatalog>) -> Vec<String> {
+        let Some(observed) = observed else {
+            return Vec::new();
+        };
+        let mut kept = Vec::new();
+        if let Some(database) = &observed.database {
+            let what = format!("Glue database {}", database.name);
+            if database
+                .description
+                .as_deref()
+                .is_some_and(|d| !d.is_empty() && d != desired.database.description)
+            {
+                kept.push(format!("{what} description"));
+            }
+            if !database.parameters.is_empty() {
+                kept.push(format!(
+                    "{what} parameters [{}]",
+                    keys(&database.parameters)
+                ));
+            }
+        }
+        if let Some(table) = &observed.table {
+            let said = kept_of_table(&desired.table.definition, &table.definition);
+            if !said.is_empty() {
+                kept.push(format!(
+                    "table {}.{} {}",
+                    table.database,
+                    table.name,
+                    said.join(", ")
+                ));
+            }
+        }
+        if let (Some(ours), Some(found)) = (&desired.crawler, &observed.crawler) {
+            let mut said = found.unmanaged.clone();
+            if let (Some(ours), Some(theirs)) = (
+                parse_json(&ours.definition.configuration),
+                parse_json(&found.definition.configuration),
+            ) {
+                let mut extra = Vec::new();
+                json_extra_keys(&theirs, &ours, "", &mut extra);
+                if !extra.is_empty() {
+                    said.push(format!("configuration [{}]", extra.join(", ")));
+                }
+            }
+            if !said.is_empty() {
+                kept.push(format!(
+                    "crawler {} {}",
+                    ours.definition.name,
+                    said.join(", ")
+                ));
+            }
+        }
+        kept
     }
 
     /// The catalog is ready when the database and table exist (and the crawler, if wanted).
@@ -1135,6 +1462,7 @@ mod tests {
                 name: desired.database.name.clone(),
                 catalog_id: Some("123456789012".into()),
                 description: None,
+                parameters: BTreeMap::new(),
                 tags: desired.database.tags.clone(),
             }),
             table: Some(ObservedTable {
@@ -1146,6 +1474,7 @@ mod tests {
                 state: "READY".into(),
                 definition: c.definition.clone(),
                 other_targets: 0,
+                unmanaged: Vec::new(),
                 tags: c.tags.clone(),
             }),
             crawler_to_remove: None,
@@ -1286,6 +1615,103 @@ mod tests {
     }
 
     #[test]
+    fn an_update_keeps_everything_the_spec_does_not_declare() {
+        let pipeline = fixture("pipeline-full.yaml");
+        let catalog = desired(&pipeline.spec, &names_for(&pipeline), None).expect("valid");
+        let mut observed = in_sync(&catalog);
+        let table = observed.table.as_mut().expect("table");
+        table
+            .definition
+            .parameters
+            .insert("team".into(), "web".into());
+        table
+            .definition
+            .parameters
+            .insert("recordCount".into(), "42".into());
+        table
+            .definition
+            .serde_parameters
+            .insert("parquet.compression".into(), "ZSTD".into());
+        table.definition.unmanaged = UnmanagedTableSettings {
+            description: Some("heatmaps".into()),
+            owner: Some("web-team".into()),
+            retention: 30,
+            storage_parameters: BTreeMap::from([("team".into(), "web".into())]),
+            serde_name: Some("parquet".into()),
+            compressed: true,
+            column_comments: BTreeMap::from([("page_id".into(), "the page".into())]),
+        };
+        // None of it is drift.
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
+        assert_eq!(
+            Catalog::kept(&catalog, Some(&observed)),
+            [
+                "table shop_heatmap.curated_heatmap description, owner web-team, retention 30 days, storage parameters [team], SerDe name parquet, compressed flag, comments on [page_id], parameters [team], SerDe parameters [parquet.compression]"
+            ]
+        );
+        // A schema change is; the update carries all of it over.
+        let table = observed.table.as_mut().expect("table");
+        table.definition.columns[0].kind = "varchar(10)".into();
+        let changes = Catalog::diff(&catalog, Some(&observed)).expect("diff");
+        let [Change::UpdateTable { definition, .. }] = changes.as_slice() else {
+            panic!("{changes:?}");
+        };
+        let found = &observed.table.as_ref().expect("table").definition;
+        assert_eq!(definition.unmanaged, found.unmanaged);
+        assert_eq!(definition.parameters["team"], "web");
+        assert_eq!(definition.serde_parameters["parquet.compression"], "ZSTD");
+        assert_eq!(definition.serde_parameters["serialization.format"], "1");
+        assert_eq!(definition.columns[0].kind, "string");
+        let input = table_input("curated_heatmap", definition).expect("input");
+        assert_eq!(input.description(), Some("heatmaps"));
+        assert_eq!(input.retention(), 30);
+        let storage = input.storage_descriptor().expect("storage");
+        assert_eq!(storage.columns()[0].comment(), Some("the page"));
+        assert_eq!(storage.columns()[1].comment(), None);
+        assert!(storage.compressed());
+    }
+
+    #[test]
+    fn a_crawler_configuration_only_has_to_contain_the_operators_keys() {
+        let pipeline = fixture("pipeline-full.yaml");
+        let catalog = desired(&pipeline.spec, &names_for(&pipeline), None).expect("valid");
+        let mut observed = in_sync(&catalog);
+        let crawler = observed.crawler.as_mut().expect("crawler");
+        crawler.definition.configuration = r#"{"Version":1.0,"Grouping":{"TableGroupingPolicy":"CombineCompatibleSchemas"},"CrawlerOutput":{"Partitions":{"AddOrUpdateBehavior":"InheritFromTable"},"Tables":{"AddOrUpdateBehavior":"MergeNewColumns"}}}"#.into();
+        crawler.unmanaged = vec!["recrawl policy CRAWL_NEW_FOLDERS_ONLY".into()];
+        assert_eq!(Catalog::diff(&catalog, Some(&observed)), Ok(vec![]));
+        assert_eq!(
+            Catalog::kept(&catalog, Some(&observed)),
+            [
+                "crawler shop-full-curated recrawl policy CRAWL_NEW_FOLDERS_ONLY, configuration [CrawlerOutput.Tables, Grouping]"
+            ]
+        );
+        // The operator's key changed: the update sets it and keeps the others.
+        let crawler = observed.crawler.as_mut().expect("crawler");
+        crawler.definition.configuration = crawler
+            .definition
+            .configuration
+            .replace("InheritFromTable", "Other");
+        let changes = Catalog::diff(&catalog, Some(&observed)).expect("diff");
+        let [Change::UpdateCrawler { crawler }] = changes.as_slice() else {
+            panic!("{changes:?}");
+        };
+        let written: serde_json::Value =
+            serde_json::from_str(&crawler.configuration).expect("json");
+        assert_eq!(
+            written,
+            serde_json::json!({
+                "Version": 1.0,
+                "Grouping": {"TableGroupingPolicy": "CombineCompatibleSchemas"},
+                "CrawlerOutput": {
+                    "Partitions": {"AddOrUpdateBehavior": "InheritFromTable"},
+                    "Tables": {"AddOrUpdateBehavior": "MergeNewColumns"}
+                }
+            })
+        );
+    }
+
+    #[test]
     fn switching_to_crawler_mode_removes_projection() {
         let minimal = fixture("pipeline-minimal.yaml");
         let projection = desired(&minimal.spec, &names_for(&minimal), None).expect("valid");
@@ -1400,6 +1826,7 @@ mod tests {
                 configuration: String::new(),
             },
             other_targets: 0,
+            unmanaged: Vec::new(),
             tags: catalog.owner.tags(),
         });
         assert_eq!(

@@ -13,7 +13,16 @@
 //!   ([`next_shard_count`]);
 //! * after any call that leaves the stream `UPDATING` ([`Change::needs_settling`]) the
 //!   remaining changes wait for the next reconcile, which re-observes and re-plans;
-//! * nothing is changed while the stream is not `ACTIVE` ([`Error::Busy`], retried).
+//! * nothing is changed while the stream is not `ACTIVE` ([`Error::Busy`], retried);
+//! * AWS allows [`RESHARDS_PER_DAY`] `UpdateShardCount` calls per stream in a rolling 24 hours.
+//!   The stream's description has no history, so after each call the operator records its time
+//!   on the stream itself, in the tag [`RESIZED_AT_TAG`] (epoch seconds, the last 24 hours
+//!   only). A tag rather than the pipeline's status: it lives and dies with the stream, survives
+//!   a pipeline re-created over it (or a status lost), needs no CRD field, and is read with the
+//!   tags the reconciler reads anyway. From it, [`resize_budget`] says before the quota is hit
+//!   how far a resize gets today and when it goes on; with no call left, none is planned and
+//!   the condition says when the next is allowed. Calls made by others are not recorded: the
+//!   quota error stays the backstop ([`Error::Busy`]).
 //!
 //! `CreateStream` takes the tags, so a new stream is never untagged; the operator checks them
 //! afterwards and adds them when an endpoint ignored them (moto does).
@@ -98,6 +107,11 @@ pub struct ObservedStream {
     pub tags: BTreeMap<String, String>,
     /// The pipeline's consumer, when registered.
     pub consumer: Option<ObservedConsumer>,
+    /// When the operator called `UpdateShardCount` on the stream (epoch seconds), from the tag
+    /// [`RESIZED_AT_TAG`].
+    pub resized_at: Vec<i64>,
+    /// When the stream was read (epoch seconds): the resize budget is judged from then.
+    pub observed_at: i64,
 }
 
 /// One Kinesis call the operator would make.
@@ -140,6 +154,13 @@ pub enum Change {
         from: i32,
         to: i32,
         target: i32,
+        /// `UpdateShardCount` calls left in AWS's rolling 24-hour quota, this one included (as
+        /// far as the operator recorded its calls).
+        calls_left: u32,
+        /// When the resize is too long for the calls left: when the quota allows the next call
+        /// after them (RFC 3339).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        more_from: Option<String>,
     },
     RegisterStreamConsumer {
         stream: String,
@@ -202,13 +223,30 @@ impl fmt::Display for Change {
                 from,
                 to,
                 target,
+                calls_left,
+                more_from,
             } => {
                 write!(
                     f,
                     "change shard count of stream {stream} from {from} to {to}"
                 )?;
-                if to != target {
-                    let steps = resize_steps(*from, *target);
+                let steps = resize_steps(*from, *target);
+                if let Some(more_from) = more_from {
+                    write!(
+                        f,
+                        " ({}: {} shards today, the rest from {more_from}",
+                        resize_needs(*from, *target, *calls_left),
+                        shards_after(*from, *target, *calls_left)
+                    )?;
+                    if steps > RESHARDS_PER_DAY {
+                        write!(
+                            f,
+                            "; at least {} days in all",
+                            steps.div_ceil(RESHARDS_PER_DAY)
+                        )?;
+                    }
+                    f.write_str(")")?;
+                } else if to != target {
                     write!(f, " (step 1 of {steps} towards {target}")?;
                     if steps > RESHARDS_PER_DAY {
                         write!(
@@ -284,6 +322,100 @@ pub fn resize_steps(current: i32, target: i32) -> u32 {
     steps
 }
 
+/// The tag on the stream that records the operator's `UpdateShardCount` calls of the last 24
+/// hours: epoch seconds, separated by spaces.
+pub const RESIZED_AT_TAG: &str = "clickheatmap.io/resized-at";
+
+const DAY_SECONDS: i64 = 24 * 60 * 60;
+
+/// The times in [`RESIZED_AT_TAG`]'s value (anything else in it is ignored).
+pub fn parse_resized_at(value: &str) -> Vec<i64> {
+    value
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect()
+}
+
+/// The calls of `times` within the 24 hours before `now`, oldest first.
+pub fn recent_resizes(times: &[i64], now: i64) -> Vec<i64> {
+    let mut recent: Vec<i64> = times
+        .iter()
+        .copied()
+        .filter(|time| *time > now - DAY_SECONDS && *time <= now)
+        .collect();
+    recent.sort_unstable();
+    recent
+}
+
+/// How far a resize gets within the `UpdateShardCount` quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResizeBudget {
+    /// Calls the whole resize needs.
+    pub steps: u32,
+    /// Calls left in the rolling 24 hours.
+    pub calls_left: u32,
+    /// The shard count after the calls left (the target when they suffice).
+    pub reachable: i32,
+    /// When they do not suffice: when the quota allows the next call after them (epoch
+    /// seconds).
+    pub more_from: Option<i64>,
+}
+
+/// The quota for a resize from `current` to `target` shards at `now`, given the operator's
+/// earlier calls (`resized_at`, epoch seconds). A call leaves the rolling window 24 hours after
+/// it was made, so once the calls left are used the next one is allowed 24 hours after the
+/// oldest call in the window (or after now, when there is none).
+pub fn resize_budget(current: i32, target: i32, resized_at: &[i64], now: i64) -> ResizeBudget {
+    let recent = recent_resizes(resized_at, now);
+    let used = u32::try_from(recent.len()).unwrap_or(u32::MAX);
+    let calls_left = RESHARDS_PER_DAY.saturating_sub(used);
+    let steps = resize_steps(current, target);
+    ResizeBudget {
+        steps,
+        calls_left,
+        reachable: shards_after(current, target, calls_left),
+        more_from: (steps > calls_left)
+            .then(|| recent.first().copied().unwrap_or(now) + DAY_SECONDS),
+    }
+}
+
+/// The shard count after at most `calls` steps from `current` towards `target`.
+fn shards_after(current: i32, target: i32, calls: u32) -> i32 {
+    let mut shards = current;
+    for _ in 0..calls {
+        if shards == target {
+            break;
+        }
+        shards = next_shard_count(shards, target);
+    }
+    shards
+}
+
+/// `resizing 1 → 64 shards needs 6 UpdateShardCount calls; 3 are left in the 24 h quota`.
+fn resize_needs(current: i32, target: i32, calls_left: u32) -> String {
+    let left = match calls_left {
+        0 => "none is".to_owned(),
+        1 => "1 is".to_owned(),
+        n => format!("{n} are"),
+    };
+    format!(
+        "resizing {current} → {target} shards needs {} UpdateShardCount calls; {left} left in the \
+         24 h quota",
+        resize_steps(current, target)
+    )
+}
+
+/// Epoch seconds as RFC 3339.
+fn rfc3339(seconds: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(seconds)
+        .map(|time| time.to_string())
+        .unwrap_or_else(|_| seconds.to_string())
+}
+
+fn now_seconds() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
+}
+
 /// The next shard count on the way from `current` to `target` that `UpdateShardCount` accepts:
 /// at most double, at least half (rounded up) of the current count.
 pub fn next_shard_count(current: i32, target: i32) -> i32 {
@@ -347,6 +479,11 @@ pub async fn observe(
             .map(|kind| kind.as_str().to_owned())
             .unwrap_or_else(|| "NONE".to_owned()),
         key_id: summary.key_id().map(str::to_owned),
+        resized_at: tags
+            .get(RESIZED_AT_TAG)
+            .map(|value| parse_resized_at(value))
+            .unwrap_or_default(),
+        observed_at: now_seconds(),
         tags,
         consumer,
     }))
@@ -553,8 +690,47 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
                         error
                     }
                 })?;
+            record_resize(client, stream).await;
             Ok(())
         }
+    }
+}
+
+/// Adds this call's time to [`RESIZED_AT_TAG`] (keeping the last 24 hours). The resize is made
+/// whatever happens here: a failure is logged, and the quota error stays the backstop.
+async fn record_resize(client: &Client, stream: &str) {
+    let now = now_seconds();
+    let previous = client
+        .list_tags_for_stream()
+        .stream_name(stream)
+        .send()
+        .await
+        .map(|page| {
+            page.tags()
+                .iter()
+                .find(|tag| tag.key() == RESIZED_AT_TAG)
+                .and_then(|tag| tag.value())
+                .map(parse_resized_at)
+                .unwrap_or_default()
+        });
+    let mut times = match previous {
+        Ok(times) => recent_resizes(&times, now),
+        Err(error) => {
+            tracing::warn!(stream, error = %error, "could not read the resize record");
+            Vec::new()
+        }
+    };
+    times.push(now);
+    let keep = usize::try_from(RESHARDS_PER_DAY).unwrap_or(usize::MAX);
+    let skip = times.len().saturating_sub(keep);
+    let value = times[skip..]
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tags = BTreeMap::from([(RESIZED_AT_TAG.to_owned(), value)]);
+    if let Err(error) = add_tags(client, stream, &tags).await {
+        tracing::warn!(stream, error = %error, "could not record the resize");
     }
 }
 
@@ -729,12 +905,23 @@ impl PartReconciler for Stream {
         if let Some(target) = desired.shards
             && observed.open_shards != target
         {
-            changes.push(Change::UpdateShardCount {
-                stream: stream.clone(),
-                from: observed.open_shards,
-                to: next_shard_count(observed.open_shards, target),
+            let budget = resize_budget(
+                observed.open_shards,
                 target,
-            });
+                &observed.resized_at,
+                observed.observed_at,
+            );
+            // With no call left in the quota none is planned; `readiness` says until when.
+            if budget.calls_left > 0 {
+                changes.push(Change::UpdateShardCount {
+                    stream: stream.clone(),
+                    from: observed.open_shards,
+                    to: next_shard_count(observed.open_shards, target),
+                    target,
+                    calls_left: budget.calls_left,
+                    more_from: budget.more_from.map(rfc3339),
+                });
+            }
         }
         if !changes.is_empty() && observed.status != "ACTIVE" {
             return Err(Error::Busy {
@@ -766,9 +953,28 @@ impl PartReconciler for Stream {
     }
 
     /// A stream is ready when it is `ACTIVE`.
-    fn readiness(_desired: &DesiredStream, observed: Option<&ObservedStream>) -> Readiness {
+    fn readiness(desired: &DesiredStream, observed: Option<&ObservedStream>) -> Readiness {
         match observed {
-            Some(stream) if stream.status == "ACTIVE" => Readiness::Ready,
+            Some(stream) if stream.status == "ACTIVE" => match desired.shards {
+                Some(target) if stream.open_shards != target => {
+                    let budget = resize_budget(
+                        stream.open_shards,
+                        target,
+                        &stream.resized_at,
+                        stream.observed_at,
+                    );
+                    match budget.more_from {
+                        Some(from) if budget.calls_left == 0 => Readiness::Provisioning(format!(
+                            "stream {}: {}: the next from {}",
+                            stream.name,
+                            resize_needs(stream.open_shards, target, 0),
+                            rfc3339(from)
+                        )),
+                        _ => Readiness::Ready,
+                    }
+                }
+                _ => Readiness::Ready,
+            },
             Some(stream) => {
                 Readiness::Provisioning(format!("stream {} is {}", stream.name, stream.status))
             }
@@ -823,6 +1029,8 @@ mod tests {
                 arn: format!("{}/consumer/{}:1", desired.arn, desired.consumer.name),
                 status: "ACTIVE".into(),
             }),
+            resized_at: Vec::new(),
+            observed_at: NOW,
         }
     }
 
@@ -1011,7 +1219,9 @@ mod tests {
                     stream: "shop-full-clicks".into(),
                     from: 8,
                     to: 4,
-                    target: 2
+                    target: 2,
+                    calls_left: 10,
+                    more_from: None,
                 },
             ]
         );
@@ -1031,11 +1241,110 @@ mod tests {
             from: 1,
             to: 2,
             target: 4096,
+            calls_left: 10,
+            more_from: None,
         };
         assert_eq!(
             change.to_string(),
             "change shard count of stream s from 1 to 2 (step 1 of 12 towards 4096; AWS allows \
              10 resizes per stream per 24 hours, so this takes at least 2 days)"
+        );
+        // As planned from the quota: 10 calls today.
+        let budget = resize_budget(1, 4096, &[], NOW);
+        let change = Change::UpdateShardCount {
+            stream: "s".into(),
+            from: 1,
+            to: 2,
+            target: 4096,
+            calls_left: budget.calls_left,
+            more_from: budget.more_from.map(rfc3339),
+        };
+        assert_eq!(
+            change.to_string(),
+            "change shard count of stream s from 1 to 2 (resizing 1 → 4096 shards needs 12 \
+             UpdateShardCount calls; 10 are left in the 24 h quota: 1024 shards today, the rest \
+             from 2025-06-16T12:00:00Z; at least 2 days in all)"
+        );
+    }
+
+    /// 2025-06-15T12:00:00Z.
+    const NOW: i64 = 1_749_988_800;
+
+    #[test]
+    fn the_resize_budget_counts_the_calls_of_the_last_24_hours() {
+        let hour = 3600;
+        assert_eq!(parse_resized_at("12 x 7  9"), [12, 7, 9]);
+        // Calls older than 24 hours (or in the future) no longer count.
+        let times = [NOW - 25 * hour, NOW - 3 * hour, NOW - 5 * hour, NOW + hour];
+        assert_eq!(
+            recent_resizes(&times, NOW),
+            [NOW - 5 * hour, NOW - 3 * hour]
+        );
+        // Nothing recorded: the whole quota.
+        assert_eq!(
+            resize_budget(1, 64, &[], NOW),
+            ResizeBudget {
+                steps: 6,
+                calls_left: 10,
+                reachable: 64,
+                more_from: None
+            }
+        );
+        // Seven calls in the last 24 hours: 1 → 2 → 4 → 8 today, the rest once the oldest of
+        // them is 24 hours old.
+        let seven: Vec<i64> = (1..=7).map(|h| NOW - h * hour).collect();
+        assert_eq!(
+            resize_budget(1, 64, &seven, NOW),
+            ResizeBudget {
+                steps: 6,
+                calls_left: 3,
+                reachable: 8,
+                more_from: Some(NOW - 7 * hour + 24 * hour)
+            }
+        );
+        assert_eq!(
+            resize_needs(1, 64, 3),
+            "resizing 1 → 64 shards needs 6 UpdateShardCount calls; 3 are left in the 24 h quota"
+        );
+        // Shrinking counts the same way; exactly enough calls is enough.
+        assert_eq!(resize_budget(64, 8, &seven, NOW).more_from, None);
+        // None left: nothing is planned and the condition says until when.
+        let ten: Vec<i64> = (1..=10).map(|h| NOW - h * hour).collect();
+        let budget = resize_budget(1, 64, &ten, NOW);
+        assert_eq!((budget.calls_left, budget.reachable), (0, 1));
+        assert_eq!(budget.more_from, Some(NOW + 14 * hour));
+    }
+
+    #[test]
+    fn a_resize_past_the_quota_says_so_before_running_into_it() {
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full));
+        let mut observed = in_sync(&stream);
+        observed.open_shards = 1;
+        let mut wide = stream.clone();
+        wide.shards = Some(64);
+        let hour = 3600;
+        observed.resized_at = (1..=7).map(|h| NOW - h * hour).collect();
+        let changes = Stream::diff(&wide, Some(&observed)).expect("diff");
+        assert_eq!(
+            changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "change shard count of stream shop-full-clicks from 1 to 2 (resizing 1 → 64 shards \
+              needs 6 UpdateShardCount calls; 3 are left in the 24 h quota: 8 shards today, the \
+              rest from 2025-06-16T05:00:00Z)"
+            ]
+        );
+        assert_eq!(Stream::readiness(&wide, Some(&observed)), Readiness::Ready);
+        // All ten used: no call at all, and the condition says when the next is allowed.
+        observed.resized_at = (1..=10).map(|h| NOW - h * hour).collect();
+        assert_eq!(Stream::diff(&wide, Some(&observed)), Ok(vec![]));
+        assert_eq!(
+            Stream::readiness(&wide, Some(&observed)),
+            Readiness::Provisioning(
+                "stream shop-full-clicks: resizing 1 → 64 shards needs 6 UpdateShardCount calls; \
+                 none is left in the 24 h quota: the next from 2025-06-16T02:00:00Z"
+                    .into()
+            )
         );
     }
 

@@ -98,6 +98,7 @@ impl FakeFlink {
                             nanos: 250_000_000,
                         }),
                         settings: settings.clone(),
+                        unmanaged: Vec::new(),
                         tags: tags.clone(),
                     },
                 );
@@ -138,6 +139,8 @@ impl FakeFlink {
                 if app.status != "READY" && app.status != "RUNNING" {
                     return Err(busy(application, "ResourceInUseException: transitional"));
                 }
+                // Like Managed Flink: what the update names is replaced, the rest (`unmanaged`)
+                // stays.
                 app.settings = settings.clone();
                 app.version_id += 1;
                 if app.status == "RUNNING" {
