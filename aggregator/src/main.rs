@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use clickheatmap_aggregator::live::LiveBoard;
 use clickheatmap_aggregator::metrics::Metrics;
 use clickheatmap_aggregator::pipeline::{Pipeline, RunReport};
@@ -15,6 +15,7 @@ use clickheatmap_aggregator::render::{GridCounts, RenderOptions, encode_png, ren
 use clickheatmap_aggregator::synth::{Generator, SynthOptions};
 use clickheatmap_aggregator::{consumer, location::Location, server, time};
 use clickheatmap_crds::{AggregatorConfig, Duration, SourceConfig};
+use clickheatmap_logging::LogFormat;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tokio::sync::watch;
@@ -29,12 +30,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -158,8 +153,11 @@ struct QueryArgs {
 fn main() -> ExitCode {
     // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
     clickheatmap_tls::install_crypto_provider();
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli: Cli = match clickheatmap_logging::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    clickheatmap_logging::init(cli.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,18 +192,6 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn run(args: RunArgs) -> CliResult {
     let mut config = match &args.config {

@@ -12,6 +12,7 @@ use clickheatmap_collector::{
     RecordSink, RetryPolicy, StdoutSink,
 };
 use clickheatmap_crds::Duration;
+use clickheatmap_logging::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -28,12 +29,6 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -163,8 +158,11 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 fn main() -> ExitCode {
     // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
     clickheatmap_tls::install_crypto_provider();
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli: Cli = match clickheatmap_logging::parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    clickheatmap_logging::init(cli.log_format, "info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -189,18 +187,6 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::aws::AwsClients;
+use crate::controller::LogFormat;
 use crate::error::Error;
 use crate::pipeline::{PipelinePlan, plan_pipeline};
 
@@ -54,46 +55,22 @@ pub enum Output {
     Json,
 }
 
-/// Reports a command-line error the way the logs of this run were asked for: a JSON line when
-/// the arguments say `--log-format json` (what a log pipeline expects from a pod), clap's own
-/// text otherwise (help and version included).
-fn usage_error(error: &clap::Error, args: &[String]) -> ExitCode {
-    let wants_json = args
-        .windows(2)
-        .any(|pair| pair[0] == "--log-format" && pair[1] == "json")
-        || args.iter().any(|arg| arg == "--log-format=json");
-    let is_error = error.use_stderr();
-    if wants_json && is_error {
-        let line = json!({
-            "timestamp": jiff_now(),
-            "level": "ERROR",
-            "fields": {"message": "invalid command line", "error": error.render().to_string().trim()},
-            "target": "clickheatmap_operator::cli",
-        });
-        eprintln!("{line}");
-        return ExitCode::from(2);
-    }
-    let _ = error.print();
-    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
-}
-
-fn jiff_now() -> String {
-    k8s_openapi::jiff::Timestamp::now().to_string()
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
     clickheatmap_tls::install_crypto_provider();
-    let cli = match Cli::try_parse() {
+    // A bad argument of a run that asked for JSON logs is a JSON log line too.
+    let cli: Cli = match clickheatmap_logging::parse_args() {
         Ok(cli) => cli,
-        Err(error) => return usage_error(&error, std::env::args().collect::<Vec<_>>().as_slice()),
+        Err(code) => return code,
     };
-    let json_logs = matches!(
-        &cli.command,
-        Command::Run(args) if args.log_format == crate::controller::LogFormat::Json
-    );
-    init_tracing(json_logs);
+    match &cli.command {
+        // Text logs are for people at a terminal: warnings and errors only, unless RUST_LOG.
+        Command::Run(args) if args.log_format == LogFormat::Json => {
+            clickheatmap_logging::init(LogFormat::Json, "info")
+        }
+        _ => clickheatmap_logging::init(LogFormat::Text, "warn"),
+    }
     match cli.command {
         Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -133,20 +110,6 @@ pub fn main() -> ExitCode {
             runtime.block_on(plan_command(&file, output, detailed_exitcode))
         }
     }
-}
-
-fn init_tracing(json: bool) {
-    let default = if json { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 async fn plan_command(file: &std::path::Path, output: Output, detailed: bool) -> ExitCode {

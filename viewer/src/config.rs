@@ -22,11 +22,7 @@ pub enum EngineKind {
     Athena,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use clickheatmap_logging::LogFormat;
 
 /// The heatmap viewer: pick a page and a time range, see where people click.
 #[derive(Parser, Debug, Clone)]

@@ -2,21 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use clickheatmap_viewer::config::{Config, LogFormat};
+use clickheatmap_viewer::config::Config;
 use clickheatmap_viewer::server;
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -46,8 +33,11 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     // One TLS provider for every HTTPS client of the process (see clickheatmap-tls).
     clickheatmap_tls::install_crypto_provider();
-    let config = Config::parse();
-    init_logging(config.log_format);
+    let config: Config = match clickheatmap_logging::parse_args() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    clickheatmap_logging::init(config.log_format, "info");
     let viewer = match config.build().await {
         Ok(viewer) => viewer,
         Err(error) => {

@@ -127,11 +127,7 @@ pub struct RunArgs {
     pub aws_credentials_secret: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use clickheatmap_logging::LogFormat;
 
 /// The AWS side of a reconcile, behind a trait so that controller tests can fake it.
 pub trait PipelineBackend: Send + Sync + 'static {
