@@ -179,6 +179,12 @@ impl ShardWorker {
         let progress = ShardProgress {
             shard_id: shard_id.to_owned(),
             sequence_number: position.clone(),
+            // Every window before this was handed out: the table is complete up to it, across
+            // restarts (a restart must not look like a first window to the operator).
+            last_committed_window_end_ms: checkpoint
+                .as_ref()
+                .map(|c| c.windows.closed_before)
+                .filter(|end| *end > i64::MIN),
             watermark_ms: aggregator.watermark(),
             oldest_open_window_start_ms: aggregator.oldest_open_window(),
             window_size_ms: aggregator.window_size_ms(),
@@ -349,16 +355,20 @@ impl ShardWorker {
             .await?;
         let report = self.sink.write(&flush.windows, &flush.dead_letters).await?;
         self.metrics.add_written(&report);
+        let newest_end = flush.windows.iter().map(|window| window.window_end).max();
+        self.pending = None;
+        self.commit().await?;
+        // Only what is committed: an uncommitted flush is undone at the next start.
         self.progress.files_committed += report.files;
-        if let Some(end) = flush.windows.iter().map(|window| window.window_end).max() {
+        if let Some(end) = newest_end {
             let newest = self
                 .progress
                 .last_committed_window_end_ms
                 .get_or_insert(end);
             *newest = (*newest).max(end);
         }
-        self.pending = None;
-        self.commit().await
+        self.report_progress(None, true);
+        Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), ConsumerError> {
@@ -759,6 +769,9 @@ pub async fn consume(
     consume_from(config, settings, source, metrics, ready, live, stop).await
 }
 
+/// Longest a progress report write may hold up the supervision loop.
+const PROGRESS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub async fn consume_from(
     config: &AggregatorConfig,
     settings: &KinesisSourceConfig,
@@ -820,9 +833,12 @@ pub async fn consume_from(
         tokio::select! {
             _ = discovery.tick() => {}
             _ = progress_tick.tick() => {
-                // The operator's view of this replica; a failure only delays it.
-                if let Err(err) = progress.write_if_due(&board, now_ms()).await {
-                    tracing::warn!(path = %progress.path(), error = %err, "writing the progress report failed; retrying");
+                // The operator's view of this replica; a failure only delays it. Bounded, so that
+                // a slow store never holds up lease renewal or shutdown in this loop.
+                match tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, progress.write_if_due(&board, now_ms())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => tracing::warn!(path = %progress.path(), error = %err, "writing the progress report failed; retrying"),
+                    Err(_) => tracing::warn!(path = %progress.path(), "writing the progress report timed out; retrying"),
                 }
                 continue;
             }

@@ -39,6 +39,8 @@ struct BoardState {
     totals: ProgressCounts,
     /// A shard committed since the last write.
     committed: bool,
+    /// A shard reader has reported at least once.
+    updated: bool,
 }
 
 /// What the shard readers of one replica report, shared with the writer.
@@ -54,6 +56,7 @@ impl ProgressBoard {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.totals.add(read);
         state.committed |= committed;
+        state.updated = true;
         match state.shards.get_mut(&shard.shard_id) {
             Some(entry) => entry.clone_from(shard),
             None => {
@@ -68,13 +71,14 @@ impl ProgressBoard {
         state.shards.remove(shard_id);
     }
 
-    fn take(&self) -> (Vec<ShardProgress>, ProgressCounts, bool) {
+    fn take(&self) -> (Vec<ShardProgress>, ProgressCounts, bool, bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let committed = std::mem::take(&mut state.committed);
         (
             state.shards.values().cloned().collect(),
             state.totals.clone(),
             committed,
+            state.updated,
         )
     }
 }
@@ -121,11 +125,20 @@ impl ProgressWriter {
         board: &ProgressBoard,
         now_ms: i64,
     ) -> Result<bool, object_store::Error> {
-        let (shards, totals, committed) = board.take();
+        let (shards, totals, committed, updated) = board.take();
         self.commit_pending |= committed;
-        let since_last = self
-            .last_written_ms
-            .map_or(i64::MAX, |at| now_ms.saturating_sub(at));
+        // Before any shard has been read, a report would say "no shard, no traffic": wait for
+        // the first read, or a heartbeat's time (a replica with no shard to read still beats).
+        let since_last = self.last_written_ms.map_or_else(
+            || {
+                if updated || now_ms.saturating_sub(self.started_at_ms) >= PROGRESS_HEARTBEAT_MS {
+                    i64::MAX
+                } else {
+                    0
+                }
+            },
+            |at| now_ms.saturating_sub(at),
+        );
         let due = since_last >= PROGRESS_HEARTBEAT_MS
             || (self.commit_pending && since_last >= PROGRESS_MIN_INTERVAL_MS);
         if !due {
@@ -226,7 +239,13 @@ mod tests {
             writer.path().as_ref(),
             "curated/_checkpoints/clicks/_progress/shop-aggregator-0_1.json"
         );
-        // The first call always writes: the replica is alive.
+        // Nothing read yet: no report that would say "no shard, no traffic"…
+        assert!(!writer.write_if_due(&board, start).await.unwrap());
+        // …until a heartbeat's time (a replica with no shard still beats), or the first read.
+        let idle = ProgressBoard::default();
+        let mut lonely = ProgressWriter::new(&location, "clicks", "shop-aggregator-9", start);
+        assert!(lonely.write_if_due(&idle, start + 60_000).await.unwrap());
+        board.update(&shard("s-0", start + 1), &read_counts(0, 0), false);
         assert!(writer.write_if_due(&board, start).await.unwrap());
         board.update(&shard("s-0", start + 1), &read_counts(30, 0), true);
         // A commit right after a write waits for the minimum interval…

@@ -66,7 +66,13 @@ pub fn parse_from<C: Parser>(args: Vec<OsString>, env: Option<OsString>) -> Resu
 fn report(error: &clap::Error, json: bool) -> ExitCode {
     let code = u8::try_from(error.exit_code()).unwrap_or(2);
     if json && error.use_stderr() {
-        init(LogFormat::Json, "info");
+        // Not through `init`: RUST_LOG (e.g. `clickheatmap_operator=debug`) must not filter
+        // out the one line that says why the process exits.
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::ERROR)
+            .with_writer(std::io::stderr)
+            .try_init();
         let rendered = error.render().to_string();
         tracing::error!(error = rendered.trim(), "invalid command line");
     } else {

@@ -255,8 +255,8 @@ pub fn assess(
                 state: State::False,
                 reason: "Stale",
                 message: format!(
-                    "the newest window in the table ended {} ago, and no aggregator replica reports progress",
-                    ago(now_ms, end)
+                    "the newest window in the table ended at {}, and no aggregator replica reports progress",
+                    rfc3339(end).unwrap_or_default()
                 ),
             },
         }
@@ -266,9 +266,9 @@ pub fn assess(
             state: State::False,
             reason: "Stale",
             message: format!(
-                "shard {} still holds the window that ended {} ago (expected in the table within window + allowed lateness + {} margin); the table lags by {}",
+                "shard {} still holds the window that ended at {} (expected in the table within window + allowed lateness + {} margin); the table lags by {} at the last check",
                 shard.shard_id,
-                ago(now_ms, end),
+                rfc3339(end).unwrap_or_default(),
                 health.freshness_margin,
                 ago(now_ms, end)
             ),

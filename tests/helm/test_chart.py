@@ -487,7 +487,8 @@ def test_service_monitor_only_when_enabled(render):
     monitor = rendered.one("ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "30s", "scrapeTimeout": "10s"}
+        {"port": "metrics", "path": "/metrics", "scheme": "http", "honorLabels": True,
+         "interval": "30s", "scrapeTimeout": "10s"}
     ]
     service = rendered.one("Service")
     selected = monitor["spec"]["selector"]["matchLabels"]

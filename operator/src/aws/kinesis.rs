@@ -700,19 +700,27 @@ pub async fn apply(client: &Client, change: &Change) -> Result<(), Error> {
 /// whatever happens here: a failure is logged, and the quota error stays the backstop.
 async fn record_resize(client: &Client, stream: &str) {
     let now = now_seconds();
-    let previous = client
-        .list_tags_for_stream()
-        .stream_name(stream)
-        .send()
-        .await
-        .map(|page| {
-            page.tags()
-                .iter()
-                .find(|tag| tag.key() == RESIZED_AT_TAG)
-                .and_then(|tag| tag.value())
-                .map(parse_resized_at)
-                .unwrap_or_default()
-        });
+    let what = format!("stream {stream}");
+    let previous = paged_tags(|start| {
+        let request = client
+            .list_tags_for_stream()
+            .stream_name(stream)
+            .set_exclusive_start_tag_key(start);
+        let what = &what;
+        async move {
+            let page = request
+                .send()
+                .await
+                .map_sdk("kinesis:ListTagsForStream", what)?;
+            Ok((tag_pairs(page.tags()).collect(), page.has_more_tags()))
+        }
+    })
+    .await
+    .map(|tags| {
+        tags.get(RESIZED_AT_TAG)
+            .map(|value| parse_resized_at(value))
+            .unwrap_or_default()
+    });
     let mut times = match previous {
         Ok(times) => recent_resizes(&times, now),
         Err(error) => {

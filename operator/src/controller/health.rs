@@ -222,13 +222,19 @@ fn managed_flink(outcome: &PipelineOutcome) -> DataPlane {
                 part.message
             ),
         ),
-        Some(part) if part.error.is_some() => DesiredCondition {
+        Some(part) if part.error.is_some() && part.reason.is_terminal() => DesiredCondition {
             unknown: false,
             type_: DATA_FLOWING_CONDITION.to_owned(),
             ready: false,
             reason: "Stalled".to_owned(),
             message: format!("the Flink application is not running: {}", part.message),
         },
+        // A throttled or failed call says nothing about the application itself.
+        Some(part) if part.error.is_some() => unknown(
+            DATA_FLOWING_CONDITION,
+            "Retrying",
+            format!("the Flink application could not be read: {}", part.message),
+        ),
         _ => unknown(
             DATA_FLOWING_CONDITION,
             "AwaitingReport",

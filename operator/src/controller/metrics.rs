@@ -45,6 +45,23 @@ pub struct Metrics {
     data_planes: Mutex<BTreeMap<String, DataPlaneGauges>>,
 }
 
+/// At most this many reject reasons per pipeline (the aggregator has fewer than 20).
+const MAX_REASONS: usize = 32;
+
+/// A label value in the Prometheus text format: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// One pipeline's data-plane series.
 #[derive(Clone, Debug)]
 struct DataPlaneGauges {
@@ -192,7 +209,11 @@ impl Metrics {
             let _ = writeln!(text, "# HELP {name} {about}\n# TYPE {name} {kind}");
             for (pipeline, plane) in planes.iter() {
                 let (namespace, pipeline_name) = pipeline.split_once('/').unwrap_or(("", pipeline));
-                let labels = format!("namespace=\"{namespace}\",pipeline=\"{pipeline_name}\"");
+                let labels = format!(
+                    "namespace=\"{}\",pipeline=\"{}\"",
+                    escape_label(namespace),
+                    escape_label(pipeline_name)
+                );
                 let gauges = &plane.gauges;
                 let bool_value = |value: bool| if value { 1.0 } else { 0.0 };
                 let value = match *name {
@@ -200,15 +221,19 @@ impl Metrics {
                         let _ = writeln!(
                             text,
                             "{name}{{{labels},reason=\"{}\"}} {}",
-                            plane.flowing.1,
+                            escape_label(plane.flowing.1),
                             bool_value(plane.flowing.0 == ConditionState::True)
                         );
                         continue;
                     }
                     "clickheatmap_pipeline_rejected_per_minute" => {
-                        for (reason, count) in &gauges.rejected_per_minute {
-                            let _ =
-                                writeln!(text, "{name}{{{labels},reason=\"{reason}\"}} {count}");
+                        // The reasons come from the reports in S3: escaped, and a bounded set.
+                        for (reason, count) in gauges.rejected_per_minute.iter().take(MAX_REASONS) {
+                            let _ = writeln!(
+                                text,
+                                "{name}{{{labels},reason=\"{}\"}} {count}",
+                                escape_label(reason)
+                            );
                         }
                         continue;
                     }
@@ -225,6 +250,8 @@ impl Metrics {
                         Some(gauges.accepted_per_minute as f64)
                     }
                     "clickheatmap_pipeline_rejected_ratio" => Some(gauges.rejected_ratio),
+                    // A paused pipeline's last report ages on purpose.
+                    _ if plane.flowing.1 == "Paused" => None,
                     _ => gauges.report_age_seconds,
                 };
                 if let Some(value) = value {
@@ -390,5 +417,57 @@ mod tests {
         assert!(
             text.contains("clickheatmap_operator_reconcile_errors_total{error=\"throttled\"} 1")
         );
+    }
+}
+
+#[cfg(test)]
+mod data_plane_tests {
+    use super::*;
+    use crate::dataplane::{Gauges, HealthCondition, State};
+
+    fn condition(state: State, reason: &'static str) -> HealthCondition {
+        HealthCondition {
+            type_: "DataFlowing",
+            state,
+            reason,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn reasons_from_reports_are_escaped_and_a_paused_report_does_not_age() {
+        let metrics = Metrics::default();
+        let gauges = Gauges {
+            rejected_per_minute: [("bad\"reason\n".to_owned(), 3)].into(),
+            report_age_seconds: Some(900.0),
+            ..Gauges::default()
+        };
+        metrics.set_data_plane(
+            "shop/web",
+            &gauges,
+            &condition(State::False, "AllRejected"),
+            &condition(State::True, "Current"),
+        );
+        let page = metrics.render();
+        assert!(
+            page.contains(r#"clickheatmap_pipeline_rejected_per_minute{namespace="shop",pipeline="web",reason="bad\"reason\n"} 3"#),
+            "{page}"
+        );
+        assert!(page.contains(
+            "clickheatmap_pipeline_report_age_seconds{namespace=\"shop\",pipeline=\"web\"} 900"
+        ));
+        metrics.set_data_plane(
+            "shop/web",
+            &gauges,
+            &condition(State::Unknown, "Paused"),
+            &condition(State::Unknown, "Paused"),
+        );
+        assert!(
+            !metrics
+                .render()
+                .contains("clickheatmap_pipeline_report_age_seconds{")
+        );
+        metrics.forget_data_plane("shop/web");
+        assert!(!metrics.render().contains("pipeline=\"web\""));
     }
 }
