@@ -27,69 +27,109 @@ use clickheatmap_crds::{
 use serde::Serialize;
 
 use crate::aws::{
-    AwsClients, Change, Deletion, PartReconciler, PlanInput, Readiness, Service, athena, firehose,
-    flink, glue, kinesis, s3,
+    AwsClients, Deletion, PartReconciler, PlanInput, Readiness, Service, athena, firehose, flink,
+    glue, kinesis, s3,
 };
 use crate::error::{Error, Reason};
 use crate::names::Names;
 
-/// The parts of a pipeline on AWS, in reconcile order. Each becomes a status condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Part {
-    Buckets,
-    Stream,
-    RawArchive,
-    Catalog,
-    Query,
-    /// The Managed Flink application (engine `ManagedFlink`). The Deployment engine's
-    /// aggregator is the controller's, not this module's.
-    FlinkApplication,
-}
+/// Generates, from the part table below, the [`Part`] enum in reconcile order, the [`Change`]
+/// enum (one variant per part, holding that reconciler's call), and `with_reconciler!`, which
+/// runs a generic body with `$r` naming the reconciler of a part. `$d` is a `$` passed in, so
+/// that the generated macro can have metavariables of its own.
+macro_rules! part_table {
+    ($d:tt $($(#[$doc:meta])* $part:ident => $reconciler:ty),+ $(,)?) => {
+        /// The parts of a pipeline on AWS, in reconcile order. Each becomes a status condition.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        pub enum Part {
+            $($(#[$doc])* $part,)+
+        }
 
-/// The one place that says which reconciler runs a part: a new service adds its variant to
-/// [`Part`] (and [`Part::ORDER`]) and one line here. `$r` names the reconciler type in `$body`.
-macro_rules! with_reconciler {
-    ($part:expr, $r:ident => $body:expr) => {
-        match $part {
-            Part::Buckets => {
-                type $r = s3::Buckets;
-                $body
+        impl Part {
+            /// Reconcile order.
+            pub const ORDER: &'static [Part] = &[$(Part::$part),+];
+        }
+
+        /// One AWS call the operator would make, of any part. Serialises as the service's
+        /// change (`{"op": "CreateBucket", "bucket": …}`); pair it with [`Change::service`].
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+        #[serde(untagged)]
+        pub enum Change {
+            $($part(<$reconciler as PartReconciler>::Change),)+
+        }
+
+        $(impl From<<$reconciler as PartReconciler>::Change> for Change {
+            fn from(change: <$reconciler as PartReconciler>::Change) -> Change {
+                Change::$part(change)
             }
-            Part::Stream => {
-                type $r = kinesis::Stream;
-                $body
+        })+
+
+        impl Change {
+            /// The part the call is for.
+            pub fn part(&self) -> Part {
+                match self {
+                    $(Change::$part(_) => Part::$part,)+
+                }
             }
-            Part::RawArchive => {
-                type $r = firehose::RawArchive;
-                $body
+
+            /// True when the resource goes through a transitional state after this call: further
+            /// changes to it wait for the next reconcile.
+            pub fn needs_settling(&self) -> bool {
+                match self {
+                    $(Change::$part(change) => <$reconciler as PartReconciler>::needs_settling(change),)+
+                }
             }
-            Part::Catalog => {
-                type $r = glue::Catalog;
-                $body
+
+            /// Makes the call.
+            pub async fn apply(&self, clients: &AwsClients) -> Result<(), Error> {
+                match self {
+                    $(Change::$part(change) => <$reconciler as PartReconciler>::apply(clients, change).await,)+
+                }
             }
-            Part::Query => {
-                type $r = athena::Query;
-                $body
+        }
+
+        impl fmt::Display for Change {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $(Change::$part(change) => change.fmt(f),)+
+                }
             }
-            Part::FlinkApplication => {
-                type $r = flink::FlinkApplication;
-                $body
-            }
+        }
+
+        macro_rules! with_reconciler {
+            ($d target:expr, $d r:ident => $d body:expr) => {
+                match $d target {
+                    $(Part::$part => {
+                        type $d r = $reconciler;
+                        $d body
+                    })+
+                }
+            };
         }
     };
 }
 
-impl Part {
-    /// Reconcile order.
-    pub const ORDER: [Part; 6] = [
-        Part::Buckets,
-        Part::Stream,
-        Part::RawArchive,
-        Part::Catalog,
-        Part::Query,
-        Part::FlinkApplication,
-    ];
+// The part table: every part of a pipeline, in reconcile order, and the reconciler behind it. A
+// new part is one module with a `PartReconciler` and one line here.
+part_table! {$
+    Buckets => s3::Buckets,
+    Stream => kinesis::Stream,
+    RawArchive => firehose::RawArchive,
+    Catalog => glue::Catalog,
+    Query => athena::Query,
+    /// The Managed Flink application (engine `ManagedFlink`). The Deployment engine's
+    /// aggregator is the controller's, not this module's.
+    FlinkApplication => flink::FlinkApplication,
+}
 
+impl Change {
+    /// The AWS service the call goes to.
+    pub fn service(&self) -> Service {
+        self.part().service()
+    }
+}
+
+impl Part {
     /// The status condition type of this part.
     pub fn condition_type(self) -> &'static str {
         with_reconciler!(self, R => R::CONDITION_TYPE)
@@ -507,7 +547,7 @@ pub async fn plan_pipeline(
 ) -> Result<PipelinePlan, Error> {
     let ctx = context(clients, pipeline).await?;
     let mut parts = Vec::new();
-    for part in Part::ORDER {
+    for &part in Part::ORDER {
         if let Some(plan) = plan_part(&ctx, part).await {
             parts.push(plan);
         }
@@ -520,14 +560,7 @@ pub async fn plan_pipeline(
 
 /// Makes one call of any service.
 pub async fn apply_change(clients: &AwsClients, change: &Change) -> Result<(), Error> {
-    match change {
-        Change::S3(change) => s3::apply(&clients.s3, change).await,
-        Change::Kinesis(change) => kinesis::apply(&clients.kinesis, change).await,
-        Change::Firehose(change) => firehose::apply(&clients.firehose, change).await,
-        Change::Glue(change) => glue::apply(&clients.glue, change).await,
-        Change::Athena(change) => athena::apply(&clients.athena, change).await,
-        Change::Flink(change) => clients.flink.apply(change).await,
-    }
+    change.apply(clients).await
 }
 
 fn describe_changes(changes: &[Change]) -> String {
@@ -650,7 +683,7 @@ pub async fn apply_pipeline(
     let ctx = context(clients, pipeline).await?;
     let mut resources = ctx.previous.clone();
     let mut outcomes: Vec<PartOutcome> = Vec::new();
-    for part in Part::ORDER {
+    for &part in Part::ORDER {
         if part.wanted(ctx.spec) {
             let blocker = part
                 .depends_on()
@@ -736,7 +769,7 @@ pub async fn delete_pipeline(
         previous: &previous,
     };
     let mut steps = Vec::new();
-    for part in Part::ORDER.into_iter().rev() {
+    for &part in Part::ORDER.iter().rev() {
         let deletions = with_reconciler!(part, R => R::delete(clients, input, &steps).await?);
         steps.extend(
             deletions

@@ -113,13 +113,6 @@ pub enum Change {
     },
 }
 
-impl Change {
-    /// Athena workgroup calls take effect before they return.
-    pub fn needs_settling(&self) -> bool {
-        false
-    }
-}
-
 fn describe(settings: &WorkgroupSettings) -> String {
     let mut text = format!("results to {}", settings.output_location);
     if settings.enforce_configuration {
@@ -413,11 +406,19 @@ impl PartReconciler for Query {
     const PART: Part = Part::Query;
     const CONDITION_TYPE: &'static str = "QueryReady";
     const NAME: &'static str = "query workgroup";
-    const SERVICE: Service = Service::Athena;
+    const SERVICE: Service = Service::new("athena");
 
     type Desired = DesiredWorkgroup;
     type Observed = ObservedWorkgroup;
     type Change = Change;
+
+    // Athena workgroup calls take effect before they return: nothing needs settling.
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        apply(&clients.athena, change)
+    }
 
     fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredWorkgroup>, Error> {
         Ok(vec![desired(input.spec, input.names)])

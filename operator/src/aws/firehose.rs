@@ -535,12 +535,23 @@ impl PartReconciler for RawArchive {
     const PART: Part = Part::RawArchive;
     const CONDITION_TYPE: &'static str = "RawArchiveReady";
     const NAME: &'static str = "raw archive";
-    const SERVICE: Service = Service::Firehose;
+    const SERVICE: Service = Service::new("firehose");
     const DEPENDS_ON: &'static [Part] = &[Part::Buckets, Part::Stream];
 
     type Desired = DesiredDeliveryStream;
     type Observed = ObservedDeliveryStream;
     type Change = Change;
+
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        apply(&clients.firehose, change)
+    }
+
+    fn needs_settling(change: &Change) -> bool {
+        change.needs_settling()
+    }
 
     fn wanted(spec: &ClickHeatmapPipelineSpec) -> bool {
         spec.raw_archive.enabled

@@ -818,12 +818,23 @@ impl PartReconciler for FlinkApplication {
     const PART: Part = Part::FlinkApplication;
     const CONDITION_TYPE: &'static str = "FlinkApplicationReady";
     const NAME: &'static str = "Flink application";
-    const SERVICE: Service = Service::KinesisAnalyticsV2;
+    const SERVICE: Service = Service::new("kinesisanalyticsv2");
     const DEPENDS_ON: &'static [Part] = &[Part::Buckets, Part::Stream];
 
     type Desired = DesiredApplication;
     type Observed = ObservedApplication;
     type Change = Change;
+
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        clients.flink.apply(change)
+    }
+
+    fn needs_settling(change: &Change) -> bool {
+        change.needs_settling()
+    }
 
     fn wanted(spec: &ClickHeatmapPipelineSpec) -> bool {
         spec.aggregation.engine == AggregationEngine::ManagedFlink

@@ -315,13 +315,6 @@ pub enum Change {
     },
 }
 
-impl Change {
-    /// Glue catalog calls take effect before they return.
-    pub fn needs_settling(&self) -> bool {
-        false
-    }
-}
-
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -1195,11 +1188,19 @@ impl PartReconciler for Catalog {
     const PART: Part = Part::Catalog;
     const CONDITION_TYPE: &'static str = "CatalogReady";
     const NAME: &'static str = "catalog";
-    const SERVICE: Service = Service::Glue;
+    const SERVICE: Service = Service::new("glue");
 
     type Desired = DesiredCatalog;
     type Observed = ObservedCatalog;
     type Change = Change;
+
+    // Glue catalog calls take effect before they return: nothing needs settling.
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        apply(&clients.glue, change)
+    }
 
     fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredCatalog>, Error> {
         Ok(vec![desired(

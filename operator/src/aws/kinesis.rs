@@ -787,11 +787,22 @@ impl PartReconciler for Stream {
     const PART: Part = Part::Stream;
     const CONDITION_TYPE: &'static str = "StreamReady";
     const NAME: &'static str = "stream";
-    const SERVICE: Service = Service::Kinesis;
+    const SERVICE: Service = Service::new("kinesis");
 
     type Desired = DesiredStream;
     type Observed = ObservedStream;
     type Change = Change;
+
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        apply(&clients.kinesis, change)
+    }
+
+    fn needs_settling(change: &Change) -> bool {
+        change.needs_settling()
+    }
 
     fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredStream>, Error> {
         Ok(vec![desired(input.spec, input.names)])

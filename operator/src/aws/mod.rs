@@ -48,103 +48,33 @@ use crate::error::{Error, from_sdk, is_not_found};
 use crate::names::{Account, MANAGED_BY_TAG, Names, Owner, Ownership, PIPELINE_TAG};
 use crate::pipeline::{DeleteStep, Part};
 
-/// The AWS services the operator calls.
+/// The AWS service a part lives in, named as IAM names it (`kinesis`, `kinesisanalyticsv2`):
+/// each reconciler declares its own ([`PartReconciler::SERVICE`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Service {
-    S3,
-    Kinesis,
-    Firehose,
-    Glue,
-    Athena,
-    /// Managed Service for Apache Flink.
-    KinesisAnalyticsV2,
+#[serde(transparent)]
+pub struct Service(&'static str);
+
+impl Service {
+    /// The service with this IAM prefix.
+    pub const fn new(iam_prefix: &'static str) -> Service {
+        Service(iam_prefix)
+    }
+
+    /// The IAM prefix (`s3`, `kinesis`, …).
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
 }
 
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Service::S3 => "s3",
-            Service::Kinesis => "kinesis",
-            Service::Firehose => "firehose",
-            Service::Glue => "glue",
-            Service::Athena => "athena",
-            Service::KinesisAnalyticsV2 => "kinesisanalyticsv2",
-        })
+        f.write_str(self.0)
     }
 }
 
-/// One AWS call the operator would make, of any service. Serialises as the service's change
-/// (`{"op": "CreateBucket", "bucket": …}`); pair it with [`Change::service`] for the service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Change {
-    S3(s3::Change),
-    Kinesis(kinesis::Change),
-    Firehose(firehose::Change),
-    Glue(glue::Change),
-    Athena(athena::Change),
-    Flink(flink::Change),
-}
-
-macro_rules! change_from {
-    ($($variant:ident($change:ty)),* $(,)?) => {
-        $(impl From<$change> for Change {
-            fn from(change: $change) -> Change {
-                Change::$variant(change)
-            }
-        })*
-    };
-}
-
-change_from!(
-    S3(s3::Change),
-    Kinesis(kinesis::Change),
-    Firehose(firehose::Change),
-    Glue(glue::Change),
-    Athena(athena::Change),
-    Flink(flink::Change),
-);
-
-impl Change {
-    pub fn service(&self) -> Service {
-        match self {
-            Change::S3(_) => Service::S3,
-            Change::Kinesis(_) => Service::Kinesis,
-            Change::Firehose(_) => Service::Firehose,
-            Change::Glue(_) => Service::Glue,
-            Change::Athena(_) => Service::Athena,
-            Change::Flink(_) => Service::KinesisAnalyticsV2,
-        }
-    }
-
-    /// True when the resource goes through a transitional state after this call (a Kinesis
-    /// stream `UPDATING`, a Flink application `STARTING`): further changes to it wait for the
-    /// next reconcile.
-    pub fn needs_settling(&self) -> bool {
-        match self {
-            Change::S3(change) => change.needs_settling(),
-            Change::Kinesis(change) => change.needs_settling(),
-            Change::Firehose(change) => change.needs_settling(),
-            Change::Glue(change) => change.needs_settling(),
-            Change::Athena(change) => change.needs_settling(),
-            Change::Flink(change) => change.needs_settling(),
-        }
-    }
-}
-
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Change::S3(change) => change.fmt(f),
-            Change::Kinesis(change) => change.fmt(f),
-            Change::Firehose(change) => change.fmt(f),
-            Change::Glue(change) => change.fmt(f),
-            Change::Athena(change) => change.fmt(f),
-            Change::Flink(change) => change.fmt(f),
-        }
-    }
-}
+/// One AWS call the operator would make, of any part (generated from the part table in
+/// [`crate::pipeline`]).
+pub use crate::pipeline::Change;
 
 /// What a part's reconciler plans from: the spec, the pipeline's names, and the resources the
 /// previous status recorded (so that a part switched off removes what it made).
@@ -188,10 +118,10 @@ pub struct Removal {
 /// 4. [`readiness`](PartReconciler::readiness), [`kept`](PartReconciler::kept) and
 ///    [`resources`](PartReconciler::resources) — pure: the condition and `status.resources`.
 ///
-/// The calls themselves go through [`crate::pipeline::apply_change`] (one `apply` per service),
-/// and [`delete`](PartReconciler::delete) removes the part under `deletionPolicy: Delete` (the
-/// caller has already returned under `Retain`). A new service is one module with one
-/// implementation, plus its line in `crate::pipeline`'s part table.
+/// [`apply`](PartReconciler::apply) makes one call, and [`delete`](PartReconciler::delete)
+/// removes the part under `deletionPolicy: Delete` (the caller has already returned under
+/// `Retain`). A new part is one module with one implementation, plus its line in the part table
+/// of [`crate::pipeline`] (and, for a service not called yet, its SDK client in [`AwsClients`]).
 pub trait PartReconciler {
     const PART: Part;
     /// The status condition type, e.g. `StreamReady`.
@@ -206,8 +136,16 @@ pub trait PartReconciler {
     type Desired: Send + Sync;
     /// One existing resource.
     type Observed: Send + Sync;
-    /// One call of the service.
-    type Change: Into<Change>;
+    /// One call of the service (one variant of [`Change`]).
+    type Change: Clone
+        + fmt::Debug
+        + fmt::Display
+        + PartialEq
+        + Eq
+        + Serialize
+        + Send
+        + Sync
+        + Into<Change>;
 
     /// True when the spec itself wants the part (as opposed to a part with leftovers to
     /// remove). A wanted part waits for [`PartReconciler::DEPENDS_ON`].
@@ -263,6 +201,19 @@ pub trait PartReconciler {
         _input: PlanInput<'_>,
     ) -> impl Future<Output = Option<Leftover>> + Send {
         async { None }
+    }
+
+    /// Makes one call.
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Self::Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
+
+    /// True when the resource goes through a transitional state after this call (a Kinesis
+    /// stream `UPDATING`, a Flink application `STARTING`): further changes to it wait for the
+    /// next reconcile.
+    fn needs_settling(_change: &Self::Change) -> bool {
+        false
     }
 
     /// Removes what this pipeline owns of the part (`deletionPolicy: Delete`), one entry per

@@ -724,11 +724,22 @@ impl PartReconciler for Buckets {
     const PART: Part = Part::Buckets;
     const CONDITION_TYPE: &'static str = "BucketsReady";
     const NAME: &'static str = "buckets";
-    const SERVICE: Service = Service::S3;
+    const SERVICE: Service = Service::new("s3");
 
     type Desired = DesiredBucket;
     type Observed = ObservedBucket;
     type Change = Change;
+
+    fn apply<'a>(
+        clients: &'a AwsClients,
+        change: &'a Change,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        apply(&clients.s3, change)
+    }
+
+    fn needs_settling(change: &Change) -> bool {
+        change.needs_settling()
+    }
 
     fn desired(input: PlanInput<'_>) -> Result<Vec<DesiredBucket>, Error> {
         Ok(desired(input.spec, input.names))
