@@ -213,7 +213,8 @@ pub fn render_text(owner: &str, plan: &PipelinePlan) -> String {
                         text.push_str(&format!("    ! kept: {kept}\n"));
                     }
                 }
-                crate::aws::Readiness::Provisioning(message) => {
+                crate::aws::Readiness::Provisioning(message)
+                | crate::aws::Readiness::Deferred { message, .. } => {
                     text.push_str(&format!("    ~ no changes; {message}\n"));
                 }
             }

@@ -228,6 +228,12 @@ pub struct PartOutcome {
     /// The error behind a not-ready part, if any.
     #[serde(skip)]
     pub error: Option<Error>,
+    /// When nothing can be done before a known time (epoch seconds): reconcile again then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<i64>,
+    /// The part this one waits for (its requeue is that part's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<Part>,
 }
 
 impl PartOutcome {
@@ -297,29 +303,33 @@ impl PipelineOutcome {
             .collect()
     }
 
-    /// When to reconcile again: soon while something settles, later after throttling or a
-    /// transient failure (the controller adds its own backoff), slowly after a terminal
-    /// problem (a person must act; a spec change triggers a reconcile anyway), and at the
-    /// resync interval when everything is ready.
+    /// When to reconcile again: soon while something settles, at the time a deferred part can
+    /// go on (within the resync interval), later after throttling or a transient failure (the
+    /// controller adds its own backoff), slowly after a terminal problem (a person must act; a
+    /// spec change triggers a reconcile anyway), and at the resync interval when everything is
+    /// ready.
     pub fn requeue_after(&self) -> StdDuration {
-        let reasons: Vec<Reason> = self
-            .parts
+        self.requeue_after_at(k8s_openapi::jiff::Timestamp::now().as_second())
+    }
+
+    /// [`PipelineOutcome::requeue_after`] at `now` (epoch seconds).
+    pub fn requeue_after_at(&self, now: i64) -> StdDuration {
+        const SETTLING: u64 = 10;
+        const RESYNC: u64 = 600;
+        self.parts
             .iter()
-            .filter(|part| !part.ready)
-            .map(|part| part.reason)
-            .collect();
-        if reasons.is_empty() {
-            StdDuration::from_secs(600)
-        } else if reasons.contains(&Reason::Provisioning) {
-            StdDuration::from_secs(10)
-        } else if reasons
-            .iter()
-            .any(|r| matches!(r, Reason::Throttled | Reason::Retrying))
-        {
-            StdDuration::from_secs(30)
-        } else {
-            StdDuration::from_secs(300)
-        }
+            .filter(|part| !part.ready && part.waits_for.is_none())
+            .map(|part| match (part.reason, part.retry_at) {
+                (Reason::Provisioning, Some(at)) => u64::try_from(at.saturating_sub(now))
+                    .map_or(SETTLING, |wait| {
+                        wait.saturating_add(1).clamp(SETTLING, RESYNC)
+                    }),
+                (Reason::Provisioning, None) => SETTLING,
+                (Reason::Throttled | Reason::Retrying, _) => 30,
+                _ => 300,
+            })
+            .min()
+            .map_or(StdDuration::from_secs(RESYNC), StdDuration::from_secs)
     }
 }
 
@@ -592,6 +602,8 @@ async fn execute(
             message: error.to_string(),
             applied: Vec::new(),
             error: Some(error),
+            retry_at: None,
+            waits_for: None,
         };
     }
     if plan.changes.is_empty() {
@@ -604,6 +616,8 @@ async fn execute(
                 message: format!("{}{kept}", plan.summary),
                 applied: Vec::new(),
                 error: None,
+                retry_at: None,
+                waits_for: None,
             },
             Readiness::Provisioning(message) => PartOutcome {
                 part,
@@ -612,6 +626,18 @@ async fn execute(
                 message,
                 applied: Vec::new(),
                 error: None,
+                retry_at: None,
+                waits_for: None,
+            },
+            Readiness::Deferred { message, until } => PartOutcome {
+                part,
+                ready: false,
+                reason: Reason::Provisioning,
+                message,
+                applied: Vec::new(),
+                error: None,
+                retry_at: Some(until),
+                waits_for: None,
             },
         };
     }
@@ -637,6 +663,8 @@ async fn execute(
                 message,
                 applied,
                 error: Some(error),
+                retry_at: None,
+                waits_for: None,
             };
         }
         applied.push(change.clone());
@@ -660,6 +688,8 @@ async fn execute(
             message,
             applied,
             error: None,
+            retry_at: None,
+            waits_for: None,
         }
     } else {
         PartOutcome {
@@ -669,6 +699,8 @@ async fn execute(
             message: format!("applied: {done}{kept}"),
             applied,
             error: None,
+            retry_at: None,
+            waits_for: None,
         }
     }
 }
@@ -697,6 +729,8 @@ pub async fn apply_pipeline(
                     message: format!("waiting for the {}: {}", blocker.part, blocker.message),
                     applied: Vec::new(),
                     error: None,
+                    retry_at: None,
+                    waits_for: Some(blocker.part),
                 });
                 continue;
             }
@@ -852,6 +886,8 @@ mod tests {
             message: format!("{part} message"),
             applied: Vec::new(),
             error: None,
+            retry_at: None,
+            waits_for: None,
         }
     }
 
@@ -879,6 +915,43 @@ mod tests {
         assert_eq!(summary.reason, Reason::Conflict);
         assert_eq!(summary.message, "query workgroup: query workgroup message");
         assert_eq!(mixed.requeue_after(), StdDuration::from_secs(10));
+    }
+
+    #[test]
+    fn a_deferred_part_is_reconciled_again_when_it_can_go_on() {
+        const NOW: i64 = 1_750_000_000;
+        let mut stream = outcome(Part::Stream, false, Reason::Provisioning);
+        stream.retry_at = Some(NOW + 120);
+        let mut archive = outcome(Part::RawArchive, false, Reason::Provisioning);
+        archive.waits_for = Some(Part::Stream);
+        let deferred = PipelineOutcome {
+            parts: vec![outcome(Part::Buckets, true, Reason::Ready), stream, archive],
+            resources: PipelineResources::default(),
+        };
+        // Not every 10 s: at the time the quota allows the next call (the part waiting for the
+        // stream follows the stream).
+        assert_eq!(deferred.requeue_after_at(NOW), StdDuration::from_secs(121));
+        // Never later than the resync, never sooner than settling.
+        assert_eq!(
+            deferred.requeue_after_at(NOW - 86_400),
+            StdDuration::from_secs(600)
+        );
+        assert_eq!(
+            deferred.requeue_after_at(NOW + 3_600),
+            StdDuration::from_secs(10)
+        );
+        // A terminal problem of the stream: its dependants do not make it a 10 s loop.
+        let conflict = PipelineOutcome {
+            parts: vec![
+                outcome(Part::Stream, false, Reason::Conflict),
+                PartOutcome {
+                    waits_for: Some(Part::Stream),
+                    ..outcome(Part::RawArchive, false, Reason::Provisioning)
+                },
+            ],
+            resources: PipelineResources::default(),
+        };
+        assert_eq!(conflict.requeue_after_at(NOW), StdDuration::from_secs(300));
     }
 
     #[test]

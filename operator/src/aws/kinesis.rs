@@ -983,12 +983,15 @@ impl PartReconciler for Stream {
                         stream.observed_at,
                     );
                     match budget.more_from {
-                        Some(from) if budget.calls_left == 0 => Readiness::Provisioning(format!(
-                            "stream {}: {}: the next from {}",
-                            stream.name,
-                            resize_needs(stream.open_shards, target, 0),
-                            rfc3339(from)
-                        )),
+                        Some(from) if budget.calls_left == 0 => Readiness::Deferred {
+                            message: format!(
+                                "stream {}: {}: the next from {}",
+                                stream.name,
+                                resize_needs(stream.open_shards, target, 0),
+                                rfc3339(from)
+                            ),
+                            until: from,
+                        },
                         _ => Readiness::Ready,
                     }
                 }
@@ -1359,11 +1362,14 @@ mod tests {
         assert_eq!(Stream::diff(&wide, Some(&observed)), Ok(vec![]));
         assert_eq!(
             Stream::readiness(&wide, Some(&observed)),
-            Readiness::Provisioning(
-                "stream shop-full-clicks: resizing 1 → 64 shards needs 6 UpdateShardCount calls; \
-                 none is left in the 24 h quota: the next from 2025-06-16T02:00:00Z"
-                    .into()
-            )
+            Readiness::Deferred {
+                message:
+                    "stream shop-full-clicks: resizing 1 → 64 shards needs 6 UpdateShardCount \
+                          calls; none is left in the 24 h quota: the next from \
+                          2025-06-16T02:00:00Z"
+                        .into(),
+                until: NOW - 10 * hour + 24 * hour,
+            }
         );
     }
 

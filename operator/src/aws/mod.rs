@@ -231,6 +231,12 @@ pub enum Readiness {
     Ready,
     /// Still being created or changed; the message says what it waits for.
     Provisioning(String),
+    /// Not in line with the spec, and nothing can be done before `until` (epoch seconds), e.g.
+    /// a resize past AWS's daily resharding quota; the message says so.
+    Deferred {
+        message: String,
+        until: i64,
+    },
 }
 
 /// What a `delete` call did.

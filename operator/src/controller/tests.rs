@@ -48,6 +48,8 @@ fn ready_outcome() -> PipelineOutcome {
             message: "stream shop-clicks is active".to_owned(),
             applied: Vec::new(),
             error: None,
+            retry_at: None,
+            waits_for: None,
         }],
         resources: PipelineResources {
             stream_arn: Some(
