@@ -292,7 +292,7 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.mode == 'Provisioned' || self.shards == 1",
+        "rule": "self.mode == 'Provisioned' || !has(self.shards) || self.shards == 1",
         "message": "stream.shards applies only to mode Provisioned: an OnDemand stream scales by itself, leave shards out"
     },
     {
@@ -314,14 +314,16 @@ pub struct StreamSpec {
     pub mode: StreamMode,
 
     /// Number of shards (1 MB/s or 1000 records/s of writes each). Only for mode `Provisioned`.
-    #[serde(default = "default_shards")]
+    /// Unset: a stream the operator creates gets 1; an existing stream it adopts keeps its count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 500))]
-    pub shards: i32,
+    pub shards: Option<i32>,
 
-    /// How long records stay readable in the stream, in hours (24 to 8760).
-    #[serde(default = "default_retention_hours")]
+    /// How long records stay readable in the stream, in hours (24 to 8760). Unset: a stream the
+    /// operator creates keeps them 24 hours; an existing stream it adopts keeps its retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 24, max = 8760))]
-    pub retention_hours: i32,
+    pub retention_hours: Option<i32>,
 
     /// Server-side encryption of the stream.
     #[serde(default)]
@@ -334,12 +336,17 @@ pub struct StreamSpec {
     pub kms_key_id: Option<String>,
 }
 
-fn default_shards() -> i32 {
-    1
-}
+impl StreamSpec {
+    /// Shards of a stream the operator creates when `shards` is unset.
+    pub const DEFAULT_SHARDS: i32 = 1;
+    /// Retention of a stream the operator creates when `retentionHours` is unset.
+    pub const DEFAULT_RETENTION_HOURS: i32 = 24;
 
-fn default_retention_hours() -> i32 {
-    24
+    /// The retention the spec asks for, or the default of a new stream.
+    pub fn retention_hours_or_default(&self) -> i32 {
+        self.retention_hours
+            .unwrap_or(Self::DEFAULT_RETENTION_HOURS)
+    }
 }
 
 /// Kinesis capacity mode.
@@ -402,19 +409,27 @@ pub struct RawArchiveSpec {
     #[schemars(length(max = 1024))]
     pub prefix: String,
 
-    /// Firehose writes a file when this much data is buffered (MiB, 1 to 128)...
-    #[serde(rename = "bufferSizeMiB", default = "default_buffer_size_mib")]
+    /// Firehose writes a file when this much data is buffered (MiB, 1 to 128)... Unset: 5 on a
+    /// delivery stream the operator creates; an adopted one keeps its own.
+    #[serde(
+        rename = "bufferSizeMiB",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 1, max = 128))]
-    pub buffer_size_mib: i32,
+    pub buffer_size_mib: Option<i32>,
 
     /// ...or when this much time has passed since the first buffered record (seconds, 0 to 900).
-    #[serde(default = "default_buffer_interval_seconds")]
+    /// Unset: 300 on a delivery stream the operator creates; an adopted one keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 900))]
-    pub buffer_interval_seconds: i32,
+    pub buffer_interval_seconds: Option<i32>,
 
-    /// Compression of the archived files.
-    #[serde(default)]
-    pub compression: Compression,
+    /// Compression of the archived files. Unset: `UNCOMPRESSED` on a delivery stream the
+    /// operator creates; an adopted one keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Compression")]
+    pub compression: Option<Compression>,
 
     /// IAM role Firehose assumes to read the stream and write to the raw bucket. Required when
     /// `enabled`.
@@ -436,12 +451,10 @@ fn default_raw_prefix() -> String {
     "raw/".to_owned()
 }
 
-fn default_buffer_size_mib() -> i32 {
-    5
-}
-
-fn default_buffer_interval_seconds() -> i32 {
-    300
+impl RawArchiveSpec {
+    /// Buffering of a delivery stream the operator creates, for the fields left unset.
+    pub const DEFAULT_BUFFER_SIZE_MIB: i32 = 5;
+    pub const DEFAULT_BUFFER_INTERVAL_SECONDS: i32 = 300;
 }
 
 /// Compression of the files Firehose writes (Firehose's own names).
@@ -615,15 +628,17 @@ pub struct FlinkSpec {
     #[schemars(pattern(FLINK_RUNTIME_PATTERN))]
     pub runtime: String,
 
-    /// Total parallelism of the job.
-    #[serde(default = "default_one")]
+    /// Total parallelism of the job. Unset: 1 on an application the operator creates; an adopted
+    /// one keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub parallelism: i32,
+    pub parallelism: Option<i32>,
 
-    /// Parallel tasks per KPU (1 to 8).
-    #[serde(default = "default_one")]
+    /// Parallel tasks per KPU (1 to 8). Unset: 1 on an application the operator creates; an
+    /// adopted one keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 8))]
-    pub parallelism_per_kpu: i32,
+    pub parallelism_per_kpu: Option<i32>,
 
     /// Bucket holding the application's code (JAR or ZIP).
     #[schemars(length(min = 3, max = 63), pattern(BUCKET_PATTERN))]
@@ -640,10 +655,6 @@ pub struct FlinkSpec {
 
 fn default_flink_runtime() -> String {
     "FLINK-1_18".to_owned()
-}
-
-fn default_one() -> i32 {
-    1
 }
 
 /// The Glue Data Catalog over the curated data.

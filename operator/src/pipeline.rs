@@ -353,20 +353,22 @@ pub fn validate(spec: &ClickHeatmapPipelineSpec) -> Result<(), Error> {
     if stream.name.is_empty() {
         return invalid("stream.name must not be empty".to_owned());
     }
-    if stream.mode == StreamMode::Provisioned && !(1..=500).contains(&stream.shards) {
-        return invalid(format!("stream.shards {} is outside 1..500", stream.shards));
+    if let Some(shards) = stream.shards
+        && stream.mode == StreamMode::Provisioned
+        && !(1..=500).contains(&shards)
+    {
+        return invalid(format!("stream.shards {shards} is outside 1..500"));
     }
-    if stream.mode == StreamMode::OnDemand && stream.shards != 1 {
+    if stream.mode == StreamMode::OnDemand && stream.shards.is_some_and(|shards| shards != 1) {
         return invalid(
             "stream.shards applies only to mode Provisioned: an OnDemand stream scales by itself, leave shards out"
                 .to_owned(),
         );
     }
-    if !(24..=8760).contains(&stream.retention_hours) {
-        return invalid(format!(
-            "stream.retentionHours {} is outside 24..8760",
-            stream.retention_hours
-        ));
+    if let Some(hours) = stream.retention_hours
+        && !(24..=8760).contains(&hours)
+    {
+        return invalid(format!("stream.retentionHours {hours} is outside 24..8760"));
     }
     let archive = &spec.raw_archive;
     if archive.enabled && archive.role_arn.is_none() {
@@ -375,16 +377,16 @@ pub fn validate(spec: &ClickHeatmapPipelineSpec) -> Result<(), Error> {
                 .to_owned(),
         );
     }
-    if !(1..=128).contains(&archive.buffer_size_mib) {
-        return invalid(format!(
-            "rawArchive.bufferSizeMiB {} is outside 1..128",
-            archive.buffer_size_mib
-        ));
+    if let Some(size) = archive.buffer_size_mib
+        && !(1..=128).contains(&size)
+    {
+        return invalid(format!("rawArchive.bufferSizeMiB {size} is outside 1..128"));
     }
-    if !(0..=900).contains(&archive.buffer_interval_seconds) {
+    if let Some(interval) = archive.buffer_interval_seconds
+        && !(0..=900).contains(&interval)
+    {
         return invalid(format!(
-            "rawArchive.bufferIntervalSeconds {} is outside 0..900",
-            archive.buffer_interval_seconds
+            "rawArchive.bufferIntervalSeconds {interval} is outside 0..900"
         ));
     }
     let window = spec.aggregation.window.as_millis();
@@ -394,11 +396,19 @@ pub fn validate(spec: &ClickHeatmapPipelineSpec) -> Result<(), Error> {
             spec.aggregation.window
         ));
     }
-    let retention_ms = u64::from(spec.stream.retention_hours.max(0).unsigned_abs()) * 3_600_000;
+    // Unset, the retention is judged as a new stream's 24 hours (as the CRD's rule does): an
+    // adopted stream's own retention is not known before it is read.
+    let retention_hours = spec.stream.retention_hours_or_default();
+    let retention_ms = u64::from(retention_hours.max(0).unsigned_abs()) * 3_600_000;
     if spec.aggregation.allowed_lateness.as_millis() >= retention_ms {
         return invalid(format!(
-            "aggregation.allowedLateness {} must be shorter than stream.retentionHours {}",
-            spec.aggregation.allowed_lateness, spec.stream.retention_hours
+            "aggregation.allowedLateness {} must be shorter than stream.retentionHours {retention_hours}{}",
+            spec.aggregation.allowed_lateness,
+            if spec.stream.retention_hours.is_none() {
+                " (unset: a new stream's 24 hours; set it to keep records longer)"
+            } else {
+                ""
+            }
         ));
     }
     if spec.aggregation.engine == AggregationEngine::ManagedFlink {
@@ -408,7 +418,11 @@ pub fn validate(spec: &ClickHeatmapPipelineSpec) -> Result<(), Error> {
                     .to_owned(),
             );
         };
-        if flink.parallelism < 1 || !(1..=8).contains(&flink.parallelism_per_kpu) {
+        if flink.parallelism.is_some_and(|p| p < 1)
+            || flink
+                .parallelism_per_kpu
+                .is_some_and(|p| !(1..=8).contains(&p))
+        {
             return invalid(
                 "aggregation.flink.parallelism must be at least 1 and parallelismPerKpu 1..8"
                     .to_owned(),
@@ -836,9 +850,9 @@ mod tests {
         type Edit = Box<dyn Fn(&mut ClickHeatmapPipelineSpec)>;
         let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.region = "Seoul".into()), "region"),
-            (Box::new(|s| s.stream.shards = 0), "stream.shards"),
+            (Box::new(|s| s.stream.shards = Some(0)), "stream.shards"),
             (
-                Box::new(|s| s.stream.retention_hours = 12),
+                Box::new(|s| s.stream.retention_hours = Some(12)),
                 "retentionHours",
             ),
             (
@@ -846,7 +860,7 @@ mod tests {
                 "rawArchive.roleArn",
             ),
             (
-                Box::new(|s| s.raw_archive.buffer_size_mib = 200),
+                Box::new(|s| s.raw_archive.buffer_size_mib = Some(200)),
                 "bufferSizeMiB",
             ),
             (

@@ -128,7 +128,9 @@ async fn delivery_stream_is_created_then_left_alone() {
 #[tokio::test]
 async fn destination_drift_is_repaired_with_the_current_version() {
     let env = start().await;
-    let stream = desired(&env, "minimal", false).await;
+    // The full example names every field of the destination (fields a spec leaves unset are
+    // the delivery stream's own: see the adoption test).
+    let stream = desired(&env, "full", false).await;
     reconcile(&env, &stream).await.expect("create");
     let observed = firehose::observe(&env.clients.firehose, &stream.name)
         .await
@@ -396,12 +398,21 @@ async fn adopting_a_delivery_stream_keeps_its_own_settings() {
         .iter()
         .map(|c| serde_json::to_value(c).expect("json")["op"].clone())
         .collect();
-    assert_eq!(ops, ["TagDeliveryStream", "UpdateDestination"]);
+    // The minimal spec names no buffering or compression: the team's 1 MiB / 60 s stay.
+    assert_eq!(ops, ["TagDeliveryStream"]);
     let adopted = firehose::observe(&env.clients.firehose, &stream.name)
         .await
         .expect("observe")
         .expect("exists");
-    assert_eq!(adopted.destination.as_ref(), Some(&stream.destination));
+    let destination = adopted.destination.clone().expect("destination");
+    assert_eq!(
+        (
+            destination.buffer_size_mib,
+            destination.buffer_interval_seconds,
+            destination.compression.as_str()
+        ),
+        (1, 60, "UNCOMPRESSED")
+    );
     assert_eq!(own_settings(&env, &stream.name).await, settings);
     let kept = firehose::RawArchive::kept(&stream, Some(&adopted));
     assert_eq!(
@@ -423,5 +434,30 @@ async fn adopting_a_delivery_stream_keeps_its_own_settings() {
     let before = env.calls.snapshot();
     assert_eq!(reconcile(&env, &stream).await.expect("resync"), vec![]);
     assert_no_writes(&env.calls, &before, "resync after adoption");
+    assert_eq!(own_settings(&env, &stream.name).await, settings);
+
+    // A spec that names the buffer size changes that and nothing else.
+    let mut pipeline = pipeline("minimal");
+    pipeline.spec.adopt_existing = true;
+    pipeline.spec.raw_archive.buffer_size_mib = Some(8);
+    let sized = firehose::desired(&pipeline.spec, &env.names(&pipeline).await)
+        .expect("valid")
+        .expect("enabled");
+    let made = reconcile(&env, &sized).await.expect("resize buffer");
+    assert_eq!(made.len(), 1, "{made:?}");
+    let destination = firehose::observe(&env.clients.firehose, &stream.name)
+        .await
+        .expect("observe")
+        .expect("exists")
+        .destination
+        .expect("destination");
+    assert_eq!(
+        (
+            destination.buffer_size_mib,
+            destination.buffer_interval_seconds,
+            destination.compression.as_str()
+        ),
+        (8, 60, "UNCOMPRESSED")
+    );
     assert_eq!(own_settings(&env, &stream.name).await, settings);
 }

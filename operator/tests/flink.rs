@@ -69,7 +69,7 @@ fn desired_offline(replicas: i32, parallelism: i32) -> flink::DesiredApplication
     pipeline.spec.aggregation.engine = AggregationEngine::ManagedFlink;
     pipeline.spec.aggregation.replicas = replicas;
     if let Some(flink) = pipeline.spec.aggregation.flink.as_mut() {
-        flink.parallelism = parallelism;
+        flink.parallelism = Some(parallelism);
     }
     let names = clickheatmap_operator::Names::for_pipeline(
         &pipeline,
@@ -146,12 +146,16 @@ async fn moto_refuses_another_pipelines_application_and_adopts_on_request() {
         Ok(Deletion::Kept(_))
     ));
 
-    // Untagged, on a fresh server.
+    // Untagged, on a fresh server, with a parallelism of its own.
     let env = start().await;
     let api = env.clients.flink.as_ref();
     api.apply(&flink::Change::CreateApplication {
         application: app.name.clone(),
-        settings: app.settings.clone(),
+        settings: flink::ApplicationSettings {
+            parallelism: 4,
+            parallelism_per_kpu: 2,
+            ..app.settings.clone()
+        },
         tags: Default::default(),
     })
     .await
@@ -162,18 +166,46 @@ async fn moto_refuses_another_pipelines_application_and_adopts_on_request() {
         .expect_err("conflict");
     assert!(error.to_string().contains("adoptExisting"), "{error}");
     assert_eq!(writes_since(&env.calls, &before), Vec::<String>::new());
-    let made = reconcile(api, &desired(&env, true).await)
-        .await
-        .expect("adopt");
+    // The spec names no parallelism: the application keeps its 4 / 2 per KPU.
+    let mut unset = pipeline("full");
+    unset.spec.aggregation.engine = AggregationEngine::ManagedFlink;
+    unset.spec.adopt_existing = true;
+    if let Some(flink) = unset.spec.aggregation.flink.as_mut() {
+        flink.parallelism = None;
+        flink.parallelism_per_kpu = None;
+    }
+    let unset = flink::desired(&unset.spec, &env.names(&unset).await)
+        .expect("valid")
+        .expect("managed flink");
+    let made = reconcile(api, &unset).await.expect("adopt");
     assert_eq!(ops(&made), ["TagResource"]);
     let before = env.calls.snapshot();
-    assert_eq!(
-        reconcile(api, &desired(&env, false).await)
-            .await
-            .expect("resync"),
-        vec![]
-    );
+    assert_eq!(reconcile(api, &unset).await.expect("resync"), vec![]);
     assert_no_writes(&env.calls, &before, "resync after adoption");
+    let adopted = api
+        .observe(&app.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!(
+        (
+            adopted.settings.parallelism,
+            adopted.settings.parallelism_per_kpu
+        ),
+        (4, 2)
+    );
+    // A spec that names them sets them (planned only: moto's applications never leave
+    // STARTING and it has no UpdateApplication; the fake tests below apply updates).
+    let mut ready = adopted.clone();
+    ready.status = "RUNNING".to_owned();
+    let planned =
+        flink::FlinkApplication::diff(&desired(&env, true).await, Some(&ready)).expect("diff");
+    assert_eq!(ops(&planned), ["UpdateApplication"]);
+    assert!(
+        planned[0].to_string().contains("parallelism 4/2 → 2/1"),
+        "{}",
+        planned[0]
+    );
 }
 
 #[tokio::test]

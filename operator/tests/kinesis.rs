@@ -293,10 +293,18 @@ async fn an_untagged_stream_is_adopted_only_when_asked() {
         .kinesis
         .create_stream()
         .stream_name(&without.name)
-        .shard_count(1)
+        .shard_count(3)
         .send()
         .await
         .expect("create");
+    env.clients
+        .kinesis
+        .increase_stream_retention_period()
+        .stream_name(&without.name)
+        .retention_period_hours(72)
+        .send()
+        .await
+        .expect("retention");
 
     let before = env.calls.snapshot();
     let error = reconcile(&env, &without).await.expect_err("conflict");
@@ -314,6 +322,12 @@ async fn an_untagged_stream_is_adopted_only_when_asked() {
     let before = env.calls.snapshot();
     assert_eq!(reconcile(&env, &without).await.expect("resync"), vec![]);
     assert_no_writes(&env.calls, &before, "resync after adoption");
+    // The minimal spec names neither shards nor retention: the team's stream keeps both.
+    let adopted = kinesis::observe(&env.clients.kinesis, &with.name, &with.consumer.name)
+        .await
+        .expect("observe")
+        .expect("exists");
+    assert_eq!((adopted.open_shards, adopted.retention_hours), (3, 72));
 }
 
 #[tokio::test]
@@ -471,12 +485,22 @@ async fn resizes_are_recorded_and_the_quota_is_said_before_it_runs_out() {
     let before = env.calls.snapshot();
     assert_eq!(reconcile(&env, &stream).await.expect("resync"), vec![]);
     assert_no_writes(&env.calls, &before, "no call left");
+    let Readiness::Deferred { message, until } =
+        kinesis::Stream::readiness(&stream, Some(&observed))
+    else {
+        panic!("a resize past the quota is deferred");
+    };
     assert_eq!(
-        kinesis::Stream::readiness(&stream, Some(&observed)),
-        Readiness::Provisioning(format!(
+        message,
+        format!(
             "stream {}: resizing 16 → 64 shards needs 2 UpdateShardCount calls; none is left in \
              the 24 h quota: the next from {expected}",
             stream.name
-        ))
+        )
+    );
+    // The operator comes back then (the requeue follows `until`).
+    assert_eq!(
+        until,
+        observed.resized_at.iter().min().copied().unwrap() + 86_400
     );
 }

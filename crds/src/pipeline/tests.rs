@@ -95,8 +95,12 @@ fn minimal_example_gets_the_demo_defaults() {
 
     assert_eq!(spec.stream.name, "shop-clicks");
     assert_eq!(spec.stream.mode, StreamMode::Provisioned);
-    assert_eq!(spec.stream.shards, 1);
-    assert_eq!(spec.stream.retention_hours, 24);
+    assert_eq!(
+        spec.stream.shards, None,
+        "unset: 1 on create, kept on adoption"
+    );
+    assert_eq!(spec.stream.retention_hours, None);
+    assert_eq!(spec.stream.retention_hours_or_default(), 24);
     assert_eq!(spec.stream.encryption, StreamEncryption::None);
     assert_eq!(spec.stream.kms_key_id, None);
 
@@ -110,9 +114,9 @@ fn minimal_example_gets_the_demo_defaults() {
     let raw = &spec.raw_archive;
     assert!(raw.enabled);
     assert_eq!(raw.prefix, "raw/");
-    assert_eq!(raw.buffer_size_mib, 5);
-    assert_eq!(raw.buffer_interval_seconds, 300);
-    assert_eq!(raw.compression, Compression::Uncompressed);
+    assert_eq!(raw.buffer_size_mib, None);
+    assert_eq!(raw.buffer_interval_seconds, None);
+    assert_eq!(raw.compression, None);
     assert_eq!(
         raw.role_arn.as_deref(),
         Some("arn:aws:iam::123456789012:role/shop-heatmap-firehose")
@@ -154,16 +158,16 @@ fn full_example_sets_every_option() {
     let spec = &pipeline.spec;
     assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
     assert!(spec.adopt_existing);
-    assert_eq!(spec.stream.shards, 2);
-    assert_eq!(spec.stream.retention_hours, 48);
+    assert_eq!(spec.stream.shards, Some(2));
+    assert_eq!(spec.stream.retention_hours, Some(48));
     assert_eq!(spec.stream.encryption, StreamEncryption::Kms);
     assert_eq!(
         spec.stream.kms_key_id.as_deref(),
         Some("alias/shop-heatmap")
     );
-    assert_eq!(spec.raw_archive.buffer_size_mib, 64);
-    assert_eq!(spec.raw_archive.buffer_interval_seconds, 60);
-    assert_eq!(spec.raw_archive.compression, Compression::Gzip);
+    assert_eq!(spec.raw_archive.buffer_size_mib, Some(64));
+    assert_eq!(spec.raw_archive.buffer_interval_seconds, Some(60));
+    assert_eq!(spec.raw_archive.compression, Some(Compression::Gzip));
     assert_eq!(
         spec.raw_archive.delivery_stream_name.as_deref(),
         Some("shop-full-clicks-raw")
@@ -182,7 +186,7 @@ fn full_example_sets_every_option() {
     assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "250m");
     let flink = spec.aggregation.flink.as_ref().unwrap();
     assert_eq!(flink.runtime, "FLINK-1_18");
-    assert_eq!(flink.parallelism, 2);
+    assert_eq!(flink.parallelism, Some(2));
     assert_eq!(flink.code_s3_key, "flink/heatmap-aggregator-1.0.jar");
     assert_eq!(spec.catalog.partitions, PartitionDiscovery::Crawler);
     let crawler = spec.catalog.crawler.as_ref().unwrap();
@@ -284,22 +288,15 @@ fn schema_carries_the_demo_defaults() {
         ("deletionPolicy", json!("Retain")),
         ("adoptExisting", json!(false)),
         ("stream.mode", json!("Provisioned")),
-        ("stream.shards", json!(1)),
-        ("stream.retentionHours", json!(24)),
         ("stream.encryption", json!("None")),
         ("rawArchive.enabled", json!(true)),
         ("rawArchive.prefix", json!("raw/")),
-        ("rawArchive.bufferSizeMiB", json!(5)),
-        ("rawArchive.bufferIntervalSeconds", json!(300)),
-        ("rawArchive.compression", json!("UNCOMPRESSED")),
         ("aggregation.engine", json!("Deployment")),
         ("aggregation.allowedLateness", json!("30s")),
         ("aggregation.grid.columns", json!(20)),
         ("aggregation.grid.rows", json!(20)),
         ("aggregation.replicas", json!(1)),
         ("aggregation.flink.runtime", json!("FLINK-1_18")),
-        ("aggregation.flink.parallelism", json!(1)),
-        ("aggregation.flink.parallelismPerKpu", json!(1)),
         ("catalog.database", json!("heatmap_demo")),
         ("catalog.table", json!("curated_heatmap")),
         ("catalog.partitions", json!("Projection")),
@@ -321,6 +318,27 @@ fn schema_carries_the_demo_defaults() {
         spec_schema("aggregation.window")["pattern"],
         "^([0-9]+(ms|s|m|h|d))+$"
     );
+
+    // Settings of an AWS resource that an adopted resource keeps when the spec leaves them out
+    // have no schema default (the default applies when the operator creates the resource, and
+    // the description says which it is).
+    for (path, on_create) in [
+        ("stream.shards", "gets 1"),
+        ("stream.retentionHours", "24 hours"),
+        ("rawArchive.bufferSizeMiB", "5 on a"),
+        ("rawArchive.bufferIntervalSeconds", "300 on a"),
+        ("rawArchive.compression", "`UNCOMPRESSED` on a"),
+        ("aggregation.flink.parallelism", "1 on an"),
+        ("aggregation.flink.parallelismPerKpu", "1 on an"),
+    ] {
+        let schema = spec_schema(path);
+        assert_eq!(schema["default"], Value::Null, "spec.{path} has no default");
+        let description = schema["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(on_create) && description.contains("keeps"),
+            "spec.{path}: {description}"
+        );
+    }
 
     // Sections the user must write have no default.
     for path in ["region", "stream", "stream.name", "buckets", "rawArchive"] {
@@ -407,7 +425,7 @@ fn schema_carries_the_cel_rules() {
     has_rule("buckets", "self == oldSelf", "buckets are immutable");
     has_rule(
         "stream",
-        "self.mode == 'Provisioned' || self.shards == 1",
+        "self.mode == 'Provisioned' || !has(self.shards) || self.shards == 1",
         "stream.shards applies only to mode Provisioned",
     );
     has_rule(

@@ -27,7 +27,7 @@ use aws_sdk_firehose::types::{
     BufferingHints, CompressionFormat, DeliveryStreamType, ExtendedS3DestinationConfiguration,
     ExtendedS3DestinationUpdate, KinesisStreamSourceConfiguration, Tag,
 };
-use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, PipelineResources};
+use clickheatmap_crds::{ClickHeatmapPipelineSpec, Compression, PipelineResources, RawArchiveSpec};
 use serde::Serialize;
 
 use super::{
@@ -61,10 +61,41 @@ pub struct DesiredDeliveryStream {
     pub stream_arn: String,
     /// The role it reads the stream with (the same role writes to S3).
     pub role_arn: String,
+    /// The destination of a delivery stream the operator creates (defaults in the fields the
+    /// spec leaves unset).
     pub destination: S3Destination,
+    /// The tuning fields the spec leaves unset: an existing delivery stream keeps its own.
+    pub unset: UnsetTuning,
     pub owner: Owner,
     pub adopt_existing: bool,
     pub tags: BTreeMap<String, String>,
+}
+
+/// Which of `rawArchive`'s tuning fields the spec leaves unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsetTuning {
+    pub buffer_size: bool,
+    pub buffer_interval: bool,
+    pub compression: bool,
+}
+
+impl DesiredDeliveryStream {
+    /// The destination an existing delivery stream should have: the spec's fields, and the
+    /// existing values of the tuning fields the spec leaves unset.
+    pub fn destination_over(&self, existing: &S3Destination) -> S3Destination {
+        let mut wanted = self.destination.clone();
+        if self.unset.buffer_size {
+            wanted.buffer_size_mib = existing.buffer_size_mib;
+        }
+        if self.unset.buffer_interval {
+            wanted.buffer_interval_seconds = existing.buffer_interval_seconds;
+        }
+        if self.unset.compression {
+            wanted.compression.clone_from(&existing.compression);
+        }
+        wanted
+    }
 }
 
 /// An existing delivery stream.
@@ -208,9 +239,18 @@ pub fn desired(
             bucket_arn: names.bucket_arn(&spec.buckets.raw),
             role_arn,
             prefix: archive.prefix.clone(),
-            buffer_size_mib: archive.buffer_size_mib,
-            buffer_interval_seconds: archive.buffer_interval_seconds,
-            compression: compression_name(archive.compression).to_owned(),
+            buffer_size_mib: archive
+                .buffer_size_mib
+                .unwrap_or(RawArchiveSpec::DEFAULT_BUFFER_SIZE_MIB),
+            buffer_interval_seconds: archive
+                .buffer_interval_seconds
+                .unwrap_or(RawArchiveSpec::DEFAULT_BUFFER_INTERVAL_SECONDS),
+            compression: compression_name(archive.compression.unwrap_or_default()).to_owned(),
+        },
+        unset: UnsetTuning {
+            buffer_size: archive.buffer_size_mib.is_none(),
+            buffer_interval: archive.buffer_interval_seconds.is_none(),
+            compression: archive.compression.is_none(),
         },
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
@@ -617,12 +657,16 @@ impl PartReconciler for RawArchive {
                 tags,
             }
         }));
-        if observed.destination.as_ref() != Some(&desired.destination) {
+        let wanted = observed.destination.as_ref().map_or_else(
+            || desired.destination.clone(),
+            |existing| desired.destination_over(existing),
+        );
+        if observed.destination.as_ref() != Some(&wanted) {
             changes.push(Change::UpdateDestination {
                 delivery_stream: name.clone(),
                 current_version_id: observed.version_id.clone(),
                 destination_id: observed.destination_id.clone(),
-                destination: desired.destination.clone(),
+                destination: wanted,
             });
         }
         if !changes.is_empty() && observed.status != "ACTIVE" {

@@ -93,12 +93,33 @@ pub struct ApplicationSettings {
 pub struct DesiredApplication {
     pub name: String,
     pub arn: String,
+    /// The settings of an application the operator creates (defaults in the fields the spec
+    /// leaves unset).
     pub settings: ApplicationSettings,
+    /// The spec leaves `parallelism` / `parallelismPerKpu` unset: an existing application keeps
+    /// its own.
+    pub parallelism_unset: bool,
+    pub parallelism_per_kpu_unset: bool,
     /// Whether the application should run (`aggregation.replicas > 0`).
     pub running: bool,
     pub owner: Owner,
     pub adopt_existing: bool,
     pub tags: BTreeMap<String, String>,
+}
+
+impl DesiredApplication {
+    /// The settings an existing application should have: the spec's, with the existing
+    /// parallelism where the spec leaves it unset.
+    fn settings_over(&self, existing: &ApplicationSettings) -> ApplicationSettings {
+        let mut wanted = self.settings.clone();
+        if self.parallelism_unset {
+            wanted.parallelism = existing.parallelism;
+        }
+        if self.parallelism_per_kpu_unset {
+            wanted.parallelism_per_kpu = existing.parallelism_per_kpu;
+        }
+        wanted
+    }
 }
 
 /// A timestamp as seconds and nanoseconds since the epoch (`DeleteApplication` needs the
@@ -265,11 +286,13 @@ pub fn desired(
             role_arn: flink.role_arn.clone(),
             code_bucket_arn: names.bucket_arn(&flink.code_s3_bucket),
             code_key: flink.code_s3_key.clone(),
-            parallelism: flink.parallelism,
-            parallelism_per_kpu: flink.parallelism_per_kpu,
+            parallelism: flink.parallelism.unwrap_or(1),
+            parallelism_per_kpu: flink.parallelism_per_kpu.unwrap_or(1),
             auto_scaling: false,
             properties,
         },
+        parallelism_unset: flink.parallelism.is_none(),
+        parallelism_per_kpu_unset: flink.parallelism_per_kpu.is_none(),
         running: spec.aggregation.replicas > 0,
         owner: names.owner.clone(),
         adopt_existing: spec.adopt_existing,
@@ -903,12 +926,13 @@ impl PartReconciler for FlinkApplication {
                 tags,
             }
         }));
-        let changed = changed_settings(&desired.settings, &observed.settings);
+        let wanted = desired.settings_over(&observed.settings);
+        let changed = changed_settings(&wanted, &observed.settings);
         if !changed.is_empty() {
             changes.push(Change::UpdateApplication {
                 application: name.clone(),
                 current_version_id: observed.version_id,
-                settings: settings_to_write(&desired.settings, &observed.settings),
+                settings: settings_to_write(&wanted, &observed.settings),
                 changed,
             });
         }

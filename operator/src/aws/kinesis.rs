@@ -34,7 +34,7 @@ use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::{EncryptionType, ScalingType, StreamMode, StreamModeDetails};
 use clickheatmap_crds::{
     AggregationEngine, ClickHeatmapPipelineSpec, PipelineResources, StreamEncryption,
-    StreamMode as SpecStreamMode,
+    StreamMode as SpecStreamMode, StreamSpec,
 };
 use serde::Serialize;
 
@@ -61,9 +61,12 @@ pub struct DesiredStream {
     pub arn: String,
     /// `PROVISIONED` or `ON_DEMAND`.
     pub mode: String,
-    /// Open shards, for provisioned mode only.
+    /// Open shards the spec asks for (provisioned mode only); `None` when it names none, and an
+    /// existing stream keeps its count.
     pub shards: Option<i32>,
-    pub retention_hours: i32,
+    /// Retention the spec asks for; `None` when it names none, and an existing stream keeps its
+    /// own (a new one gets Kinesis's 24 hours).
+    pub retention_hours: Option<i32>,
     /// The KMS key, when the stream is to be encrypted.
     pub kms_key_id: Option<String>,
     pub owner: Owner,
@@ -280,7 +283,7 @@ impl fmt::Display for Change {
 pub fn desired(spec: &ClickHeatmapPipelineSpec, names: &Names) -> DesiredStream {
     let stream = &spec.stream;
     let (mode, shards) = match stream.mode {
-        SpecStreamMode::Provisioned => (PROVISIONED, Some(stream.shards)),
+        SpecStreamMode::Provisioned => (PROVISIONED, stream.shards),
         SpecStreamMode::OnDemand => (ON_DEMAND, None),
     };
     DesiredStream {
@@ -831,16 +834,19 @@ impl PartReconciler for Stream {
             let mut changes = vec![Change::CreateStream {
                 stream: stream.clone(),
                 mode: desired.mode.clone(),
-                shards: desired.shards,
+                shards: (desired.mode == PROVISIONED)
+                    .then(|| desired.shards.unwrap_or(StreamSpec::DEFAULT_SHARDS)),
                 tags: desired.tags.clone(),
             }];
             // A new stream keeps records 24 hours and is not encrypted; these follow once it is
             // ACTIVE (shown by `plan`, applied by a later reconcile).
-            if desired.retention_hours > 24 {
+            if let Some(hours) = desired.retention_hours
+                && hours > StreamSpec::DEFAULT_RETENTION_HOURS
+            {
                 changes.push(Change::IncreaseStreamRetentionPeriod {
                     stream: stream.clone(),
-                    from: 24,
-                    to: desired.retention_hours,
+                    from: StreamSpec::DEFAULT_RETENTION_HOURS,
+                    to: hours,
                 });
             }
             if let Some(key_id) = &desired.kms_key_id {
@@ -888,18 +894,22 @@ impl PartReconciler for Stream {
             }
             _ => {}
         }
-        if desired.retention_hours > observed.retention_hours {
-            changes.push(Change::IncreaseStreamRetentionPeriod {
-                stream: stream.clone(),
-                from: observed.retention_hours,
-                to: desired.retention_hours,
-            });
-        } else if desired.retention_hours < observed.retention_hours {
-            changes.push(Change::DecreaseStreamRetentionPeriod {
-                stream: stream.clone(),
-                from: observed.retention_hours,
-                to: desired.retention_hours,
-            });
+        match desired.retention_hours {
+            Some(hours) if hours > observed.retention_hours => {
+                changes.push(Change::IncreaseStreamRetentionPeriod {
+                    stream: stream.clone(),
+                    from: observed.retention_hours,
+                    to: hours,
+                });
+            }
+            Some(hours) if hours < observed.retention_hours => {
+                changes.push(Change::DecreaseStreamRetentionPeriod {
+                    stream: stream.clone(),
+                    from: observed.retention_hours,
+                    to: hours,
+                });
+            }
+            _ => {}
         }
         let encrypted = observed.encryption_type == "KMS";
         match &desired.kms_key_id {
@@ -1039,7 +1049,7 @@ mod tests {
             status: "ACTIVE".into(),
             mode: desired.mode.clone(),
             open_shards: desired.shards.unwrap_or(4),
-            retention_hours: desired.retention_hours,
+            retention_hours: desired.retention_hours.unwrap_or(24),
             encryption_type: if desired.kms_key_id.is_some() {
                 "KMS".into()
             } else {
@@ -1062,8 +1072,9 @@ mod tests {
         let stream = desired(&minimal.spec, &names_for(&minimal));
         assert_eq!(stream.name, "shop-clicks");
         assert_eq!(stream.mode, "PROVISIONED");
-        assert_eq!(stream.shards, Some(1));
-        assert_eq!(stream.retention_hours, 24);
+        // The minimal example names neither: 1 shard and 24 h on create, kept on adoption.
+        assert_eq!(stream.shards, None);
+        assert_eq!(stream.retention_hours, None);
         assert_eq!(stream.kms_key_id, None);
         assert_eq!(
             stream.arn,
@@ -1073,7 +1084,7 @@ mod tests {
         let full = fixture("pipeline-full.yaml");
         let stream = desired(&full.spec, &names_for(&full));
         assert_eq!(stream.shards, Some(2));
-        assert_eq!(stream.retention_hours, 48);
+        assert_eq!(stream.retention_hours, Some(48));
         assert_eq!(stream.kms_key_id.as_deref(), Some("alias/shop-heatmap"));
         assert!(stream.adopt_existing);
     }
@@ -1388,8 +1399,8 @@ mod tests {
 
     #[test]
     fn a_busy_stream_is_not_changed() {
-        let minimal = fixture("pipeline-minimal.yaml");
-        let stream = desired(&minimal.spec, &names_for(&minimal));
+        let full = fixture("pipeline-full.yaml");
+        let stream = desired(&full.spec, &names_for(&full));
         let mut observed = in_sync(&stream);
         observed.status = "UPDATING".into();
         assert_eq!(Stream::diff(&stream, Some(&observed)), Ok(vec![]));
@@ -1397,7 +1408,7 @@ mod tests {
             Stream::readiness(&stream, Some(&observed)),
             Readiness::Provisioning(_)
         ));
-        observed.open_shards = 2;
+        observed.open_shards = 3;
         let error = Stream::diff(&stream, Some(&observed)).expect_err("busy");
         assert_eq!(error.reason(), crate::error::Reason::Provisioning);
         assert!(error.is_retryable());
