@@ -7,12 +7,13 @@
 //!
 //! ```sh
 //! cargo build --release -p clickheatmap-aggregator --bins --examples
-//! ./target/release/examples/kinesis_memory_bench [EVENTS] [SHARDS] [RECORDS_PER_RESPONSE]
+//! ./target/release/examples/kinesis_memory_bench [EVENTS] [SHARDS] [RECORDS_PER_RESPONSE] [BUDGET_MIB]
 //! ```
 //!
 //! Records carry 100 events each as NDJSON (the original demo's format, user agent included), as
-//! in `kinesis_bench` (the moto variant); a response holds up to RECORDS_PER_RESPONSE records
-//! (250 by default, about 8 MiB: real Kinesis caps a response at 10 MiB).
+//! in `kinesis_bench` (the moto variant); a response holds as many records as the call's `Limit`
+//! asks for, up to RECORDS_PER_RESPONSE (250 by default, about 8 MiB: real Kinesis caps a
+//! response at 10 MiB). The aggregator runs with `responseBudgetMiB` BUDGET_MIB (16 by default).
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -55,11 +56,13 @@ fn base64(data: &[u8], out: &mut String) {
     }
 }
 
-/// Every GetRecords response of every shard, encoded up front.
+/// Every record of every shard, encoded up front as the JSON object of a GetRecords response.
 struct Stream {
     shards: Vec<String>,
-    /// Per shard, the responses in order.
-    responses: BTreeMap<String, Vec<Bytes>>,
+    /// Per shard, the records in order (their index is their sequence number).
+    records: BTreeMap<String, Vec<Bytes>>,
+    /// The most records one response holds (Kinesis caps a response at 10 MiB).
+    per_response: usize,
 }
 
 fn json_response(body: Bytes) -> Response {
@@ -104,35 +107,48 @@ async fn answer(stream: Arc<Stream>, headers: HeaderMap, body: Bytes) -> Respons
                 serde_json::json!({ "Shards": shards }).to_string(),
             ))
         }
-        // `<shard>:<next response>`. After a checkpointed sequence number it resumes at the next
-        // whole response (a bench run never restarts a shard, so that is never exercised).
+        // `<shard>:<next record>`.
         "GetShardIterator" => {
             let shard = field(&request, "ShardId");
             let next = match field(&request, "ShardIteratorType") {
                 "AFTER_SEQUENCE_NUMBER" => field(&request, "StartingSequenceNumber")
                     .parse::<usize>()
-                    .map_or(0, |sequence| sequence / 100_000 + 1),
+                    .map_or(0, |sequence| sequence + 1),
                 _ => 0,
             };
             json_response(Bytes::from(
                 serde_json::json!({ "ShardIterator": format!("{shard}:{next}") }).to_string(),
             ))
         }
+        // As many records as the call's Limit asks for, up to the response cap: the response
+        // is the pre-encoded records joined (a memory copy, on the responder's side).
         "GetRecords" => {
             let iterator = field(&request, "ShardIterator");
             let (shard, index) = iterator.rsplit_once(':').unwrap_or((iterator, "0"));
             let index: usize = index.parse().unwrap_or(0);
-            match stream.responses.get(shard).and_then(|all| all.get(index)) {
-                Some(encoded) => json_response(encoded.clone()),
-                None => json_response(Bytes::from(
-                    serde_json::json!({
-                        "Records": [],
-                        "NextShardIterator": format!("{shard}:{index}"),
-                        "MillisBehindLatest": 0
-                    })
-                    .to_string(),
-                )),
+            let limit = request["Limit"]
+                .as_u64()
+                .map_or(10_000, |limit| limit as usize)
+                .min(stream.per_response);
+            let all = stream.records.get(shard).map_or(&[][..], Vec::as_slice);
+            let end = (index + limit).min(all.len()).max(index.min(all.len()));
+            let taken = &all[index.min(all.len())..end];
+            let mut body = Vec::with_capacity(
+                taken.iter().map(|record| record.len() + 1).sum::<usize>() + 120,
+            );
+            body.extend_from_slice(br#"{"Records":["#);
+            for (offset, record) in taken.iter().enumerate() {
+                if offset > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(record);
             }
+            let behind = if end < all.len() { 60_000 } else { 0 };
+            body.extend_from_slice(
+                format!(r#"],"NextShardIterator":"{shard}:{end}","MillisBehindLatest":{behind}}}"#)
+                    .as_bytes(),
+            );
+            json_response(Bytes::from(body))
         }
         other => (
             StatusCode::BAD_REQUEST,
@@ -185,6 +201,7 @@ async fn main() {
         .unwrap_or(2_000_000);
     let shards: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let per_response: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(250);
+    let budget_mib: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("clickheatmap-aggregator")))
@@ -214,37 +231,27 @@ async fn main() {
         records_of[index % shards].push(data);
     }
     let arrival = now_ms() as f64 / 1000.0;
-    let mut responses = BTreeMap::new();
-    for (shard, records) in shard_ids.iter().zip(&records_of) {
-        let chunks: Vec<&[Vec<u8>]> = records.chunks(per_response).collect();
-        let mut encoded = Vec::with_capacity(chunks.len());
-        for (index, chunk) in chunks.iter().enumerate() {
-            let mut body = String::with_capacity(chunk.iter().map(|r| r.len() * 4 / 3 + 200).sum());
-            body.push_str(r#"{"Records":["#);
-            for (offset, data) in chunk.iter().enumerate() {
-                // Sequence numbers tell the response a record came in (see GetShardIterator).
-                let sequence = index * 100_000 + offset;
-                if offset > 0 {
-                    body.push(',');
-                }
-                body.push_str(&format!(
+    let mut encoded_records = BTreeMap::new();
+    for (shard, records) in shard_ids.iter().zip(records_of) {
+        let encoded: Vec<Bytes> = records
+            .iter()
+            .enumerate()
+            .map(|(sequence, data)| {
+                let mut json = String::with_capacity(data.len() * 4 / 3 + 120);
+                json.push_str(&format!(
                     r#"{{"SequenceNumber":"{sequence:020}","ApproximateArrivalTimestamp":{arrival},"PartitionKey":"k","Data":""#
                 ));
-                base64(data, &mut body);
-                body.push_str(r#""}"#);
-            }
-            let behind = if index + 1 < chunks.len() { 60_000 } else { 0 };
-            body.push_str(&format!(
-                r#"],"NextShardIterator":"{shard}:{}","MillisBehindLatest":{behind}}}"#,
-                index + 1
-            ));
-            encoded.push(Bytes::from(body));
-        }
-        responses.insert(shard.clone(), encoded);
+                base64(data, &mut json);
+                json.push_str(r#""}"#);
+                Bytes::from(json)
+            })
+            .collect();
+        encoded_records.insert(shard.clone(), encoded);
     }
     let stream = Arc::new(Stream {
         shards: shard_ids,
-        responses,
+        records: encoded_records,
+        per_response,
     });
 
     let responder_port = free_port();
@@ -270,7 +277,7 @@ async fn main() {
         &config,
         serde_json::json!({
             "source": {"type": "kinesis", "streamName": "bench", "region": "us-east-1",
-                       "idlePollInterval": "200ms", "maxRecordsPerCall": per_response},
+                       "idlePollInterval": "200ms", "responseBudgetMiB": budget_mib},
             "output": {"root": dir.join("curated").to_string_lossy()},
             "metricsAddress": format!("127.0.0.1:{metrics_port}")
         })

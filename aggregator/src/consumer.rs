@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::aggregate::{Aggregator, Counters, Flush};
+use crate::budget::{BudgetShare, ResponseBudget};
 use crate::checkpoint::{
     CHECKPOINT_VERSION, CheckpointError, CheckpointStore, FlushIntent, ShardCheckpoint,
 };
@@ -447,17 +448,32 @@ pub enum ReadMode {
     Subscribe { consumer_arn: String },
 }
 
+/// What every shard reader of a replica shares.
+#[derive(Clone, Debug)]
+pub struct ShardServices {
+    pub source: KinesisSource,
+    pub settings: KinesisSourceConfig,
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<LiveBoard>,
+    /// The record data GetRecords responses may hold at once (polling only).
+    pub budget: Arc<ResponseBudget>,
+}
+
 /// Reads one shard until it ends or `stop` turns true.
 pub async fn run_shard(
     mut worker: ShardWorker,
-    source: KinesisSource,
-    settings: KinesisSourceConfig,
+    services: ShardServices,
     mode: ReadMode,
     mut stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-    live: Arc<LiveBoard>,
 ) -> (String, Result<ShardOutcome, ConsumerError>) {
     let shard_id = worker.shard_id().to_owned();
+    let ShardServices {
+        source,
+        settings,
+        metrics,
+        live,
+        budget,
+    } = services;
     let mut reader = ShardReader {
         worker: &mut worker,
         source: &source,
@@ -467,7 +483,7 @@ pub async fn run_shard(
         live: &live,
     };
     let outcome = match &mode {
-        ReadMode::Poll => reader.poll().await,
+        ReadMode::Poll => reader.poll(budget.join()).await,
         ReadMode::Subscribe { consumer_arn } => reader.subscribe(consumer_arn).await,
     };
     metrics.remove_shard(&shard_id);
@@ -548,7 +564,7 @@ impl ShardReader<'_> {
     }
 
     /// GetRecords polling, within the per-shard call limit.
-    async fn poll(&mut self) -> Result<ShardOutcome, ConsumerError> {
+    async fn poll(&mut self, mut share: BudgetShare) -> Result<ShardOutcome, ConsumerError> {
         if self.worker.is_finished() {
             return Ok(ShardOutcome::Finished);
         }
@@ -564,7 +580,7 @@ impl ShardReader<'_> {
             let polled = match &iterator {
                 Some(current) => self
                     .source
-                    .get_records(current, self.settings.max_records_per_call)
+                    .get_records(current, share.limit(self.settings.max_records_per_call))
                     .await
                     .map(Some),
                 None => self
@@ -581,6 +597,10 @@ impl ShardReader<'_> {
                 Ok(Some(batch)) => {
                     self.metrics.get_records_called();
                     backoff.reset();
+                    share.observe(
+                        batch.records.len(),
+                        batch.records.iter().map(|record| record.data.len()).sum(),
+                    );
                     let ended = batch.next_iterator.is_none();
                     if self
                         .take(&batch.records, batch.millis_behind_latest, ended)
@@ -782,6 +802,13 @@ pub async fn consume_from(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let targets = Targets::open(config, source.stream())?;
+    let services = ShardServices {
+        source: source.clone(),
+        settings: settings.clone(),
+        metrics: metrics.clone(),
+        live: live.clone(),
+        budget: ResponseBudget::mib(settings.response_budget_mib),
+    };
     let mut leases = match config.replicas.assignment {
         ShardAssignment::Ordinal => None,
         ShardAssignment::Leases => {
@@ -1007,15 +1034,7 @@ pub async fn consume_from(
             };
             let (switch, shard_stop) = watch::channel(false);
             running.insert(shard_id.clone(), switch);
-            tasks.spawn(run_shard(
-                worker,
-                source.clone(),
-                settings.clone(),
-                mode,
-                shard_stop,
-                metrics.clone(),
-                live.clone(),
-            ));
+            tasks.spawn(run_shard(worker, services.clone(), mode, shard_stop));
         }
     }
 }

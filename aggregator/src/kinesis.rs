@@ -104,9 +104,9 @@ impl Subscription {
                 Err(err) => return Err(classify(err)),
             };
             return Ok(Some(FanOutEvent {
-                records: shard_records(event.records()),
                 millis_behind_latest: event.millis_behind_latest(),
                 shard_ended: !event.child_shards().is_empty(),
+                records: shard_records(event.records),
             }));
         }
     }
@@ -314,20 +314,21 @@ impl KinesisSource {
             .await
             .map_err(classify)?;
         Ok(RecordBatch {
-            records: shard_records(output.records()),
-            next_iterator: output.next_shard_iterator().map(str::to_owned),
-            millis_behind_latest: output.millis_behind_latest(),
+            next_iterator: output.next_shard_iterator,
+            millis_behind_latest: output.millis_behind_latest,
+            records: shard_records(output.records),
         })
     }
 }
 
-/// Records as the SDK returns them (GetRecords and SubscribeToShard alike).
-fn shard_records(records: &[aws_sdk_kinesis::types::Record]) -> Vec<ShardRecord> {
+/// Records as the SDK returns them (GetRecords and SubscribeToShard alike), taken over without
+/// copying their data (a response can hold 10 MiB).
+fn shard_records(records: Vec<aws_sdk_kinesis::types::Record>) -> Vec<ShardRecord> {
     records
-        .iter()
+        .into_iter()
         .map(|record| ShardRecord {
-            sequence_number: record.sequence_number().to_owned(),
-            data: Bytes::copy_from_slice(record.data().as_ref()),
+            sequence_number: record.sequence_number,
+            data: Bytes::from(record.data.into_inner()),
         })
         .collect()
 }

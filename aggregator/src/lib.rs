@@ -10,6 +10,7 @@
 //! synthetic clicks for demos, tests and benchmarks.
 
 pub mod aggregate;
+pub mod budget;
 pub mod checkpoint;
 pub mod consumer;
 pub mod event;

@@ -113,6 +113,9 @@ impl WindowOutput {
 
 type Counts = FxHashMap<CellKey, i64>;
 
+/// A page table smaller than this is never pruned: a site's pages fit many times over.
+const PRUNE_PAGES_FROM: usize = 4096;
+
 /// The window state of one aggregator.
 pub struct Windows {
     size_ms: i64,
@@ -126,6 +129,8 @@ pub struct Windows {
     /// Every window starting before this has been handed out.
     closed_before: i64,
     pages: PageTable,
+    /// The page table is rebuilt from the windows still held once it has this many pages.
+    prune_pages_at: usize,
     late_clicks: u64,
     /// The watermark when the oldest waiting correction arrived.
     corrections_since: Option<i64>,
@@ -142,6 +147,7 @@ impl Windows {
             clocks: Vec::new(),
             closed_before: i64::MIN,
             pages: PageTable::default(),
+            prune_pages_at: PRUNE_PAGES_FROM,
             late_clicks: 0,
             corrections_since: None,
         }
@@ -288,10 +294,37 @@ impl Windows {
         self.closed_before = boundary;
         let closing = self.open.partition_point(|(start, _)| *start < boundary);
         let closed: Vec<(i64, Counts)> = self.open.drain(..closing).collect();
-        closed
+        let outputs = closed
             .into_iter()
             .map(|(start, counts)| self.output(start, WindowKind::Final, counts))
-            .collect()
+            .collect();
+        self.prune_pages();
+        outputs
+    }
+
+    /// Pages interned now (for tests and metrics).
+    pub fn pages_interned(&self) -> usize {
+        self.pages.names.len()
+    }
+
+    /// Rebuilds the page table from the pages of the windows still held, once it has grown past
+    /// twice what the last rebuild kept: page ids come from untrusted clicks, and a stream of
+    /// ever-new ids (a bot, a query string in the page id) must not grow it for ever.
+    fn prune_pages(&mut self) {
+        if self.pages.names.len() < self.prune_pages_at {
+            return;
+        }
+        let old = std::mem::take(&mut self.pages);
+        for (_, counts) in self.open.iter_mut().chain(self.corrections.iter_mut()) {
+            *counts = std::mem::take(counts)
+                .into_iter()
+                .map(|(key, clicks)| {
+                    let page = self.pages.intern(&old.name(key.page()));
+                    (CellKey::new(page, key.grid_x(), key.grid_y()), clicks)
+                })
+                .collect();
+        }
+        self.prune_pages_at = (2 * self.pages.names.len()).max(PRUNE_PAGES_FROM);
     }
 
     /// Hands out the corrections once the watermark moved `wait_ms` past the oldest of them, so
@@ -309,10 +342,12 @@ impl Windows {
     pub fn take_corrections(&mut self) -> Vec<WindowOutput> {
         self.corrections_since = None;
         let corrections = std::mem::take(&mut self.corrections);
-        corrections
+        let outputs = corrections
             .into_iter()
             .map(|(start, counts)| self.output(start, WindowKind::Correction, counts))
-            .collect()
+            .collect();
+        self.prune_pages();
+        outputs
     }
 
     fn output(&self, window_start: i64, kind: WindowKind, counts: Counts) -> WindowOutput {
@@ -586,6 +621,40 @@ mod tests {
         windows.take_corrections();
         windows.close_all();
         assert!(windows.open_cells("p").is_empty());
+    }
+
+    #[test]
+    fn the_page_table_is_pruned_to_the_pages_still_held() {
+        let mut windows = Windows::new(60_000, 0);
+        // A new page id on every click (a bot), one window after another.
+        for minute in 0..100_i64 {
+            for click in 0..100 {
+                let page = format!("page-{minute}-{click}");
+                windows.add(0, &page, 1, 2, minute * 60_000 + click);
+            }
+            let closed = windows.close_ready();
+            for output in &closed {
+                // Every closed cell keeps its own page name through the rebuilds.
+                let minute = output.window_start / 60_000;
+                assert_eq!(output.cells.len(), 100);
+                assert!(
+                    output
+                        .cells
+                        .iter()
+                        .all(|cell| cell.page_id.starts_with(&format!("page-{minute}-")))
+                );
+            }
+            assert!(
+                windows.pages_interned() <= 2 * PRUNE_PAGES_FROM,
+                "{} pages after minute {minute}",
+                windows.pages_interned()
+            );
+        }
+        // The open window's cells are still right.
+        let open = windows.all_open_cells();
+        assert_eq!(open.len(), 100);
+        assert!(open.iter().all(|(page, _)| page.starts_with("page-99-")));
+        assert_eq!(windows.open_cells("page-99-7"), vec![(1, 2, 1)]);
     }
 
     #[test]

@@ -140,9 +140,16 @@ pub struct KinesisSourceConfig {
     /// Where a shard without a checkpoint starts.
     #[serde(default)]
     pub start_position: StartPosition,
-    /// Records per GetRecords call (1 to 10000).
+    /// Records per GetRecords call (1 to 10000): the most a call asks for; the response budget
+    /// below may ask for fewer.
     #[serde(default = "default_max_records_per_call")]
     pub max_records_per_call: u32,
+    /// Record data (MiB) the replica's GetRecords responses may hold at once, shared by the
+    /// shards it reads: each call asks for as many records as its shard's share holds at that
+    /// shard's recent record size, so memory stays bounded whatever the shard count (peak RSS
+    /// ≈ 40 MiB + 2.5 × this; docs/BENCHMARKS.md). 1 to 1024.
+    #[serde(rename = "responseBudgetMiB", default = "default_response_budget_mib")]
+    pub response_budget_mib: u32,
     /// Pause between polls of a shard that returned nothing (Kinesis allows 5 calls/s per shard).
     #[serde(default = "default_idle_poll_interval")]
     pub idle_poll_interval: Duration,
@@ -207,6 +214,10 @@ pub enum StartPosition {
 
 fn default_max_records_per_call() -> u32 {
     10_000
+}
+
+fn default_response_budget_mib() -> u32 {
+    16
 }
 
 fn default_idle_poll_interval() -> Duration {
@@ -497,6 +508,12 @@ impl AggregatorConfig {
                     return Err(invalid(
                         "source.maxRecordsPerCall",
                         format!("must be 1 to 10000, got {}", kinesis.max_records_per_call),
+                    ));
+                }
+                if !(1..=1024).contains(&kinesis.response_budget_mib) {
+                    return Err(invalid(
+                        "source.responseBudgetMiB",
+                        format!("must be 1 to 1024, got {}", kinesis.response_budget_mib),
                     ));
                 }
                 if kinesis.idle_poll_interval.as_millis() < 200 {
