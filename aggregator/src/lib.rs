@@ -13,8 +13,6 @@ pub mod aggregate;
 pub mod budget;
 pub mod checkpoint;
 pub mod consumer;
-pub mod event;
-pub mod grid;
 pub mod kinesis;
 pub mod lease;
 pub mod live;
@@ -27,5 +25,7 @@ pub mod render;
 pub mod server;
 pub mod sink;
 pub mod synth;
-pub mod time;
 pub mod window;
+
+// The shared event model, under the paths it always had here.
+pub use clickheatmap_model::{event, grid, time};

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use clickheatmap_aggregator::event::Limits;
+use clickheatmap_model::event::Limits;
 
 use crate::sink::SinkLimits;
 

@@ -14,7 +14,7 @@
 //! A value that is not valid JSON is counted once as `malformed_json`, and reading resumes on the
 //! next line, the way the aggregator reads NDJSON.
 
-use clickheatmap_aggregator::event::{
+use clickheatmap_model::event::{
     ClickEvent, Limits, RecordVisitor, RejectReason, Rejection, parse_record,
 };
 use serde_json::value::RawValue;

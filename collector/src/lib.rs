@@ -3,7 +3,7 @@
 //! The original demo put AWS keys with full access into the page so that the browser could call
 //! Kinesis itself. The collector removes that: pages load a small script
 //! (`GET /v1/snippet.js`) that posts clicks to `POST /v1/clicks`; the collector checks them with
-//! the aggregator's own parser ([`clickheatmap_aggregator::event::parse_record`]), so it accepts
+//! the aggregator's own parser ([`clickheatmap_model::event::parse_record`]), so it accepts
 //! exactly what the aggregator counts, and forwards the accepted ones — original JSON, one event
 //! per NDJSON line, many events per record — to a Kinesis data stream with its own credentials
 //! (IRSA / Pod Identity). The data contract is docs/ARCHITECTURE.md's click event.

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use clickheatmap_aggregator::event::Limits;
 use clickheatmap_collector::bench::{self, BenchOptions};
 use clickheatmap_collector::{
     AllowedOrigins, Collector, CollectorConfig, KinesisSink, QueueConfig, RateLimitConfig,
@@ -13,6 +12,7 @@ use clickheatmap_collector::{
 };
 use clickheatmap_crds::Duration;
 use clickheatmap_logging::LogFormat;
+use clickheatmap_model::event::Limits;
 
 #[derive(Parser)]
 #[command(

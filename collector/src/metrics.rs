@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clickheatmap_aggregator::event::RejectReason;
+use clickheatmap_model::event::RejectReason;
 
 use crate::queue::QueueStats;
 

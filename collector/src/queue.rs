@@ -451,7 +451,7 @@ async fn drain_deadline(mut drain: watch::Receiver<Option<Instant>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clickheatmap_aggregator::event::Limits;
+    use clickheatmap_model::event::Limits;
 
     fn event(n: usize) -> String {
         format!(
