@@ -24,18 +24,16 @@ WORKDIR /src
 COPY . .
 
 # Cache mounts keep the registry and the target folder between builds; the binaries are copied
-# out of the cache mount so that the next stage can see them, and stripped (the release profile
-# keeps line tables for local backtraces; the image ships without them, as
-# scripts/build-image.sh does).
+# out of the cache mount so that the next stage can see them. The `dist` profile is release
+# without debug info and symbols (Cargo.toml), as scripts/build-image.sh ships them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p clickheatmap-operator -p clickheatmap-aggregator \
+    cargo build --profile dist --locked -p clickheatmap-operator -p clickheatmap-aggregator \
       -p clickheatmap-collector -p clickheatmap-viewer \
  && mkdir -p /out \
- && cp target/release/clickheatmap-operator target/release/clickheatmap-aggregator \
-       target/release/clickheatmap-collector target/release/clickheatmap-viewer /out/ \
- && strip --strip-all /out/clickheatmap-*
+ && cp target/dist/clickheatmap-operator target/dist/clickheatmap-aggregator \
+       target/dist/clickheatmap-collector target/dist/clickheatmap-viewer /out/
 
 # ---- runtime -------------------------------------------------------------------------------
 # glibc + libgcc + CA certificates, no shell; Debian 12 like the builder, so glibc matches.

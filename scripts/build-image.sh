@@ -2,10 +2,12 @@
 # Builds the clickheatmap image offline from binaries built by cargo on this machine, into a
 # docker-archive tar (load it with `docker load`, `podman load`, or ../shared/kube/load-image.sh).
 #
-#   scripts/build-image.sh [--profile release|dev] [--name IMAGE] [--out FILE.tar]
+#   scripts/build-image.sh [--profile dist|dev] [--name IMAGE] [--out FILE.tar]
 #
-#   --profile release  (default) builds the four binaries with `cargo build --release --locked`
-#                      if they are missing or older than the sources; the image is what ships.
+#   --profile dist     (default) builds the four binaries with `cargo build --profile dist
+#                      --locked` (release without debug info and symbols) if they are missing or
+#                      older than the sources; the image is what ships. `release` is accepted as
+#                      another name for it.
 #   --profile dev      takes the binaries `cargo test` already built in target/debug (the node
 #                      end-to-end suite does this: CI never builds a second, release profile).
 #   --name             default localhost/clickheatmap:<workspace version>
@@ -21,7 +23,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
 
-profile=release name="" out=""
+profile=dist name="" out=""
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) profile=$2; shift 2 ;;
@@ -31,18 +33,19 @@ while [ $# -gt 0 ]; do
     *) echo "build-image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$profile" = release ]; then profile=dist; fi
 name=${name:-localhost/clickheatmap:$version}
 out=${out:-$root/target/image/clickheatmap-$profile.tar}
 binaries=(clickheatmap-operator clickheatmap-aggregator clickheatmap-collector clickheatmap-viewer)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 case $profile in
-  release)
-    bin_dir=$target_dir/release
-    (cd "$root" && cargo build --release --locked \
+  dist)
+    bin_dir=$target_dir/dist
+    (cd "$root" && cargo build --profile dist --locked \
       -p clickheatmap-operator -p clickheatmap-aggregator -p clickheatmap-collector -p clickheatmap-viewer)
     ;;
   dev) bin_dir=$target_dir/debug ;;
-  *) echo "build-image.sh: --profile is release or dev, not $profile" >&2; exit 2 ;;
+  *) echo "build-image.sh: --profile is dist or dev, not $profile" >&2; exit 2 ;;
 esac
 for binary in "${binaries[@]}"; do
   if [ ! -x "$bin_dir/$binary" ]; then

@@ -57,7 +57,10 @@ def test_builder_stage():
     assert builder[0] == ("FROM", f"rust:{rust_version}-bookworm AS builder")
     runs = " ".join(rest for keyword, rest in builder if keyword == "RUN")
     build = " ".join(runs.replace("\\", " ").split())
-    assert "cargo build --release --locked -p clickheatmap-operator -p clickheatmap-aggregator -p clickheatmap-collector -p clickheatmap-viewer" in build
+    assert "cargo build --profile dist --locked -p clickheatmap-operator -p clickheatmap-aggregator -p clickheatmap-collector -p clickheatmap-viewer" in build
+    # The shipped profile carries no debug info or symbols.
+    dist = CARGO["profile"]["dist"]
+    assert dist["inherits"] == "release" and dist["strip"] == "symbols" and dist["debug"] is False
     # The whole context goes in (every workspace member must be there for Cargo to resolve the
     # workspace); .dockerignore decides what the context holds.
     assert ("COPY", ". .") in builder
