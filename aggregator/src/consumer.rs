@@ -802,13 +802,6 @@ pub async fn consume_from(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let targets = Targets::open(config, source.stream())?;
-    let services = ShardServices {
-        source: source.clone(),
-        settings: settings.clone(),
-        metrics: metrics.clone(),
-        live: live.clone(),
-        budget: ResponseBudget::mib(settings.response_budget_mib),
-    };
     let mut leases = match config.replicas.assignment {
         ShardAssignment::Ordinal => None,
         ShardAssignment::Leases => {
@@ -835,19 +828,27 @@ pub async fn consume_from(
             }
         }
     };
-    // Shards read through a subscription: when one closes, its reader is stopped and it is
-    // finished with GetRecords (Kinesis names the children in the last event, but not every
-    // implementation does; polling a closed shard ends unambiguously).
-    let mut subscribed: BTreeSet<String> = BTreeSet::new();
-    let mut tasks: JoinSet<(String, Result<ShardOutcome, ConsumerError>)> = JoinSet::new();
-    // Each running shard's own stop switch (a shard can be handed to another replica).
-    let mut running: BTreeMap<String, watch::Sender<bool>> = BTreeMap::new();
-    let mut finished: BTreeSet<String> = BTreeSet::new();
-    let mut releasing: BTreeSet<String> = BTreeSet::new();
-    let mut retry_at: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut readers = ShardReaders {
+        config,
+        targets: &targets,
+        services: ShardServices {
+            source: source.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            live,
+            budget: ResponseBudget::mib(settings.response_budget_mib),
+        },
+        board: Arc::new(ProgressBoard::default()),
+        consumer_arn,
+        tasks: JoinSet::new(),
+        running: BTreeMap::new(),
+        subscribed: BTreeSet::new(),
+        finished: BTreeSet::new(),
+        releasing: BTreeSet::new(),
+        retry_at: BTreeMap::new(),
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+    };
     let mut discovery = tokio::time::interval(tick);
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-    let board = Arc::new(ProgressBoard::default());
     let mut progress = ProgressWriter::new(
         &targets.coordination,
         source.stream(),
@@ -862,53 +863,23 @@ pub async fn consume_from(
             _ = progress_tick.tick() => {
                 // The operator's view of this replica; a failure only delays it. Bounded, so that
                 // a slow store never holds up lease renewal or shutdown in this loop.
-                match tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, progress.write_if_due(&board, now_ms())).await {
+                match tokio::time::timeout(PROGRESS_WRITE_TIMEOUT, progress.write_if_due(&readers.board, now_ms())).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(err)) => tracing::warn!(path = %progress.path(), error = %err, "writing the progress report failed; retrying"),
                     Err(_) => tracing::warn!(path = %progress.path(), "writing the progress report timed out; retrying"),
                 }
                 continue;
             }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                match joined {
-                    Ok((shard_id, outcome)) => {
-                        running.remove(&shard_id);
-                        board.remove(&shard_id);
-                        subscribed.remove(&shard_id);
-                        match outcome {
-                            Ok(ShardOutcome::Finished) => { finished.insert(shard_id.clone()); }
-                            Ok(ShardOutcome::Stopped) => {}
-                            Err(err) => {
-                                tracing::error!(shard = %shard_id, error = %err, "shard task failed; restarting it from its checkpoint");
-                                retry_at.insert(shard_id.clone(), Instant::now() + backoff.next_delay());
-                            }
-                        }
-                        if releasing.remove(&shard_id)
-                            && let Some(leases) = leases.as_mut()
-                            && let Err(err) = leases.release(&shard_id).await
-                        {
-                            // It expires by itself; another replica then takes it.
-                            tracing::warn!(shard = %shard_id, error = %err, "giving the lease back failed");
-                        }
-                    }
-                    Err(err) => tracing::error!(error = %err, "a shard task panicked"),
-                }
-                if *stop.borrow() && tasks.is_empty() {
+            Some(joined) = readers.tasks.join_next(), if !readers.tasks.is_empty() => {
+                readers.ended(joined, leases.as_mut()).await;
+                if *stop.borrow() && readers.tasks.is_empty() {
                     resign(&mut leases).await;
                     return Ok(());
                 }
             }
             _ = stop.changed() => {
                 if *stop.borrow() {
-                    tracing::info!(shards = running.len(), "stopping: checkpointing every shard");
-                    for switch in running.values() {
-                        switch.send_replace(true);
-                    }
-                    while let Some(joined) = tasks.join_next().await {
-                        if let Ok((shard_id, Err(err))) = joined {
-                            tracing::error!(shard = %shard_id, error = %err, "checkpoint at shutdown failed; the last committed one stands");
-                        }
-                    }
+                    readers.stop_all().await;
                     resign(&mut leases).await;
                     return Ok(());
                 }
@@ -926,106 +897,224 @@ pub async fn consume_from(
                 metrics.source_error();
                 tracing::warn!(error = %err, "listing shards failed; retrying at the next tick");
                 if let Some(leases) = leases.as_mut() {
-                    stop_fenced(leases, now_ms(), tick_ms, &running, &mut releasing);
+                    readers.stop_fenced(leases, now_ms(), tick_ms);
                 }
                 continue;
             }
         };
-        for shard in shards.iter().filter(|shard| shard.closed) {
-            if subscribed.remove(&shard.shard_id)
-                && let Some(switch) = running.get(&shard.shard_id)
-            {
-                tracing::info!(shard = %shard.shard_id, "the shard was closed; finishing it with GetRecords");
-                switch.send_replace(true);
-            }
-        }
-        // A parent read by another replica counts as finished once its checkpoint says so.
-        for shard in &shards {
-            if !finished.contains(&shard.shard_id)
-                && !running.contains_key(&shard.shard_id)
-                && shards
-                    .iter()
-                    .any(|child| child.parents().any(|p| p == shard.shard_id))
-                && matches!(targets.checkpoints.load(&shard.shard_id).await, Ok(Some(c)) if c.shard_finished)
-            {
-                finished.insert(shard.shard_id.clone());
-            }
-        }
-        let running_ids: BTreeSet<String> = running.keys().cloned().collect();
-        let startable = startable_shards(&shards, &running_ids, &finished);
+        readers.finish_closed_subscriptions(&shards);
+        readers.learn_finished_parents(&shards).await;
+        let running = readers.running_ids();
+        let startable = startable_shards(&shards, &running, &readers.finished);
         // What this replica should be reading now.
         let wanted: BTreeSet<String> = match leases.as_mut() {
             None => startable
                 .iter()
                 .filter(|shard| owns_shard(&shard.shard_id, config.replicas))
                 .map(|shard| shard.shard_id.clone())
-                .chain(running_ids.iter().cloned())
+                .chain(running.iter().cloned())
                 .collect(),
             Some(leases) => {
                 let readable: Vec<String> = startable
                     .iter()
                     .map(|shard| shard.shard_id.clone())
-                    .chain(running_ids.iter().cloned())
+                    .chain(running.iter().cloned())
                     .collect();
                 match leases.tick(&readable, now_ms()).await {
                     Ok(assignment) => {
                         for shard_id in assignment.release {
-                            if running.contains_key(&shard_id) {
-                                // Given back once its reader has stopped and checkpointed.
-                                releasing.insert(shard_id);
-                            } else if let Err(err) = leases.release(&shard_id).await {
-                                tracing::warn!(shard = %shard_id, error = %err, "giving the lease back failed");
-                            }
+                            readers.hand_over(shard_id, leases).await;
                         }
                         assignment.owned
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "renewing shard leases failed; retrying at the next tick");
-                        stop_fenced(leases, now_ms(), tick_ms, &running, &mut releasing);
-                        running_ids.clone()
+                        readers.stop_fenced(leases, now_ms(), tick_ms);
+                        running.clone()
                     }
                 }
             }
         };
-        // Shards this replica must let go of: stop their readers (they checkpoint first).
-        for (shard_id, switch) in &running {
-            if !wanted.contains(shard_id) || releasing.contains(shard_id) {
+        readers.stop_unwanted(&wanted);
+        readers.start(startable, &wanted).await;
+    }
+}
+
+/// The shard readers of one replica: which run (each with its own stop switch, since a shard can
+/// be handed to another replica), which are read through a subscription, which are finished or
+/// being handed over, and when a failed one may start again.
+struct ShardReaders<'a> {
+    config: &'a AggregatorConfig,
+    targets: &'a Targets,
+    services: ShardServices,
+    board: Arc<ProgressBoard>,
+    /// The enhanced fan-out consumer, when shards are read through subscriptions.
+    consumer_arn: Option<String>,
+    tasks: JoinSet<(String, Result<ShardOutcome, ConsumerError>)>,
+    running: BTreeMap<String, watch::Sender<bool>>,
+    /// Shards read through a subscription: when one closes, its reader is stopped and it is
+    /// finished with GetRecords (Kinesis names the children in the last event, but not every
+    /// implementation does; polling a closed shard ends unambiguously).
+    subscribed: BTreeSet<String>,
+    finished: BTreeSet<String>,
+    /// Shards whose lease goes back once their reader has stopped and checkpointed.
+    releasing: BTreeSet<String>,
+    retry_at: BTreeMap<String, Instant>,
+    backoff: Backoff,
+}
+
+impl ShardReaders<'_> {
+    fn running_ids(&self) -> BTreeSet<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// A reader has ended: records how (a failed one restarts from its checkpoint after a
+    /// backoff) and gives its lease back if it was being handed over.
+    async fn ended(
+        &mut self,
+        joined: Result<(String, Result<ShardOutcome, ConsumerError>), tokio::task::JoinError>,
+        leases: Option<&mut ShardLeases>,
+    ) {
+        let (shard_id, outcome) = match joined {
+            Ok(ended) => ended,
+            Err(err) => {
+                tracing::error!(error = %err, "a shard task panicked");
+                return;
+            }
+        };
+        self.running.remove(&shard_id);
+        self.board.remove(&shard_id);
+        self.subscribed.remove(&shard_id);
+        match outcome {
+            Ok(ShardOutcome::Finished) => {
+                self.finished.insert(shard_id.clone());
+            }
+            Ok(ShardOutcome::Stopped) => {}
+            Err(err) => {
+                tracing::error!(shard = %shard_id, error = %err, "shard task failed; restarting it from its checkpoint");
+                self.retry_at
+                    .insert(shard_id.clone(), Instant::now() + self.backoff.next_delay());
+            }
+        }
+        if self.releasing.remove(&shard_id)
+            && let Some(leases) = leases
+            && let Err(err) = leases.release(&shard_id).await
+        {
+            // It expires by itself; another replica then takes it.
+            tracing::warn!(shard = %shard_id, error = %err, "giving the lease back failed");
+        }
+    }
+
+    /// Stops every reader and waits until each has checkpointed.
+    async fn stop_all(&mut self) {
+        tracing::info!(
+            shards = self.running.len(),
+            "stopping: checkpointing every shard"
+        );
+        for switch in self.running.values() {
+            switch.send_replace(true);
+        }
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Ok((shard_id, Err(err))) = joined {
+                tracing::error!(shard = %shard_id, error = %err, "checkpoint at shutdown failed; the last committed one stands");
+            }
+        }
+    }
+
+    /// A subscribed shard that ListShards reports closed is finished with GetRecords.
+    fn finish_closed_subscriptions(&mut self, shards: &[ShardInfo]) {
+        for shard in shards.iter().filter(|shard| shard.closed) {
+            if self.subscribed.remove(&shard.shard_id)
+                && let Some(switch) = self.running.get(&shard.shard_id)
+            {
+                tracing::info!(shard = %shard.shard_id, "the shard was closed; finishing it with GetRecords");
+                switch.send_replace(true);
+            }
+        }
+    }
+
+    /// A parent read by another replica counts as finished once its checkpoint says so.
+    async fn learn_finished_parents(&mut self, shards: &[ShardInfo]) {
+        for shard in shards {
+            if !self.finished.contains(&shard.shard_id)
+                && !self.running.contains_key(&shard.shard_id)
+                && shards
+                    .iter()
+                    .any(|child| child.parents().any(|p| p == shard.shard_id))
+                && matches!(self.targets.checkpoints.load(&shard.shard_id).await, Ok(Some(c)) if c.shard_finished)
+            {
+                self.finished.insert(shard.shard_id.clone());
+            }
+        }
+    }
+
+    /// The lease of a shard goes back: at once when it is not read here, else once its reader
+    /// has stopped and checkpointed.
+    async fn hand_over(&mut self, shard_id: String, leases: &mut ShardLeases) {
+        if self.running.contains_key(&shard_id) {
+            self.releasing.insert(shard_id);
+        } else if let Err(err) = leases.release(&shard_id).await {
+            tracing::warn!(shard = %shard_id, error = %err, "giving the lease back failed");
+        }
+    }
+
+    /// Stops the readers of shards whose leases could not be renewed in time: another replica
+    /// may take them any moment.
+    fn stop_fenced(&mut self, leases: &mut ShardLeases, now: i64, tick_ms: i64) {
+        for shard_id in leases.fence(now, tick_ms) {
+            tracing::warn!(shard = %shard_id, "the lease could not be renewed in time; stopping the reader");
+            if let Some(switch) = self.running.get(&shard_id) {
+                switch.send_replace(true);
+            }
+            self.releasing.remove(&shard_id);
+        }
+    }
+
+    /// Stops the readers of shards this replica must let go of (they checkpoint first).
+    fn stop_unwanted(&self, wanted: &BTreeSet<String>) {
+        for (shard_id, switch) in &self.running {
+            if !wanted.contains(shard_id) || self.releasing.contains(shard_id) {
                 if !*switch.borrow() {
                     tracing::info!(shard = %shard_id, "handing the shard over");
                 }
                 switch.send_replace(true);
             }
         }
+    }
+
+    /// Starts a reader, from its checkpoint, for every wanted shard that can start now.
+    async fn start(&mut self, startable: Vec<&ShardInfo>, wanted: &BTreeSet<String>) {
         let now = Instant::now();
         for shard in startable {
             let shard_id = &shard.shard_id;
-            if !wanted.contains(shard_id) || releasing.contains(shard_id) {
+            if !wanted.contains(shard_id) || self.releasing.contains(shard_id) {
                 continue;
             }
-            if retry_at.get(shard_id).is_some_and(|at| *at > now) {
+            if self.retry_at.get(shard_id).is_some_and(|at| *at > now) {
                 continue;
             }
-            retry_at.remove(shard_id);
+            self.retry_at.remove(shard_id);
             let worker = match ShardWorker::recover(
-                config,
-                &targets,
-                source.stream(),
+                self.config,
+                self.targets,
+                self.services.source.stream(),
                 shard_id,
-                metrics.clone(),
-                board.clone(),
+                self.services.metrics.clone(),
+                self.board.clone(),
             )
             .await
             {
                 Ok(worker) => worker,
                 Err(err) => {
                     tracing::error!(shard = %shard_id, error = %err, "recovering the shard failed; retrying later");
-                    retry_at.insert(shard_id.clone(), now + backoff.next_delay());
+                    self.retry_at
+                        .insert(shard_id.clone(), now + self.backoff.next_delay());
                     continue;
                 }
             };
-            let mode = match &consumer_arn {
+            let mode = match &self.consumer_arn {
                 Some(arn) if !shard.closed => {
-                    subscribed.insert(shard_id.clone());
+                    self.subscribed.insert(shard_id.clone());
                     ReadMode::Subscribe {
                         consumer_arn: arn.clone(),
                     }
@@ -1033,8 +1122,9 @@ pub async fn consume_from(
                 _ => ReadMode::Poll,
             };
             let (switch, shard_stop) = watch::channel(false);
-            running.insert(shard_id.clone(), switch);
-            tasks.spawn(run_shard(worker, services.clone(), mode, shard_stop));
+            self.running.insert(shard_id.clone(), switch);
+            self.tasks
+                .spawn(run_shard(worker, self.services.clone(), mode, shard_stop));
         }
     }
 }
@@ -1091,23 +1181,6 @@ async fn active_consumer(
             _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
-    }
-}
-
-/// Stops the readers of shards whose lease may expire before it can be renewed.
-fn stop_fenced(
-    leases: &mut ShardLeases,
-    now: i64,
-    tick_ms: i64,
-    running: &BTreeMap<String, watch::Sender<bool>>,
-    releasing: &mut BTreeSet<String>,
-) {
-    for shard_id in leases.fence(now, tick_ms) {
-        tracing::warn!(shard = %shard_id, "the lease could not be renewed in time; stopping the reader");
-        if let Some(switch) = running.get(&shard_id) {
-            switch.send_replace(true);
-        }
-        releasing.remove(&shard_id);
     }
 }
 
