@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod budget;
 pub mod checkpoint;
+pub mod compression;
 pub mod consumer;
 pub mod kinesis;
 pub mod lease;

@@ -294,13 +294,16 @@ async fn aggregate_inputs(
     let mut pipeline = Pipeline::open(config)?;
     for input in inputs {
         tracing::info!(input = %input, "reading");
+        // Raw archive objects are read as Firehose wrote them, in any of its compressions.
         if input == "-" {
-            pipeline
-                .consume(0, "stdin", std::io::stdin().lock())
-                .await?;
+            let reader = clickheatmap_aggregator::compression::decoded(std::io::stdin().lock())
+                .map_err(|err| format!("reading stdin: {err}"))?;
+            pipeline.consume(0, "stdin", reader).await?;
         } else {
             let file = File::open(input).map_err(|err| format!("opening {input}: {err}"))?;
-            pipeline.consume(0, input, file).await?;
+            let reader = clickheatmap_aggregator::compression::decoded(file)
+                .map_err(|err| format!("reading {input}: {err}"))?;
+            pipeline.consume(0, input, reader).await?;
         }
     }
     Ok(pipeline.finish().await?)

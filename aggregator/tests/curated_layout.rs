@@ -249,3 +249,75 @@ fn the_command_line_path() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("grid.columns"));
 }
+
+/// Raw archive objects as Firehose compresses them go through `run <input>` and give exactly
+/// the cells of the plain file.
+#[test]
+fn compressed_archive_objects_aggregate_like_the_plain_file() {
+    use std::io::Write;
+
+    let binary = env!("CARGO_BIN_EXE_clickheatmap-aggregator");
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("clicks.ndjson");
+    let status = Command::new(binary)
+        .args(["generate", "--events", "2000", "--seed", "11", "--output"])
+        .arg(&plain)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = std::fs::read(&plain).unwrap();
+
+    let gzip = {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&data).unwrap();
+        encoder.finish().unwrap()
+    };
+    let snappy = {
+        let mut encoder = snap::write::FrameEncoder::new(Vec::new());
+        encoder.write_all(&data).unwrap();
+        encoder.into_inner().unwrap()
+    };
+    let cells = |input: &FsPath, name: &str| -> String {
+        let root = dir.path().join(format!("out-{name}"));
+        let run = Command::new(binary)
+            .args(["run", "--output"])
+            .arg(&root)
+            .arg(input)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let query = Command::new(binary)
+            .args(["query", "--all", "--output"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(query.status.success());
+        String::from_utf8_lossy(&query.stdout).into_owned()
+    };
+    let expected = cells(&plain, "plain");
+    assert!(expected.contains("page "), "{expected}");
+    for (name, bytes) in [("gz", gzip), ("snappy", snappy)] {
+        let path = dir.path().join(format!("clicks.{name}"));
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(cells(&path, name), expected, "{name}");
+    }
+    // Not an archive object: a clear error, not an empty result.
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, [0u8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let refused = Command::new(binary)
+        .args(["run", "--output"])
+        .arg(dir.path().join("out-junk"))
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a Firehose archive object"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
