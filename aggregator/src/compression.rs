@@ -2,11 +2,12 @@
 //! (`UNCOMPRESSED`, `GZIP`, `ZIP`, `Snappy`, `HADOOP_SNAPPY`), recognised from the bytes
 //! themselves and decoded as a stream, so an object of any size is read in bounded memory.
 //!
-//! Recognition: GZIP, ZIP and framed Snappy start with magic bytes; an uncompressed archive starts
-//! with a click record (`{`, `[` or white space); Hadoop's Snappy (blocks of length-prefixed raw
-//! Snappy chunks) has no magic and is what remains when its first block header is plausible.
+//! Recognition: GZIP, ZIP and framed Snappy start with magic bytes; Hadoop's Snappy (blocks of
+//! length-prefixed raw Snappy chunks) has no magic and is recognised by a plausible first block
+//! header that does not look like text; anything else is read as uncompressed records, so that a
+//! damaged object's bytes are counted and dead-lettered as invalid records rather than lost.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Cursor, Read};
 
 /// The compressions Firehose writes (the CRD's names in [`Compression::firehose_name`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,53 +33,56 @@ impl Compression {
         }
     }
 
-    /// Recognises the compression from the first bytes of an object (at least 12 of them, or
-    /// the whole object when shorter). `None`: none of the five.
-    pub fn sniff(head: &[u8]) -> Option<Compression> {
+    /// Recognises the compression from the first bytes of an object (12 of them, or the whole
+    /// object when shorter).
+    pub fn sniff(head: &[u8]) -> Compression {
         const SNAPPY_STREAM_IDENTIFIER: &[u8] = b"\xff\x06\x00\x00sNaPpY";
         if head.starts_with(&[0x1f, 0x8b]) {
-            return Some(Compression::Gzip);
+            Compression::Gzip
+        } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+            Compression::Zip
+        } else if head.starts_with(SNAPPY_STREAM_IDENTIFIER) {
+            Compression::Snappy
+        } else if looks_like_hadoop_snappy(head) {
+            Compression::HadoopSnappy
+        } else {
+            Compression::Uncompressed
         }
-        if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-            return Some(Compression::Zip);
-        }
-        if head.starts_with(SNAPPY_STREAM_IDENTIFIER) {
-            return Some(Compression::Snappy);
-        }
-        match head.first() {
-            None | Some(b'{' | b'[' | b' ' | b'\t' | b'\r' | b'\n') => {
-                return Some(Compression::Uncompressed);
-            }
-            _ => {}
-        }
-        // A Hadoop block: its uncompressed length, then a first chunk no longer than the raw
-        // Snappy bound of that length.
-        let uncompressed = u32::from_be_bytes(head.get(..4)?.try_into().ok()?) as usize;
-        let chunk = u32::from_be_bytes(head.get(4..8)?.try_into().ok()?) as usize;
-        let plausible = uncompressed > 0
-            && uncompressed <= MAX_HADOOP_BLOCK
-            && chunk > 0
-            && chunk <= snap::raw::max_compress_len(uncompressed);
-        plausible.then_some(Compression::HadoopSnappy)
     }
 }
 
-/// Hadoop's Snappy codec writes blocks of at most 256 KiB by default; a block header above this
-/// is not one.
+/// A Hadoop block header: the block's uncompressed length, then a first chunk no longer than the
+/// raw Snappy bound of that length — and not text (an uncompressed archive starts with a record:
+/// `{`, `[`, white space or a byte-order mark).
+fn looks_like_hadoop_snappy(head: &[u8]) -> bool {
+    let (Some(block), Some(chunk)) = (head.get(..4), head.get(4..8)) else {
+        return false;
+    };
+    if matches!(
+        head.first(),
+        Some(b'{' | b'[' | b' ' | b'\t' | b'\r' | b'\n' | 0xef)
+    ) {
+        return false;
+    }
+    let block = u32::from_be_bytes([block[0], block[1], block[2], block[3]]) as usize;
+    let chunk = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize;
+    block > 0
+        && block <= MAX_HADOOP_BLOCK
+        && chunk > 0
+        && chunk <= snap::raw::max_compress_len(block)
+}
+
+/// Hadoop's Snappy codec writes 256 KiB blocks by default; a header claiming more than this is
+/// not one, and it bounds what one block may make the reader allocate.
 const MAX_HADOOP_BLOCK: usize = 64 * 1024 * 1024;
 
 /// A reader of the decoded bytes of `reader`, whose compression is recognised from its first
-/// bytes. An object that is none of Firehose's compressions is an `InvalidData` error.
-pub fn decoded<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut reader = BufReader::with_capacity(256 * 1024, reader);
-    let head = peek(&mut reader, 12)?;
-    let compression = Compression::sniff(&head).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a Firehose archive object: neither uncompressed click records nor GZIP, ZIP, \
-             Snappy or HADOOP_SNAPPY",
-        )
-    })?;
+/// bytes (see the module comment). Errors are the input's own (I/O, or a damaged compressed
+/// stream when read).
+pub fn decoded<'a, R: Read + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    let head = read_head(&mut reader, 12)?;
+    let compression = Compression::sniff(&head);
+    let reader = BufReader::with_capacity(256 * 1024, Cursor::new(head).chain(reader));
     Ok(decoder(reader, compression))
 }
 
@@ -94,12 +98,11 @@ pub fn decoder<'a, R: BufRead + 'a>(reader: R, compression: Compression) -> Box<
     }
 }
 
-/// Up to `len` first bytes of `reader`, without consuming them.
-fn peek<R: Read>(reader: &mut BufReader<R>, len: usize) -> io::Result<Vec<u8>> {
-    // A BufReader's first fill may come short of `len` on a pipe; that is rare and only makes
-    // recognition see fewer bytes.
-    let buffered = reader.fill_buf()?;
-    Ok(buffered[..buffered.len().min(len)].to_vec())
+/// The first `len` bytes of `reader` (fewer only at its end), however a pipe delivers them.
+fn read_head<R: Read>(reader: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(len);
+    reader.take(len as u64).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// The entries of a ZIP archive, one after another, read front to back through their local
@@ -120,11 +123,13 @@ enum ZipState<R: BufRead> {
         descriptor: bool,
     },
     Done,
-    /// Only while switching states; never seen by a caller.
-    Switching,
+    /// Between states, or after an error: the archive cannot be read further.
+    Broken,
 }
 
 const LOCAL_FILE_HEADER: u32 = 0x0403_4b50;
+const CENTRAL_DIRECTORY: u32 = 0x0201_4b50;
+const END_OF_CENTRAL_DIRECTORY: u32 = 0x0605_4b50;
 const DATA_DESCRIPTOR: u32 = 0x0807_4b50;
 /// Flag bit 3: sizes and CRC follow the data.
 const FLAG_DATA_DESCRIPTOR: u16 = 1 << 3;
@@ -143,9 +148,15 @@ impl<R: BufRead> ZipEntries<R> {
         if !read_exact_or_eof(&mut reader, &mut signature)? {
             return Ok(ZipState::Done);
         }
-        if u32::from_le_bytes(signature) != LOCAL_FILE_HEADER {
-            // The central directory (or an end record): no more entries.
-            return Ok(ZipState::Done);
+        match u32::from_le_bytes(signature) {
+            LOCAL_FILE_HEADER => {}
+            // The central directory or the end record: no more entries.
+            CENTRAL_DIRECTORY | END_OF_CENTRAL_DIRECTORY => return Ok(ZipState::Done),
+            _ => {
+                return Err(invalid(
+                    "ZIP archive: no entry header where one should start",
+                ));
+            }
         }
         let mut header = [0u8; 26];
         reader.read_exact(&mut header)?;
@@ -172,6 +183,9 @@ impl<R: BufRead> ZipEntries<R> {
                 data: flate2::bufread::DeflateDecoder::new(reader),
                 descriptor,
             }),
+            0 => Err(invalid(
+                "ZIP entry stored with its size after the data: its end cannot be found while streaming",
+            )),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -182,14 +196,18 @@ impl<R: BufRead> ZipEntries<R> {
     }
 }
 
-/// Skips a data descriptor (its signature is optional).
+/// Skips a data descriptor: an optional signature, the CRC, and both sizes.
 fn skip_descriptor<R: BufRead>(reader: &mut R) -> io::Result<()> {
-    let head = reader.fill_buf()?;
-    let signed = head.len() >= 4
-        && u32::from_le_bytes([head[0], head[1], head[2], head[3]]) == DATA_DESCRIPTOR;
-    let len = if signed { 16 } else { 12 };
-    io::copy(&mut reader.take(len), &mut io::sink())?;
-    Ok(())
+    let mut first = [0u8; 4];
+    reader.read_exact(&mut first)?;
+    // Signed: CRC and sizes follow; unsigned: that was the CRC, the sizes follow.
+    let rest = if u32::from_le_bytes(first) == DATA_DESCRIPTOR {
+        12
+    } else {
+        8
+    };
+    let mut skipped = [0u8; 12];
+    reader.read_exact(&mut skipped[..rest])
 }
 
 /// Fills `buf`; `false` at a clean end of input before the first byte.
@@ -215,15 +233,25 @@ impl<R: BufRead> Read for ZipEntries<R> {
         loop {
             let read = match &mut self.state {
                 ZipState::Done => return Ok(0),
-                ZipState::Between(_) | ZipState::Switching => 0,
-                ZipState::Stored { data, .. } => data.read(buf)?,
+                ZipState::Broken => {
+                    return Err(invalid("ZIP archive: unreadable after an earlier error"));
+                }
+                ZipState::Between(_) => 0,
+                ZipState::Stored { data, .. } => {
+                    let read = data.read(buf)?;
+                    if read == 0 && data.limit() > 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    read
+                }
                 ZipState::Deflated { data, .. } => data.read(buf)?,
             };
             if read > 0 {
                 return Ok(read);
             }
-            // The entry is over (or none has begun): on to the next header.
-            self.state = match std::mem::replace(&mut self.state, ZipState::Switching) {
+            // The entry is over (or none has begun): on to the next header. An error leaves the
+            // state Broken, so that a retry does not take it for the end.
+            self.state = match std::mem::replace(&mut self.state, ZipState::Broken) {
                 ZipState::Between(reader) => Self::next_entry(reader)?,
                 ZipState::Stored { data, descriptor } => {
                     let mut reader = data.into_inner();
@@ -239,7 +267,8 @@ impl<R: BufRead> Read for ZipEntries<R> {
                     }
                     ZipState::Between(reader)
                 }
-                ZipState::Done | ZipState::Switching => ZipState::Done,
+                ZipState::Done => ZipState::Done,
+                ZipState::Broken => ZipState::Broken,
             };
         }
     }
@@ -437,12 +466,14 @@ mod tests {
             (Compression::Zip, zip(&[&data], false)),
         ];
         for (compression, bytes) in cases {
-            assert_eq!(
-                Compression::sniff(&bytes),
-                Some(compression),
-                "{compression:?}"
-            );
+            assert_eq!(Compression::sniff(&bytes), compression, "{compression:?}");
             assert_eq!(decode(&bytes), data, "{compression:?}");
+        }
+        // A byte-order mark or a first line that is not JSON: uncompressed records (the parser
+        // counts what is invalid), never refused as a whole.
+        for text in [&b"\xef\xbb\xbf{\"a\":1}\n"[..], b"garbage line\n{}\n", b""] {
+            assert_eq!(Compression::sniff(text), Compression::Uncompressed);
+            assert_eq!(decode(text), text);
         }
     }
 
@@ -486,17 +517,13 @@ mod tests {
     #[test]
     fn damaged_objects_are_errors_not_silence() {
         let data = records(1_000);
-        // Not an archive object at all.
-        let error = decoded(&b"\x00\x00\x00\x00garbage"[..])
-            .err()
-            .expect("unrecognised");
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         // Truncated in the middle of the compressed data.
         for bytes in [
             gzip(&data),
             snappy_framed(&data),
             hadoop_snappy(&data, 64 * 1024, 16 * 1024),
             zip(&[&data], false),
+            zip_stored(&data),
         ] {
             let cut = &bytes[..bytes.len() / 2];
             let mut out = Vec::new();
@@ -507,5 +534,51 @@ mod tests {
                 Compression::sniff(&bytes)
             );
         }
+        // Garbage after an entry is not a silent end of the archive, and a retry is no EOF.
+        let mut garbled = zip(&[&data], false);
+        let entry_end = garbled.len() - 46;
+        garbled[entry_end..entry_end + 4].copy_from_slice(b"JUNK");
+        let mut reader = decoded(&garbled[..]).unwrap();
+        let mut out = Vec::new();
+        assert!(reader.read_to_end(&mut out).is_err());
+        assert!(reader.read(&mut [0u8; 16]).is_err());
+    }
+
+    /// One stored (uncompressed) ZIP entry with its sizes in the header.
+    fn zip_stored(data: &[u8]) -> Vec<u8> {
+        let mut out = LOCAL_FILE_HEADER.to_le_bytes().to_vec();
+        out.extend_from_slice(&10u16.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes()); // flags
+        out.extend_from_slice(&0u16.to_le_bytes()); // stored
+        out.extend_from_slice(&[0; 8]); // time, date, crc
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.push(b'a');
+        out.extend_from_slice(data);
+        out.extend_from_slice(&END_OF_CENTRAL_DIRECTORY.to_le_bytes());
+        out.extend_from_slice(&[0; 18]);
+        out
+    }
+
+    #[test]
+    fn a_stored_entry_and_unsigned_descriptors_are_read() {
+        let data = records(300);
+        assert_eq!(decode(&zip_stored(&data)), data);
+        // The archive of `zip(.., true)` with descriptors that lack their signature.
+        let signed = zip(&[&data, &data], true);
+        let signature = DATA_DESCRIPTOR.to_le_bytes();
+        let mut unsigned = Vec::new();
+        let mut at = 0;
+        while at < signed.len() {
+            if signed[at..].starts_with(&signature) {
+                at += 4;
+            } else {
+                unsigned.push(signed[at]);
+                at += 1;
+            }
+        }
+        assert_eq!(decode(&unsigned), [data.clone(), data].concat());
     }
 }

@@ -192,19 +192,35 @@ fn serve_alone(
     bound: tokio::sync::oneshot::Sender<Result<SocketAddr, BenchError>>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(crate::queue::DrainReport, Option<f64>), BenchError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Until the server listens, a failure goes to the waiting caller (which then never joins
+    // this thread); after that, through the thread's result.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = bound.send(Err(err.into()));
+            return Err(BenchError::Failed("no runtime".into()));
+        }
+    };
     runtime.block_on(async move {
-        let collector = Collector::new(config, Arc::new(sink))?;
-        let listener = match TcpListener::bind("127.0.0.1:0").await {
-            Ok(listener) => listener,
+        let started = async {
+            let collector = Collector::new(config, Arc::new(sink))?;
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let address = listener.local_addr()?;
+            Ok::<_, BenchError>((collector, listener, address))
+        };
+        let (collector, listener) = match started.await {
+            Ok((collector, listener, address)) => {
+                let _ = bound.send(Ok(address));
+                (collector, listener)
+            }
             Err(err) => {
-                let _ = bound.send(Err(BenchError::Failed(format!("bind: {err}"))));
-                return Err(err.into());
+                let _ = bound.send(Err(err));
+                return Err(BenchError::Failed("the server did not start".into()));
             }
         };
-        let _ = bound.send(listener.local_addr().map_err(BenchError::from));
         let before = thread_cpu_seconds();
         let report = collector
             .serve(listener, async move {

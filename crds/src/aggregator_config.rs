@@ -217,7 +217,12 @@ fn default_max_records_per_call() -> u32 {
 }
 
 fn default_response_budget_mib() -> u32 {
-    16
+    KinesisSourceConfig::DEFAULT_RESPONSE_BUDGET_MIB
+}
+
+impl KinesisSourceConfig {
+    /// `responseBudgetMiB` when unset.
+    pub const DEFAULT_RESPONSE_BUDGET_MIB: u32 = 16;
 }
 
 fn default_idle_poll_interval() -> Duration {

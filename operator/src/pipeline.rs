@@ -304,7 +304,7 @@ impl PipelineOutcome {
     }
 
     /// When to reconcile again: soon while something settles, at the time a deferred part can
-    /// go on (within the resync interval), later after throttling or a transient failure (the
+    /// go on (at most 600 s away; the controller also caps it at its resync interval), later after throttling or a transient failure (the
     /// controller adds its own backoff), slowly after a terminal problem (a person must act; a
     /// spec change triggers a reconcile anyway), and at the resync interval when everything is
     /// ready.
@@ -734,7 +734,12 @@ pub async fn apply_pipeline(
             let blocker = part
                 .depends_on()
                 .iter()
-                .find_map(|dependency| outcomes.iter().find(|o| o.part == *dependency && !o.ready));
+                // A deferred part (a resize waiting for the quota) is usable as it is.
+                .find_map(|dependency| {
+                    outcomes
+                        .iter()
+                        .find(|o| o.part == *dependency && !o.ready && o.retry_at.is_none())
+                });
             if let Some(blocker) = blocker {
                 outcomes.push(PartOutcome {
                     part,

@@ -797,7 +797,7 @@ async fn apply<B: PipelineBackend>(
         // check is due.
         ctx.resync.min(drift_check_due)
     } else {
-        outcome.requeue_after()
+        outcome.requeue_after().min(ctx.resync)
     };
     if workloads.iter().any(|condition| !condition.ready) {
         requeue = requeue.max(TERMINAL_REQUEUE);

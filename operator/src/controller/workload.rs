@@ -391,7 +391,7 @@ pub fn aggregator_config(pipeline: &ClickHeatmapPipeline) -> Result<AggregatorCo
             region: Some(spec.region.clone()),
             start_position: Default::default(),
             max_records_per_call: 10_000,
-            response_budget_mib: 16,
+            response_budget_mib: KinesisSourceConfig::DEFAULT_RESPONSE_BUDGET_MIB,
             idle_poll_interval: Duration::from_secs(1),
             shard_discovery_interval: Duration::from_secs(30),
             idle_watermark_delay: Duration::from_secs(5),
