@@ -653,6 +653,12 @@ pub struct FlinkSpec {
     pub role_arn: String,
 }
 
+impl FlinkSpec {
+    /// Parallelism of an application the operator creates, for the fields left unset.
+    pub const DEFAULT_PARALLELISM: i32 = 1;
+    pub const DEFAULT_PARALLELISM_PER_KPU: i32 = 1;
+}
+
 fn default_flink_runtime() -> String {
     "FLINK-1_18".to_owned()
 }

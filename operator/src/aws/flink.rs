@@ -42,7 +42,9 @@ use aws_sdk_kinesisanalyticsv2::types::{
     ParallelismConfiguration, ParallelismConfigurationUpdate, PropertyGroup, RuntimeEnvironment,
     S3ContentLocation, S3ContentLocationUpdate, Tag,
 };
-use clickheatmap_crds::{AggregationEngine, ClickHeatmapPipelineSpec, PipelineResources};
+use clickheatmap_crds::{
+    AggregationEngine, ClickHeatmapPipelineSpec, FlinkSpec, PipelineResources,
+};
 use serde::Serialize;
 
 use super::{
@@ -286,8 +288,10 @@ pub fn desired(
             role_arn: flink.role_arn.clone(),
             code_bucket_arn: names.bucket_arn(&flink.code_s3_bucket),
             code_key: flink.code_s3_key.clone(),
-            parallelism: flink.parallelism.unwrap_or(1),
-            parallelism_per_kpu: flink.parallelism_per_kpu.unwrap_or(1),
+            parallelism: flink.parallelism.unwrap_or(FlinkSpec::DEFAULT_PARALLELISM),
+            parallelism_per_kpu: flink
+                .parallelism_per_kpu
+                .unwrap_or(FlinkSpec::DEFAULT_PARALLELISM_PER_KPU),
             auto_scaling: false,
             properties,
         },
