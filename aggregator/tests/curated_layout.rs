@@ -186,17 +186,42 @@ async fn a_replay_rewrites_the_same_files() {
     );
 }
 
-#[test]
-fn the_command_line_path() {
-    let binary = env!("CARGO_BIN_EXE_clickheatmap-aggregator");
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("clicks.ndjson");
-    let status = Command::new(binary)
-        .args(["generate", "--events", "3000", "--seed", "7", "--output"])
-        .arg(&input)
+const BINARY: &str = env!("CARGO_BIN_EXE_clickheatmap-aggregator");
+
+/// `generate`: synthetic clicks of `seed` into `path`.
+fn generate(path: &FsPath, events: u32, seed: u32) {
+    let status = Command::new(BINARY)
+        .args([
+            "generate",
+            "--events",
+            &events.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg("--output")
+        .arg(path)
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// `query --all` over the curated output at `root`: its printed heatmap totals.
+fn query_all(root: &FsPath) -> String {
+    let query = Command::new(BINARY)
+        .args(["query", "--all", "--output"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(query.status.success());
+    String::from_utf8_lossy(&query.stdout).into_owned()
+}
+
+#[test]
+fn the_command_line_path() {
+    let binary = BINARY;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clicks.ndjson");
+    generate(&input, 3000, 7);
     let root = dir.path().join("out");
 
     // Through stdin, as a backfill pipe would.
@@ -215,13 +240,7 @@ fn the_command_line_path() {
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(summary.contains("records: 3000"), "{summary}");
 
-    let query = Command::new(binary)
-        .args(["query", "--all", "--output"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    assert!(query.status.success());
-    let text = String::from_utf8_lossy(&query.stdout);
+    let text = query_all(&root);
     let total: i64 = text
         .lines()
         .filter_map(|l| l.strip_prefix("page "))
@@ -256,15 +275,10 @@ fn the_command_line_path() {
 fn compressed_archive_objects_aggregate_like_the_plain_file() {
     use std::io::Write;
 
-    let binary = env!("CARGO_BIN_EXE_clickheatmap-aggregator");
+    let binary = BINARY;
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("clicks.ndjson");
-    let status = Command::new(binary)
-        .args(["generate", "--events", "2000", "--seed", "11", "--output"])
-        .arg(&plain)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    generate(&plain, 2000, 11);
     let data = std::fs::read(&plain).unwrap();
 
     let gzip = {
@@ -290,13 +304,7 @@ fn compressed_archive_objects_aggregate_like_the_plain_file() {
             "{name}: {}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let query = Command::new(binary)
-            .args(["query", "--all", "--output"])
-            .arg(&root)
-            .output()
-            .unwrap();
-        assert!(query.status.success());
-        String::from_utf8_lossy(&query.stdout).into_owned()
+        query_all(&root)
     };
     let expected = cells(&plain, "plain");
     assert!(expected.contains("page "), "{expected}");

@@ -237,6 +237,39 @@ pub struct PartOutcome {
 }
 
 impl PartOutcome {
+    /// A part in line with the spec.
+    pub fn ready(part: Part, message: String, applied: Vec<Change>) -> PartOutcome {
+        PartOutcome {
+            part,
+            ready: true,
+            reason: Reason::Ready,
+            message,
+            applied,
+            error: None,
+            retry_at: None,
+            waits_for: None,
+        }
+    }
+
+    /// A part still being created or changed (reason `Provisioning`).
+    pub fn provisioning(part: Part, message: String, applied: Vec<Change>) -> PartOutcome {
+        PartOutcome {
+            ready: false,
+            reason: Reason::Provisioning,
+            ..PartOutcome::ready(part, message, applied)
+        }
+    }
+
+    /// A part that failed, with the error's reason.
+    pub fn failed(part: Part, error: Error, message: String, applied: Vec<Change>) -> PartOutcome {
+        PartOutcome {
+            ready: false,
+            reason: error.reason(),
+            error: Some(error),
+            ..PartOutcome::ready(part, message, applied)
+        }
+    }
+
     pub fn condition_type(&self) -> &'static str {
         self.part.condition_type()
     }
@@ -609,49 +642,21 @@ async fn execute(
     };
     if let Some(error) = plan.error {
         tracing::warn!(part = %part, reason = %error.reason(), error = %error, "part not reconciled");
-        return PartOutcome {
-            part,
-            ready: false,
-            reason: error.reason(),
-            message: error.to_string(),
-            applied: Vec::new(),
-            error: Some(error),
-            retry_at: None,
-            waits_for: None,
-        };
+        let message = error.to_string();
+        return PartOutcome::failed(part, error, message, Vec::new());
     }
     if plan.changes.is_empty() {
         part.record(&plan.resources, resources);
         return match plan.readiness {
-            Readiness::Ready => PartOutcome {
-                part,
-                ready: true,
-                reason: Reason::Ready,
-                message: format!("{}{kept}", plan.summary),
-                applied: Vec::new(),
-                error: None,
-                retry_at: None,
-                waits_for: None,
-            },
-            Readiness::Provisioning(message) => PartOutcome {
-                part,
-                ready: false,
-                reason: Reason::Provisioning,
-                message,
-                applied: Vec::new(),
-                error: None,
-                retry_at: None,
-                waits_for: None,
-            },
+            Readiness::Ready => {
+                PartOutcome::ready(part, format!("{}{kept}", plan.summary), Vec::new())
+            }
+            Readiness::Provisioning(message) => {
+                PartOutcome::provisioning(part, message, Vec::new())
+            }
             Readiness::Deferred { message, until } => PartOutcome {
-                part,
-                ready: false,
-                reason: Reason::Provisioning,
-                message,
-                applied: Vec::new(),
-                error: None,
                 retry_at: Some(until),
-                waits_for: None,
+                ..PartOutcome::provisioning(part, message, Vec::new())
             },
         };
     }
@@ -670,16 +675,7 @@ async fn execute(
             } else {
                 format!("{error} (after: {})", describe_changes(&applied))
             };
-            return PartOutcome {
-                part,
-                ready: false,
-                reason: error.reason(),
-                message,
-                applied,
-                error: Some(error),
-                retry_at: None,
-                waits_for: None,
-            };
+            return PartOutcome::failed(part, error, message, applied);
         }
         applied.push(change.clone());
         if change.needs_settling() {
@@ -695,28 +691,20 @@ async fn execute(
         if left > 0 {
             message.push_str(&format!(" before {left} more change(s)"));
         }
-        PartOutcome {
-            part,
-            ready: false,
-            reason: Reason::Provisioning,
-            message,
-            applied,
-            error: None,
-            retry_at: None,
-            waits_for: None,
-        }
+        PartOutcome::provisioning(part, message, applied)
     } else {
-        PartOutcome {
-            part,
-            ready: true,
-            reason: Reason::Ready,
-            message: format!("applied: {done}{kept}"),
-            applied,
-            error: None,
-            retry_at: None,
-            waits_for: None,
-        }
+        PartOutcome::ready(part, format!("applied: {done}{kept}"), applied)
     }
+}
+
+/// The part `part` must wait for: a dependency that is not ready. A deferred part (a resize
+/// waiting for the resharding quota) is usable as it is and holds nothing back.
+fn blocker_of(part: Part, outcomes: &[PartOutcome]) -> Option<&PartOutcome> {
+    part.depends_on().iter().find_map(|dependency| {
+        outcomes
+            .iter()
+            .find(|o| o.part == *dependency && !o.ready && o.retry_at.is_none())
+    })
 }
 
 /// Reconciles the pipeline's AWS resources: observe, create what is missing, change only what
@@ -730,29 +718,18 @@ pub async fn apply_pipeline(
     let mut resources = ctx.previous.clone();
     let mut outcomes: Vec<PartOutcome> = Vec::new();
     for &part in Part::ORDER {
-        if part.wanted(ctx.spec) {
-            let blocker = part
-                .depends_on()
-                .iter()
-                // A deferred part (a resize waiting for the quota) is usable as it is.
-                .find_map(|dependency| {
-                    outcomes
-                        .iter()
-                        .find(|o| o.part == *dependency && !o.ready && o.retry_at.is_none())
-                });
-            if let Some(blocker) = blocker {
-                outcomes.push(PartOutcome {
+        if part.wanted(ctx.spec)
+            && let Some(blocker) = blocker_of(part, &outcomes)
+        {
+            outcomes.push(PartOutcome {
+                waits_for: Some(blocker.part),
+                ..PartOutcome::provisioning(
                     part,
-                    ready: false,
-                    reason: Reason::Provisioning,
-                    message: format!("waiting for the {}: {}", blocker.part, blocker.message),
-                    applied: Vec::new(),
-                    error: None,
-                    retry_at: None,
-                    waits_for: Some(blocker.part),
-                });
-                continue;
-            }
+                    format!("waiting for the {}: {}", blocker.part, blocker.message),
+                    Vec::new(),
+                )
+            });
+            continue;
         }
         let Some(plan) = plan_part(&ctx, part).await else {
             // Neither wanted nor anything left to remove.
@@ -899,14 +876,9 @@ mod tests {
 
     fn outcome(part: Part, ready: bool, reason: Reason) -> PartOutcome {
         PartOutcome {
-            part,
             ready,
             reason,
-            message: format!("{part} message"),
-            applied: Vec::new(),
-            error: None,
-            retry_at: None,
-            waits_for: None,
+            ..PartOutcome::ready(part, format!("{part} message"), Vec::new())
         }
     }
 
@@ -971,6 +943,27 @@ mod tests {
             resources: PipelineResources::default(),
         };
         assert_eq!(conflict.requeue_after_at(NOW), StdDuration::from_secs(300));
+    }
+
+    #[test]
+    fn a_deferred_stream_holds_nothing_back() {
+        let provisioning = outcome(Part::Stream, false, Reason::Provisioning);
+        let blocked = [
+            outcome(Part::Buckets, true, Reason::Ready),
+            provisioning.clone(),
+        ];
+        assert_eq!(
+            blocker_of(Part::RawArchive, &blocked).map(|o| o.part),
+            Some(Part::Stream)
+        );
+        let deferred = [
+            outcome(Part::Buckets, true, Reason::Ready),
+            PartOutcome {
+                retry_at: Some(1_750_000_000),
+                ..provisioning
+            },
+        ];
+        assert_eq!(blocker_of(Part::RawArchive, &deferred), None);
     }
 
     #[test]

@@ -41,16 +41,11 @@ impl PipelineBackend for FakeBackend {
 
 fn ready_outcome() -> PipelineOutcome {
     PipelineOutcome {
-        parts: vec![PartOutcome {
-            part: Part::Stream,
-            ready: true,
-            reason: Reason::Ready,
-            message: "stream shop-clicks is active".to_owned(),
-            applied: Vec::new(),
-            error: None,
-            retry_at: None,
-            waits_for: None,
-        }],
+        parts: vec![PartOutcome::ready(
+            Part::Stream,
+            "stream shop-clicks is active".to_owned(),
+            Vec::new(),
+        )],
         resources: PipelineResources {
             stream_arn: Some(
                 "arn:aws:kinesis:ap-northeast-2:123456789012:stream/shop-clicks".to_owned(),
