@@ -209,6 +209,20 @@ pub const CORRECTION_INTERVAL_MS: i64 = 5 * 60_000;
 /// Dead letters are written with the next window flush, or earlier once this many bytes wait.
 pub const DEAD_LETTER_FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
+/// The dead-letter record of a click whose time is too far ahead of the clock. The parser hands
+/// out fields, not the event's bytes; re-encoding is fine on this rare path.
+pub(crate) fn too_far_ahead_record(event: &ClickEvent<'_>) -> String {
+    serde_json::json!({
+        "event_time_ms": event.event_time_ms,
+        "page_id": &*event.page_id,
+        "x": event.x,
+        "y": event.y,
+        "viewport_width": event.viewport_width,
+        "viewport_height": event.viewport_height,
+    })
+    .to_string()
+}
+
 struct Visit<'s> {
     partition: usize,
     grid: Grid,
@@ -222,16 +236,7 @@ impl<'a> RecordVisitor<'a> for Visit<'_> {
     #[inline]
     fn click(&mut self, event: ClickEvent<'a>) {
         if event.event_time_ms > self.latest_accepted_ms {
-            // Re-encoding is fine here: this is the rare path.
-            let raw = serde_json::json!({
-                "event_time_ms": event.event_time_ms,
-                "page_id": &*event.page_id,
-                "x": event.x,
-                "y": event.y,
-                "viewport_width": event.viewport_width,
-                "viewport_height": event.viewport_height,
-            })
-            .to_string();
+            let raw = too_far_ahead_record(&event);
             self.reject(Rejection {
                 reason: RejectReason::OutOfRange,
                 field: Some("event_time_ms"),

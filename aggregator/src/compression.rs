@@ -33,6 +33,19 @@ impl Compression {
         }
     }
 
+    /// The compression Firehose calls `name` (as in `rawArchive.compression`).
+    pub fn from_firehose_name(name: &str) -> Option<Compression> {
+        [
+            Compression::Uncompressed,
+            Compression::Gzip,
+            Compression::Zip,
+            Compression::Snappy,
+            Compression::HadoopSnappy,
+        ]
+        .into_iter()
+        .find(|c| c.firehose_name().eq_ignore_ascii_case(name))
+    }
+
     /// Recognises the compression from the first bytes of an object (12 of them, or the whole
     /// object when shorter).
     pub fn sniff(head: &[u8]) -> Compression {
@@ -96,6 +109,92 @@ pub fn decoder<'a, R: BufRead + 'a>(reader: R, compression: Compression) -> Box<
         Compression::Snappy => Box::new(snap::read::FrameDecoder::new(reader)),
         Compression::HadoopSnappy => Box::new(HadoopSnappy::new(reader)),
     }
+}
+
+/// `data` compressed the way Firehose writes an object (one GZIP member, one deflated ZIP
+/// entry, the Snappy framing format, or Hadoop's 256 KiB Snappy blocks), for writing archives
+/// in tests, benchmarks and `generate --archive`.
+pub fn encode(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    match compression {
+        Compression::Uncompressed => Ok(data.to_vec()),
+        Compression::Gzip => {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data)?;
+            encoder.finish()
+        }
+        Compression::Snappy => {
+            let mut encoder = snap::write::FrameEncoder::new(Vec::new());
+            encoder.write_all(data)?;
+            encoder.into_inner().map_err(|err| err.into_error())
+        }
+        Compression::HadoopSnappy => {
+            const BLOCK: usize = 256 * 1024;
+            let mut out = Vec::new();
+            let mut encoder = snap::raw::Encoder::new();
+            for block in data.chunks(BLOCK) {
+                let compressed = encoder.compress_vec(block).map_err(snappy_error)?;
+                out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+                out.extend_from_slice(&compressed);
+            }
+            Ok(out)
+        }
+        Compression::Zip => zip_one_entry(data, "records"),
+    }
+}
+
+/// A ZIP archive of one deflated entry, with its CRC and the central directory, as `unzip`
+/// expects (ZIP64 is not needed: Firehose objects stay far below 4 GiB).
+fn zip_one_entry(data: &[u8], name: &str) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    let too_large = || invalid("a ZIP entry over 4 GiB needs ZIP64");
+    let mut encoder =
+        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data)?;
+    let deflated = encoder.finish()?;
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    let (crc, csize, usize_) = (
+        crc.sum(),
+        u32::try_from(deflated.len()).map_err(|_| too_large())?,
+        u32::try_from(data.len()).map_err(|_| too_large())?,
+    );
+    let name_len = name.len() as u16;
+    // Version 2.0, no flags, deflate, no time or date.
+    let common = |out: &mut Vec<u8>| {
+        out.extend_from_slice(&20u16.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&8u16.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&csize.to_le_bytes());
+        out.extend_from_slice(&usize_.to_le_bytes());
+        out.extend_from_slice(&name_len.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+    };
+    let mut out = Vec::with_capacity(deflated.len() + 128);
+    out.extend_from_slice(&LOCAL_FILE_HEADER.to_le_bytes());
+    common(&mut out);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&deflated);
+    let central_at = u32::try_from(out.len()).map_err(|_| too_large())?;
+    out.extend_from_slice(&CENTRAL_DIRECTORY.to_le_bytes());
+    out.extend_from_slice(&20u16.to_le_bytes()); // made by
+    common(&mut out);
+    out.extend_from_slice(&[0; 12]); // comment length, disk, attributes
+    out.extend_from_slice(&0u32.to_le_bytes()); // local header offset
+    out.extend_from_slice(name.as_bytes());
+    let central_len = out.len() as u32 - central_at;
+    out.extend_from_slice(&END_OF_CENTRAL_DIRECTORY.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&central_len.to_le_bytes());
+    out.extend_from_slice(&central_at.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    Ok(out)
 }
 
 /// The first `len` bytes of `reader` (fewer only at its end), however a pipe delivers them.
@@ -450,6 +549,31 @@ mod tests {
         let mut out = Vec::new();
         decoded(bytes).unwrap().read_to_end(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn what_encode_writes_decodes_to_the_same_bytes() {
+        let data = records(20_000);
+        for compression in [
+            Compression::Uncompressed,
+            Compression::Gzip,
+            Compression::Zip,
+            Compression::Snappy,
+            Compression::HadoopSnappy,
+        ] {
+            let encoded = encode(&data, compression).unwrap();
+            assert_eq!(Compression::sniff(&encoded), compression);
+            assert_eq!(decode(&encoded), data, "{compression:?}");
+        }
+        // The ZIP is one a ZIP reader would list: the central directory points at the entry.
+        let zip = encode(b"{}", Compression::Zip).unwrap();
+        let end = zip.len() - 22;
+        assert_eq!(&zip[end..end + 4], &END_OF_CENTRAL_DIRECTORY.to_le_bytes());
+        let central_at = u32::from_le_bytes(zip[end + 16..end + 20].try_into().unwrap()) as usize;
+        assert_eq!(
+            &zip[central_at..central_at + 4],
+            &CENTRAL_DIRECTORY.to_le_bytes()
+        );
     }
 
     #[test]

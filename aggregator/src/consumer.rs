@@ -58,22 +58,8 @@ pub struct Targets {
 impl Targets {
     pub fn open(config: &AggregatorConfig, stream: &str) -> Result<Targets, ConsumerError> {
         let output = Location::open(&config.output.root)?;
-        let dead_letters = match config.output.dead_letter.as_deref() {
-            Some("") => None,
-            Some(location) => Some(Location::open(location)?),
-            None => Some(Location {
-                store: output.store.clone(),
-                prefix: output.child("dead_letter"),
-            }),
-        };
-        let checkpoints = match &config.checkpoint.location {
-            Some(location) => Location::open(location)?,
-            // Beside the table, never inside it: a Glue crawler must not see checkpoints.
-            None => Location {
-                store: output.store.clone(),
-                prefix: output.child("_checkpoints"),
-            },
-        };
+        let dead_letters = Location::dead_letters(config, &output)?;
+        let checkpoints = Location::checkpoints(config, &output)?;
         let coordination = Location {
             store: checkpoints.store.clone(),
             prefix: checkpoints.child(stream),

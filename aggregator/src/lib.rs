@@ -6,10 +6,12 @@
 //! [`pipeline`] drives it all from files or stdin. [`consumer`] is the production driver: every
 //! shard of a Kinesis stream ([`kinesis`]) with its own windows and [`checkpoint`], observable
 //! through [`metrics`] and [`server`]. [`query`] reads the curated data back the way
-//! the demo's Athena query does, [`render`] draws heatmaps, and [`synth`] makes realistic
+//! the demo's Athena query does, [`backfill`] rebuilds windows from the raw [`archive`], [`render`] draws heatmaps, and [`synth`] makes realistic
 //! synthetic clicks for demos, tests and benchmarks.
 
 pub mod aggregate;
+pub mod archive;
+pub mod backfill;
 pub mod budget;
 pub mod checkpoint;
 pub mod compression;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use clickheatmap_crds::AggregatorConfig;
+
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -104,6 +106,39 @@ impl Location {
     /// A path below this location's prefix.
     pub fn child(&self, name: &str) -> Path {
         self.prefix.clone().join(name)
+    }
+
+    /// A location below this one.
+    pub fn below(&self, name: &str) -> Location {
+        Location {
+            store: self.store.clone(),
+            prefix: self.child(name),
+        }
+    }
+
+    /// Where rejected records of `config` go: `output.deadLetter`, by default `dead_letter/`
+    /// beside the table; `None` when the empty string turned them off.
+    pub fn dead_letters(
+        config: &AggregatorConfig,
+        output: &Location,
+    ) -> Result<Option<Location>, LocationError> {
+        match config.output.dead_letter.as_deref() {
+            Some("") => Ok(None),
+            Some(location) => Location::open(location).map(Some),
+            None => Ok(Some(output.below("dead_letter"))),
+        }
+    }
+
+    /// Where checkpoints of `config` go: `checkpoint.location`, by default `_checkpoints/` beside
+    /// the table — never inside it, where a Glue crawler would see them.
+    pub fn checkpoints(
+        config: &AggregatorConfig,
+        output: &Location,
+    ) -> Result<Location, LocationError> {
+        match &config.checkpoint.location {
+            Some(location) => Location::open(location),
+            None => Ok(output.below("_checkpoints")),
+        }
     }
 }
 

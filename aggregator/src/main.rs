@@ -7,6 +7,8 @@ use std::path::{Path as FsPath, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use clickheatmap_aggregator::archive::FirehoseWriter;
+use clickheatmap_aggregator::compression::Compression;
 use clickheatmap_aggregator::live::LiveBoard;
 use clickheatmap_aggregator::metrics::Metrics;
 use clickheatmap_aggregator::pipeline::{Pipeline, RunReport};
@@ -37,6 +39,10 @@ enum Command {
     /// Aggregate click records into curated Parquet: from files or stdin, or — with a Kinesis
     /// source in the configuration — from every shard of a stream until SIGTERM.
     Run(RunArgs),
+    /// Rebuild the curated windows of a time range from the raw archive (Firehose's
+    /// YYYY/MM/DD/HH/ objects on S3 or on disk, or local mode's stream log), replacing what the
+    /// table holds for them: resumable, and safe while readers query.
+    Backfill(BackfillArgs),
     /// Write synthetic click records in the demo's format as NDJSON.
     Generate(GenerateArgs),
     /// Generate clicks, aggregate them, and draw a PNG heatmap per page: the whole path locally.
@@ -70,13 +76,75 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct BackfillArgs {
+    /// Aggregator configuration (JSON): grid, window, limits, output and checkpoint locations.
+    #[arg(long, env = "CLICKHEATMAP_CONFIG")]
+    config: Option<PathBuf>,
+    /// Names the backfill's files and its resumable state (lowercase letters, digits, '-').
+    #[arg(long)]
+    id: String,
+    /// The raw archive: s3://bucket/raw/, a folder in Firehose's layout, or one file such as
+    /// local mode's heatmap-local/stream/clicks.log.
+    #[arg(long)]
+    archive: String,
+    /// Start of the event-time range (UTC: 2026-12-01T10:00Z, 2026-12-01, or epoch ms).
+    #[arg(long, value_parser = parse_instant_arg)]
+    from: i64,
+    /// End of the range (exclusive); windows inside [from, to) are rewritten.
+    #[arg(long, value_parser = parse_instant_arg)]
+    to: i64,
+    /// Output root directory or s3:// location (overrides output.root).
+    #[arg(long)]
+    output: Option<String>,
+    /// Table directory (overrides output.table): a new name re-grids into a new table.
+    #[arg(long)]
+    table: Option<String>,
+    /// Window length (overrides window.size).
+    #[arg(long)]
+    window: Option<Duration>,
+    /// How long before its event time a click may have reached the archive (clocks ahead).
+    #[arg(long, default_value = "1h")]
+    early_arrivals: Duration,
+    /// How long after its window a click may have reached the archive and still count.
+    #[arg(long, default_value = "1h")]
+    late_arrivals: Duration,
+    /// Archive objects read at once (default: the number of CPUs).
+    #[arg(long)]
+    parallelism: Option<usize>,
+}
+
+fn parse_compression(text: &str) -> Result<Compression, String> {
+    Compression::from_firehose_name(text)
+        .ok_or_else(|| format!("{text:?}: use UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY"))
+}
+
+fn parse_instant_arg(text: &str) -> Result<i64, String> {
+    time::parse_instant(text).ok_or_else(|| {
+        format!("{text:?} is not an instant: use 2026-12-01T10:00Z, 2026-12-01 or epoch ms (UTC)")
+    })
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     /// Number of records.
     #[arg(long, default_value_t = 100_000)]
     events: u64,
     /// Output file; standard output when absent.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "archive")]
     output: Option<PathBuf>,
+    /// Write a raw archive as Firehose would instead (s3://bucket/raw/ or a folder): objects in
+    /// YYYY/MM/DD/HH/ folders of the clicks' arrival, cut by the buffer size and interval.
+    #[arg(long)]
+    archive: Option<String>,
+    /// The archive's compression: UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY.
+    #[arg(long, default_value = "GZIP", value_parser = parse_compression)]
+    compression: Compression,
+    /// The archive's buffer interval (Firehose: 60s to 900s).
+    #[arg(long, default_value = "300s")]
+    buffer_interval: Duration,
+    /// The archive's buffer size in MiB (Firehose: 1 to 128).
+    #[arg(long, default_value_t = 5)]
+    buffer_size_mib: usize,
     #[command(flatten)]
     synth: SynthArgs,
 }
@@ -171,7 +239,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Generate(args) => generate(args),
+            Command::Backfill(args) => backfill(args).await,
+            Command::Generate(args) => generate(args).await,
             Command::Demo(args) => demo(args).await,
             Command::Query(args) => query(args).await,
             Command::Bench(args) => bench::run(args).await,
@@ -194,14 +263,7 @@ fn main() -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn run(args: RunArgs) -> CliResult {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|err| format!("reading {}: {err}", path.display()))?;
-            AggregatorConfig::from_json(&text)?
-        }
-        None => AggregatorConfig::default(),
-    };
+    let mut config = load_config(args.config.as_deref())?;
     if let Some(output) = args.output {
         config.output.root = output;
     }
@@ -336,8 +398,146 @@ fn print_report(report: &RunReport) {
     );
 }
 
-fn generate(args: GenerateArgs) -> CliResult {
+fn load_config(path: Option<&FsPath>) -> Result<AggregatorConfig, Box<dyn std::error::Error>> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| format!("reading {}: {err}", path.display()))?;
+            Ok(AggregatorConfig::from_json(&text)?)
+        }
+        None => Ok(AggregatorConfig::default()),
+    }
+}
+
+async fn backfill(args: BackfillArgs) -> CliResult {
+    use clickheatmap_aggregator::backfill::{self, BackfillRequest};
+    use std::ops::ControlFlow;
+    use std::sync::atomic::Ordering;
+
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(output) = args.output {
+        config.output.root = output;
+    }
+    if let Some(table) = args.table {
+        config.output.table = table;
+    }
+    if let Some(window) = args.window {
+        config.window.size = window;
+    }
+    config.validate()?;
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let request = BackfillRequest {
+        id: args.id,
+        archive: args.archive,
+        from_ms: args.from,
+        to_ms: args.to,
+        early_arrivals_ms: millis(args.early_arrivals),
+        late_arrivals_ms: millis(args.late_arrivals),
+        parallelism: args.parallelism.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        }),
+    };
+    // SIGTERM (a Job's pod being deleted) stops at the next progress point; the state is saved.
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            wait_for_shutdown_signal().await;
+            tracing::info!("shutdown requested; the backfill stops at its next progress point");
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let state = backfill::run(&config, &request, |state| {
+        let progress = &state.progress;
+        tracing::info!(
+            partitions = format!("{}/{}", progress.partitions_done, progress.partitions_total),
+            objects = format!("{}/{}", progress.read.objects, progress.objects_total),
+            bytes = progress.read.bytes,
+            clicks = progress.read.clicks,
+            windows = progress.windows_rewritten,
+            eta_seconds = progress.eta_seconds,
+            "backfill progress"
+        );
+        if stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .await?;
+    let progress = &state.progress;
+    let read = &progress.read;
+    println!(
+        "backfill {}: windows {} .. {}{}",
+        state.id,
+        time::iso8601(state.covered_from_ms),
+        time::iso8601(state.covered_to_ms),
+        state
+            .stopped_at_ms
+            .map(|to| format!(
+                " (stopped before the requested end {}: later windows are not complete yet)",
+                time::iso8601(to)
+            ))
+            .unwrap_or_default()
+    );
+    println!(
+        "read: {} objects, {:.1} MiB, {} records, {} clicks in range, {} outside, {} rejected, {} damaged objects",
+        read.objects,
+        read.bytes as f64 / (1024.0 * 1024.0),
+        read.records,
+        read.clicks,
+        read.outside_range,
+        read.rejected_total(),
+        read.corrupt_objects
+    );
+    for (reason, count) in &read.rejected {
+        println!("  rejected {reason:<22} {count}");
+    }
+    println!(
+        "partitions: {}/{} done, {} changed; {} windows, {} rows written",
+        progress.partitions_done,
+        progress.partitions_total,
+        progress.partitions_changed,
+        progress.windows_rewritten,
+        progress.rows_written
+    );
+    if state.finished_at_ms.is_none() {
+        return Err("stopped before the end; run the same command again to resume".into());
+    }
+    Ok(())
+}
+
+async fn generate(args: GenerateArgs) -> CliResult {
     let options = args.synth.options(args.events);
+    if let Some(archive) = &args.archive {
+        let mut writer = FirehoseWriter::new(
+            Location::open(archive)?,
+            "clicks",
+            args.compression,
+            args.buffer_size_mib.max(1) * 1024 * 1024,
+            i64::try_from(args.buffer_interval.as_millis()).unwrap_or(i64::MAX),
+        );
+        let mut generator = Generator::new(options);
+        let mut line = Vec::with_capacity(512);
+        for _ in 0..args.events {
+            let Some(record) = generator.next() else {
+                break;
+            };
+            line.clear();
+            record.write_json(&mut line);
+            line.push(b'\n');
+            // A click reaches the stream when it is the newest: late ones arrive with the others.
+            writer.push(generator.clock_ms(), &line).await?;
+        }
+        let (objects, bytes) = writer.finish().await?;
+        eprintln!(
+            "wrote {} records into {objects} {} objects ({:.1} MiB) below {archive}",
+            args.events,
+            args.compression.firehose_name(),
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+        return Ok(());
+    }
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             File::create(path).map_err(|err| format!("creating {}: {err}", path.display()))?,

@@ -48,20 +48,11 @@ impl Pipeline {
     pub fn open(config: &AggregatorConfig) -> Result<Pipeline, PipelineError> {
         let output = Location::open(&config.output.root)?;
         let table = output.child(&config.output.table);
-        let dead_letters = match config.output.dead_letter.as_deref() {
-            Some("") => None,
-            Some(location) => {
-                let location = Location::open(location)?;
-                Some(DeadLetterTarget {
-                    store: location.store,
-                    prefix: location.prefix,
-                })
-            }
-            None => Some(DeadLetterTarget {
-                store: output.store.clone(),
-                prefix: output.child("dead_letter"),
-            }),
-        };
+        let dead_letters =
+            Location::dead_letters(config, &output)?.map(|location| DeadLetterTarget {
+                store: location.store,
+                prefix: location.prefix,
+            });
         let keep_dead_letters = dead_letters.is_some();
         let sink = CuratedSink::new(output.store, table, dead_letters, &config.writer_id);
         Ok(Pipeline::new(

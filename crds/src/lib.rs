@@ -11,6 +11,8 @@
 //!   (`clickheatmap.io/v1alpha1`, short name `chp`) — its spec with the original demo's defaults,
 //!   the schema validation the API server enforces, the status the operator writes, and
 //!   `crd_yaml()`, which renders the CustomResourceDefinition (printed by the `crdgen` binary).
+//! * [`backfill_state`]: a backfill's checkpoint and progress report, written by the aggregator
+//!   and read by the operator.
 //! * [`progress`]: the progress report each aggregator replica keeps beside its checkpoints and
 //!   the operator reads for the pipeline's data-plane status.
 //!
@@ -20,6 +22,7 @@
 //! operator → crds ← aggregator.
 
 pub mod aggregator_config;
+pub mod backfill_state;
 pub mod duration;
 #[cfg(feature = "resource")]
 pub mod pipeline;

@@ -66,6 +66,48 @@ pub fn iso8601(epoch_ms: i64) -> String {
     )
 }
 
+/// Parses an instant given by a person: epoch milliseconds, a UTC date (`2026-12-01`), or a UTC
+/// date and time (`2026-12-01T10:00Z`, `2026-12-01T10:00:30.5Z`, `+00:00` instead of `Z`).
+pub fn parse_instant(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    let (date, time) = match text.split_once(['T', ' ']) {
+        Some((date, time)) => (date, Some(time)),
+        None => (text, None),
+    };
+    let mut fields = date.splitn(3, '-');
+    let year: i64 = fields.next()?.parse().ok()?;
+    let month: u32 = fields.next()?.parse().ok()?;
+    let day: u32 = fields.next()?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let midnight = millis_from_civil_date(year, month, day);
+    // A day past the month's end would silently roll over.
+    if civil_from_millis(midnight).day != day {
+        return None;
+    }
+    let Some(time) = time else {
+        return Some(midnight);
+    };
+    let time = time
+        .strip_suffix('Z')
+        .or_else(|| time.strip_suffix("+00:00"))?;
+    let mut parts = time.splitn(3, ':');
+    let hour: i64 = parts.next()?.parse().ok()?;
+    let minute: i64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = match parts.next() {
+        Some(seconds) => seconds.parse().ok()?,
+        None => 0.0,
+    };
+    if !(0..24).contains(&hour) || !(0..60).contains(&minute) || !(0.0..60.0).contains(&seconds) {
+        return None;
+    }
+    Some(midnight + hour * 3_600_000 + minute * 60_000 + (seconds * 1000.0).round() as i64)
+}
+
 /// The current time in epoch milliseconds (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -84,6 +126,31 @@ mod tests {
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(iso8601(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(iso8601(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn instants_parse_the_way_people_write_them() {
+        assert_eq!(parse_instant("1766919066968"), Some(1_766_919_066_968));
+        assert_eq!(
+            parse_instant("2025-12-28T10:51:06.968Z"),
+            Some(1_766_919_066_968)
+        );
+        assert_eq!(parse_instant("2025-12-28T10:51Z"), Some(1_766_919_060_000));
+        assert_eq!(
+            parse_instant("2025-12-28 10:51:00+00:00"),
+            Some(1_766_919_060_000)
+        );
+        assert_eq!(parse_instant("2025-12-28"), Some(1_766_880_000_000));
+        for bad in [
+            "",
+            "2025-02-30",
+            "2025-13-01",
+            "2025-12-28T10:51",
+            "2025-12-28T24:00Z",
+            "yesterday",
+        ] {
+            assert_eq!(parse_instant(bad), None, "{bad}");
+        }
     }
 
     #[test]
