@@ -415,13 +415,28 @@ impl AggregatorConfig {
     /// Where the replicas consuming `stream` keep their progress reports
     /// ([`crate::progress`]): `<checkpoint location>/<stream>/_progress/`.
     pub fn progress_location(&self, stream: &str) -> String {
-        let checkpoints = match &self.checkpoint.location {
+        format!(
+            "{}/{stream}/{}/",
+            self.checkpoint_root(),
+            crate::progress::PROGRESS_FOLDER
+        )
+    }
+
+    /// The checkpoint location without a trailing `/`: `checkpoint.location`, by default
+    /// `<output.root>/_checkpoints`.
+    pub fn checkpoint_root(&self) -> String {
+        match &self.checkpoint.location {
             Some(location) => location.trim_end_matches('/').to_owned(),
             None => format!("{}/_checkpoints", self.output.root.trim_end_matches('/')),
-        };
+        }
+    }
+
+    /// Where the backfill `id` keeps its state ([`crate::backfill_state`]).
+    pub fn backfill_state_location(&self, id: &str) -> String {
         format!(
-            "{checkpoints}/{stream}/{}/",
-            crate::progress::PROGRESS_FOLDER
+            "{}/{}",
+            self.checkpoint_root(),
+            crate::backfill_state::backfill_state_key(id)
         )
     }
 

@@ -11,6 +11,8 @@
 //!   (`clickheatmap.io/v1alpha1`, short name `chp`) — its spec with the original demo's defaults,
 //!   the schema validation the API server enforces, the status the operator writes, and
 //!   `crd_yaml()`, which renders the CustomResourceDefinition (printed by the `crdgen` binary).
+//! * `backfill` (feature `resource`): the `ClickHeatmapBackfill` custom resource (short name
+//!   `chb`), a one-shot request to rebuild a pipeline's windows from its raw archive.
 //! * [`backfill_state`]: a backfill's checkpoint and progress report, written by the aggregator
 //!   and read by the operator.
 //! * [`progress`]: the progress report each aggregator replica keeps beside its checkpoints and
@@ -22,6 +24,8 @@
 //! operator → crds ← aggregator.
 
 pub mod aggregator_config;
+#[cfg(feature = "resource")]
+pub mod backfill;
 pub mod backfill_state;
 pub mod duration;
 #[cfg(feature = "resource")]
@@ -32,6 +36,11 @@ pub use aggregator_config::{
     AggregatorConfig, CheckpointConfig, ConfigError, EnhancedFanOutConfig, GridConfig,
     KinesisSourceConfig, LimitsConfig, OutputConfig, ReplicasConfig, ShardAssignment, SourceConfig,
     StartPosition, WindowConfig,
+};
+#[cfg(feature = "resource")]
+pub use backfill::{
+    BackfillPhase, BackfillProgressStatus, COMPLETE_CONDITION, ClickHeatmapBackfill,
+    ClickHeatmapBackfillSpec, ClickHeatmapBackfillStatus, RegridSpec, backfill_crd_yaml,
 };
 pub use duration::{Duration, DurationParseError};
 #[cfg(feature = "resource")]

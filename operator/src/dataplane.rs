@@ -406,7 +406,7 @@ fn top_reason(counts: &ProgressCounts) -> Option<String> {
     counts.top_rejection().map(|(reason, _)| reason.to_owned())
 }
 
-fn rfc3339(ms: i64) -> Option<String> {
+pub(crate) fn rfc3339(ms: i64) -> Option<String> {
     k8s_openapi::jiff::Timestamp::from_millisecond(ms)
         .ok()
         .map(|t| t.to_string())
@@ -431,6 +431,31 @@ pub fn split_s3(location: &str) -> Option<(&str, &str)> {
     let rest = location.strip_prefix("s3://")?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     (!bucket.is_empty()).then_some((bucket, prefix))
+}
+
+/// Reads a backfill's state object (`s3://bucket/key`); `None` until the backfill wrote one.
+pub async fn read_backfill_state(
+    s3: &aws_sdk_s3::Client,
+    location: &str,
+) -> Result<Option<clickheatmap_crds::backfill_state::BackfillState>, Error> {
+    let (bucket, key) = split_s3(location)
+        .ok_or_else(|| Error::internal(format!("{location} is not an s3:// location")))?;
+    let object = match s3.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => object,
+        Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+            return Ok(None);
+        }
+        Err(error) => return Err(from_sdk("s3:GetObject", location, error)),
+    };
+    let bytes = object
+        .body
+        .collect()
+        .await
+        .map_err(|error| Error::internal(format!("reading {location}: {error}")))?
+        .into_bytes();
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| Error::internal(format!("{location} is not a backfill state: {error}")))
 }
 
 /// Reads every replica's report below `location` (`s3://bucket/prefix/`): one LIST, one GET per

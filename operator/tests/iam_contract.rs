@@ -31,7 +31,9 @@ fn policy(file: &str, pipeline: &ClickHeatmapPipeline) -> Value {
     let text = std::fs::read_to_string(&path)
         .expect("policy")
         .replace("<CURATED_BUCKET>", &pipeline.spec.buckets.curated)
-        .replace("<GLUE_TABLE>", &pipeline.spec.catalog.table);
+        .replace("<GLUE_TABLE>", &pipeline.spec.catalog.table)
+        .replace("<RAW_BUCKET>", &pipeline.spec.buckets.raw)
+        .replace("<RAW_PREFIX>", &pipeline.spec.raw_archive.prefix);
     serde_json::from_str(&text).expect("policy JSON")
 }
 
@@ -155,6 +157,15 @@ fn the_operator_policy_reads_exactly_the_progress_reports() {
         assert!(
             allowed(&format!("{prefix}shop-aggregator-0.json")),
             "{file}: the policy must allow reading {prefix}*"
+        );
+        // A backfill's state, where its progress is.
+        let state = config.backfill_state_location("fix-1a2b3c4d");
+        let state_key = state
+            .strip_prefix(&format!("s3://{bucket}/"))
+            .expect("in the curated bucket");
+        assert!(
+            allowed(state_key),
+            "{file}: the policy must allow reading {state_key}"
         );
         for elsewhere in [
             format!(
@@ -460,4 +471,38 @@ fn the_viewer_policy_allows_what_the_viewer_and_athena_for_it_touch() {
         "s3:ListBucket",
         &format!("arn:aws:s3:::{bucket}")
     ));
+}
+
+/// A backfill runs as the aggregator: its role reads the raw archive hour folders the Job names
+/// (and nothing else of the raw bucket), and writes only where the aggregator writes.
+#[test]
+fn the_aggregator_policy_reads_the_raw_archive_a_backfill_reads() {
+    for file in ["pipeline-minimal.yaml", "pipeline-full.yaml"] {
+        let pipeline = example(file);
+        let policy = policy("aggregator-policy.json", &pipeline);
+        let raw = &pipeline.spec.buckets.raw;
+        let prefix = &pipeline.spec.raw_archive.prefix;
+        let read = statement(&policy, "S3ReadRawArchiveForBackfills");
+        let resources = strings(&read["Resource"]);
+        let object =
+            format!("arn:aws:s3:::{raw}/{prefix}2026/12/04/10/clicks-1-2026-12-04-10-00-00-x.gz");
+        assert!(
+            resources.iter().any(|r| glob(r, &object)),
+            "{file}: {object} is not readable by {resources:?}"
+        );
+        assert!(
+            !resources
+                .iter()
+                .any(|r| glob(r, &format!("arn:aws:s3:::{raw}/errors/x"))),
+            "{file}: only the archive prefix is readable"
+        );
+        let list = statement(&policy, "S3ListRawArchiveForBackfills");
+        let listed = format!("{prefix}2026/12/04/10/");
+        assert!(
+            strings(&list["Condition"]["StringLike"]["s3:prefix"])
+                .iter()
+                .any(|pattern| glob(pattern, &listed)),
+            "{file}: the backfill lists {listed}"
+        );
+    }
 }

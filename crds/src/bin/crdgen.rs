@@ -1,15 +1,26 @@
-//! Prints the `ClickHeatmapPipeline` CustomResourceDefinition as YAML.
+//! Prints a CustomResourceDefinition as YAML: `ClickHeatmapPipeline` by default, or
+//! `ClickHeatmapBackfill` with the argument `backfills`.
 //!
 //! ```text
 //! cargo run -p clickheatmap-crds --features resource --bin crdgen \
 //!     > charts/clickheatmap-operator/crds/clickheatmap.io_clickheatmappipelines.yaml
+//! cargo run -p clickheatmap-crds --features resource --bin crdgen -- backfills \
+//!     > charts/clickheatmap-operator/crds/clickheatmap.io_clickheatmapbackfills.yaml
 //! ```
 
 use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let yaml = match clickheatmap_crds::crd_yaml() {
+    let rendered = match std::env::args().nth(1).as_deref() {
+        None | Some("pipelines") => clickheatmap_crds::crd_yaml(),
+        Some("backfills") => clickheatmap_crds::backfill_crd_yaml(),
+        Some(other) => {
+            eprintln!("crdgen: unknown CRD {other:?}; use `pipelines` or `backfills`");
+            return ExitCode::FAILURE;
+        }
+    };
+    let yaml = match rendered {
         Ok(yaml) => yaml,
         Err(error) => {
             eprintln!("crdgen: cannot render the CRD as YAML: {error}");

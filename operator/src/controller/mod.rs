@@ -18,6 +18,7 @@
 //! condition and a Warning Event and are retried slowly. One bad object never stops the others:
 //! every error stays with its object.
 
+pub mod backfill;
 pub mod children;
 pub mod frontends;
 mod health;
@@ -54,6 +55,7 @@ use tracing::{info, warn};
 use crate::aws::AwsClients;
 use crate::error::{Error, Reason};
 use crate::pipeline::{DeleteOutcome, PipelineOutcome};
+use clickheatmap_crds::backfill_state::BackfillState;
 use clickheatmap_crds::progress::ReplicaProgress;
 use frontends::Frontend;
 use metrics::Metrics;
@@ -145,6 +147,12 @@ pub trait PipelineBackend: Send + Sync + 'static {
         pipeline: &ClickHeatmapPipeline,
         location: &str,
     ) -> impl Future<Output = Result<Vec<ReplicaProgress>, Error>> + Send;
+    /// A backfill's state object at `location` (`s3://bucket/key`), if it has written one.
+    fn backfill_state(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+        location: &str,
+    ) -> impl Future<Output = Result<Option<BackfillState>, Error>> + Send;
 }
 
 /// The real backend: one [`AwsClients`] per region, created on first use, each service
@@ -192,6 +200,15 @@ impl PipelineBackend for AwsBackend {
     ) -> Result<Vec<ReplicaProgress>, Error> {
         let clients = self.clients(&pipeline.spec.region).await?;
         crate::dataplane::read_reports(&clients.s3, location).await
+    }
+
+    async fn backfill_state(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+        location: &str,
+    ) -> Result<Option<BackfillState>, Error> {
+        let clients = self.clients(&pipeline.spec.region).await?;
+        crate::dataplane::read_backfill_state(&clients.s3, location).await
     }
 }
 
@@ -242,6 +259,14 @@ impl<B: PipelineBackend> PipelineBackend for Arc<B> {
         location: &str,
     ) -> impl Future<Output = Result<Vec<ReplicaProgress>, Error>> + Send {
         self.as_ref().progress(pipeline, location)
+    }
+
+    fn backfill_state(
+        &self,
+        pipeline: &ClickHeatmapPipeline,
+        location: &str,
+    ) -> impl Future<Output = Result<Option<BackfillState>, Error>> + Send {
+        self.as_ref().backfill_state(pipeline, location)
     }
 }
 
@@ -1339,6 +1364,7 @@ async fn run_controller(
         pods,
     };
     let ctx = Arc::new(ctx.for_watch(stores));
+    let ctx_for_backfills = ctx.clone();
     // Bounded concurrency: a thousand new pipelines must not open a thousand sets of AWS
     // connections at once. The debounce folds bursts of child events into one reconcile.
     let config = ControllerConfig::default()
@@ -1401,8 +1427,10 @@ async fn run_controller(
                 }
             }
         });
+    // Backfills share the context (client, AWS backend, recorder, image, emulator).
+    let backfills = backfill::run(client, namespace, ctx_for_backfills);
     tokio::select! {
-        () = controller => Ended::Stopped,
+        ((), ()) = futures_util::future::join(controller, backfills) => Ended::Stopped,
         () = stalled.notified() => Ended::WatchesStalled,
     }
 }

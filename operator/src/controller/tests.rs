@@ -37,6 +37,14 @@ impl PipelineBackend for FakeBackend {
     ) -> Result<Vec<clickheatmap_crds::progress::ReplicaProgress>, Error> {
         Ok(Vec::new())
     }
+
+    async fn backfill_state(
+        &self,
+        _: &ClickHeatmapPipeline,
+        _: &str,
+    ) -> Result<Option<clickheatmap_crds::backfill_state::BackfillState>, Error> {
+        Ok(None)
+    }
 }
 
 fn ready_outcome() -> PipelineOutcome {
