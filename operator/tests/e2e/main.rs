@@ -1351,3 +1351,214 @@ async fn data_plane_health_from_the_aggregators_reports() {
     })
     .await;
 }
+
+/// A `ClickHeatmapBackfill` on the real control plane, with the chart's RBAC: the API server
+/// rejects a reversed range and a changed spec; the operator runs the oldest backfill of a
+/// pipeline as a Job of the aggregator image (the others wait), reports the progress the
+/// backfill writes to S3, records the result, publishes Events and removes the Job and its
+/// ConfigMap; a backfill of a missing pipeline waits for it.
+#[tokio::test]
+async fn backfills_run_as_jobs_one_at_a_time_and_report_progress() {
+    use clickheatmap_crds::backfill_state::{BACKFILL_STATE_VERSION, BackfillState};
+    use clickheatmap_crds::{BackfillPhase, ClickHeatmapBackfill};
+    use clickheatmap_operator::controller::backfill::backfill_id;
+    use k8s_openapi::api::batch::v1::Job;
+
+    let Some(cluster) = cluster() else { return };
+    let client = cluster.admin().await;
+    let namespace = "e2e-backfill";
+    let installed = setup(&client, namespace, json!({})).await;
+    let moto = MotoServer::start_https();
+    let operator = OperatorProcess::start(
+        cluster,
+        &installed,
+        &client,
+        &moto,
+        "operator-0",
+        &["--resync-seconds", "2"],
+    )
+    .await;
+    apply(&client, &minimal_named("bf", namespace), Some(namespace)).await;
+    let pipelines: Api<ClickHeatmapPipeline> = Api::namespaced(client.clone(), namespace);
+    let pipeline = wait_ready(&pipelines, "bf").await;
+
+    let request = |name: &str, pipeline: &str| {
+        json!({
+            "apiVersion": "clickheatmap.io/v1alpha1",
+            "kind": "ClickHeatmapBackfill",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"pipeline": pipeline, "from": "2026-12-01T00:00:00Z", "to": "2026-12-01T10:00:00Z"}
+        })
+    };
+    // The schema's rules, from the API server itself.
+    let backfills_dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::erase::<ClickHeatmapBackfill>(&()),
+    );
+    let mut reversed = request("reversed", "bf");
+    reversed["spec"]["to"] = json!("2026-11-30T00:00:00Z");
+    let error = backfills_dynamic
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(reversed).expect("object"),
+        )
+        .await
+        .expect_err("a reversed range is refused");
+    assert!(error.to_string().contains("from must be before to"), "{error}");
+
+    apply(&client, &request("first", "bf"), Some(namespace)).await;
+    // Created later: waits for the first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    apply(&client, &request("second", "bf"), Some(namespace)).await;
+    apply(&client, &request("orphan", "nowhere"), Some(namespace)).await;
+    let backfills: Api<ClickHeatmapBackfill> = Api::namespaced(client.clone(), namespace);
+    let first = backfills.get("first").await.expect("first");
+    let id = backfill_id(&first).expect("id");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let job = eventually("the first backfill's Job", WAIT, || async {
+        jobs.get_opt(&id).await.ok().flatten()
+    })
+    .await;
+    let pod = job.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.starts_with(&format!("backfill --config /etc/clickheatmap/aggregator.json --id {id} --archive s3://bf-raw-123456789012/raw/")),
+        "{args}"
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("bf-aggregator"));
+    assert_eq!(
+        job.owner_references()[0].uid,
+        first.uid().expect("uid"),
+        "the Job belongs to the backfill"
+    );
+    let phase_of = |backfill: &ClickHeatmapBackfill| {
+        let status = backfill.status.as_ref()?;
+        let complete = status.conditions.iter().find(|c| c.type_ == "Complete")?;
+        Some((status.phase?, complete.reason.clone()))
+    };
+    eventually("the second backfill waits", WAIT, || async {
+        let second = backfills.get("second").await.ok()?;
+        (phase_of(&second)? == (BackfillPhase::Pending, "WaitingForBackfill".to_owned()))
+            .then_some(())
+    })
+    .await;
+    eventually("the orphan backfill waits for its pipeline", WAIT, || async {
+        let orphan = backfills.get("orphan").await.ok()?;
+        (phase_of(&orphan)?.1 == "PipelineNotFound").then_some(())
+    })
+    .await;
+    assert!(
+        jobs.get_opt(&backfill_id(&backfills.get("second").await.expect("second")).expect("id"))
+            .await
+            .expect("get")
+            .is_none(),
+        "one backfill at a time per pipeline"
+    );
+    // The spec is immutable.
+    let changed = backfills
+        .patch(
+            "first",
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(&request("first", "other")),
+        )
+        .await
+        .expect_err("a changed spec is refused");
+    assert!(changed.to_string().contains("immutable"), "{changed}");
+
+    // The backfill's pod writes its state beside the checkpoints; the operator reads it.
+    let aws = aws_config(&moto, "ap-northeast-2").await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let config = clickheatmap_operator::controller::workload::aggregator_config(&pipeline)
+        .expect("config");
+    let location = config.backfill_state_location(&id);
+    let (bucket, key) = location
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("s3 location");
+    let mut state = BackfillState {
+        version: BACKFILL_STATE_VERSION,
+        id: id.clone(),
+        covered_from_ms: 1_764_547_200_000,
+        covered_to_ms: 1_764_583_200_000,
+        ..BackfillState::default()
+    };
+    state.progress.partitions_total = 10;
+    state.progress.partitions_done = 3;
+    state.progress.objects_total = 120;
+    state.progress.read.objects = 40;
+    state.progress.read.clicks = 81_000;
+    state.progress.eta_seconds = Some(120);
+    let put_state = |state: &BackfillState| {
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(serde_json::to_vec(state).expect("json").into())
+            .send()
+    };
+    put_state(&state).await.expect("state written");
+    let running = eventually("progress in the status", WAIT, || async {
+        let first = backfills.get("first").await.ok()?;
+        let progress = first.status.as_ref()?.progress.clone()?;
+        (progress.partitions_done == 3).then_some(first)
+    })
+    .await;
+    let status = running.status.expect("status");
+    assert_eq!(status.phase, Some(BackfillPhase::Running));
+    let progress = status.progress.expect("progress");
+    assert_eq!(
+        progress.summary,
+        "partitions 3/10, objects 40/120, 81000 clicks, ETA 2m"
+    );
+    assert_eq!(status.covered_from.as_deref(), Some("2025-12-01T00:00:00Z"));
+
+    state.progress.partitions_done = 10;
+    state.progress.read.objects = 120;
+    state.finished_at_ms = Some(now_ms());
+    put_state(&state).await.expect("state written");
+    let done = eventually("the first backfill succeeded", WAIT, || async {
+        let first = backfills.get("first").await.ok()?;
+        (phase_of(&first)?.0 == BackfillPhase::Succeeded).then_some(first)
+    })
+    .await;
+    let complete = done
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Complete").cloned())
+        .expect("Complete");
+    assert_eq!(complete.status, "True");
+    assert!(done.status.as_ref().and_then(|s| s.completion_time.clone()).is_some());
+    eventually("the Job and ConfigMap are removed", WAIT, || async {
+        let job_gone = jobs.get_opt(&id).await.ok()?.is_none();
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let config_gone = config_maps.get_opt(&id).await.ok()?.is_none();
+        (job_gone && config_gone).then_some(())
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    eventually("Started and Succeeded events", WAIT, || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("first"))
+            .filter_map(|e| e.reason)
+            .collect();
+        (reasons.iter().any(|r| r == "Started") && reasons.iter().any(|r| r == "Succeeded"))
+            .then_some(())
+    })
+    .await;
+    // The second one goes now.
+    let second_id = backfill_id(&backfills.get("second").await.expect("second")).expect("id");
+    eventually("the second backfill's Job", WAIT, || async {
+        jobs.get_opt(&second_id).await.ok().flatten()
+    })
+    .await;
+    drop(operator);
+}
