@@ -22,6 +22,12 @@ RECONCILE_RULES = {
     ("clickheatmap.io", "clickheatmappipelines"): {"get", "list", "watch", "patch", "update"},
     ("clickheatmap.io", "clickheatmappipelines/status"): {"get", "patch", "update"},
     ("clickheatmap.io", "clickheatmappipelines/finalizers"): {"update"},
+    # Backfills: read the requests, write their status, own their Jobs (no update: a Job's
+    # template is immutable; the operator creates it once and deletes it when done).
+    ("clickheatmap.io", "clickheatmapbackfills"): {"get", "list", "watch"},
+    ("clickheatmap.io", "clickheatmapbackfills/status"): {"get", "patch", "update"},
+    ("clickheatmap.io", "clickheatmapbackfills/finalizers"): {"update"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},

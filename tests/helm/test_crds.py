@@ -52,11 +52,33 @@ def test_chart_crd_equals_generated(generated_crd):
     )
 
 
-def test_chart_ships_only_the_generated_crd(chart):
-    crds = chart.crds
-    assert [c["name"] for c in crds] == ["crds/clickheatmap.io_clickheatmappipelines.yaml"]
-    assert crds[0]["data"] == CRD_FILE.read_text()
-    assert sorted(p.name for p in (CHART_DIR / "crds").iterdir()) == [CRD_FILE.name]
+BACKFILL_CRD_FILE = CHART_DIR / "crds" / "clickheatmap.io_clickheatmapbackfills.yaml"
+
+
+def test_chart_ships_only_the_generated_crds(chart):
+    crds = sorted(chart.crds, key=lambda c: c["name"])
+    assert [c["name"] for c in crds] == [
+        "crds/clickheatmap.io_clickheatmapbackfills.yaml",
+        "crds/clickheatmap.io_clickheatmappipelines.yaml",
+    ]
+    assert crds[0]["data"] == BACKFILL_CRD_FILE.read_text()
+    assert crds[1]["data"] == CRD_FILE.read_text()
+    assert sorted(p.name for p in (CHART_DIR / "crds").iterdir()) == sorted(
+        [CRD_FILE.name, BACKFILL_CRD_FILE.name]
+    )
+
+
+def test_backfill_crd_is_a_namespaced_request_with_a_status():
+    crd = yaml.safe_load(BACKFILL_CRD_FILE.read_text())
+    assert crd["metadata"]["name"] == "clickheatmapbackfills.clickheatmap.io"
+    assert crd["spec"]["names"]["shortNames"] == ["chb"]
+    assert crd["spec"]["scope"] == "Namespaced"
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["from", "pipeline", "to"]
+    rules = [rule["rule"] for rule in spec["x-kubernetes-validations"]]
+    assert "self == oldSelf" in rules
 
 
 def test_crd_matches_the_rbac_and_health_check():

@@ -316,7 +316,11 @@ def test_aggregator_policy_reads_the_stream_and_writes_only_its_prefixes():
             if resource.startswith("arn:aws:s3:::") and "/" in resource:
                 assert resource.split("/", 1)[1] in (
                     "curated/<GLUE_TABLE>/*", "curated/dead_letter/*", "curated/_checkpoints/*",
+                    # Backfills read the raw archive (and only it) of the raw bucket.
+                    "<RAW_PREFIX>*",
                 ), resource
+            if resource.startswith("arn:aws:s3:::<RAW_BUCKET>"):
+                assert statement["Action"] in ("s3:GetObject", "s3:ListBucket"), statement
             if resource == "arn:aws:s3:::<CURATED_BUCKET>":
                 assert statement["Condition"]["StringLike"]["s3:prefix"] == [
                     "curated/<GLUE_TABLE>/*", "curated/_checkpoints/*",
