@@ -488,6 +488,45 @@ async fn local_mode_s_stream_log_is_backfilled_through_the_binary() {
     assert!(stdout.contains("read: 1 objects"), "{stdout}");
     assert_eq!(cells(&local(&out).store, "curated_heatmap").await, expected);
 
+    // A re-grid into a new table: five-minute windows, the same clicks in all.
+    let regrid = binary()
+        .args([
+            "backfill",
+            "--id",
+            "five-minutes",
+            "--table",
+            "by_five_minutes",
+            "--window",
+            "5m",
+        ])
+        .arg("--archive")
+        .arg(&log)
+        .arg("--output")
+        .arg(&out)
+        .args([
+            "--from",
+            &(start - HOUR_MS).to_string(),
+            "--to",
+            &(start + 4 * HOUR_MS).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        regrid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&regrid.stderr)
+    );
+    let regridded = cells(&local(&out).store, "by_five_minutes").await;
+    assert!(
+        regridded
+            .keys()
+            .all(|(_, start, _, _)| start % 300_000 == 0)
+    );
+    assert_eq!(
+        regridded.values().sum::<i64>(),
+        expected.values().sum::<i64>()
+    );
+
     let bad = binary()
         .args(["backfill", "--id", "Bad_Id", "--archive"])
         .arg(&log)

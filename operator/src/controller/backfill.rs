@@ -855,6 +855,19 @@ spec:
         assert!(error.to_string().contains("new table"), "{error}");
     }
 
+    #[test]
+    fn the_example_is_a_valid_request_for_the_minimal_pipeline() {
+        let text = std::fs::read_to_string(format!(
+            "{}/../examples/backfill.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let request = backfill(&text);
+        let pipeline = fixture("pipeline-minimal.yaml");
+        assert_eq!(request.spec.pipeline, pipeline.name_any());
+        desired(&request, &pipeline, "img", &EmulatorAws::default()).unwrap();
+    }
+
     fn state(finished: bool) -> BackfillState {
         let mut state = BackfillState::default();
         state.progress.partitions_total = 24;

@@ -1405,7 +1405,10 @@ async fn backfills_run_as_jobs_one_at_a_time_and_report_progress() {
         )
         .await
         .expect_err("a reversed range is refused");
-    assert!(error.to_string().contains("from must be before to"), "{error}");
+    assert!(
+        error.to_string().contains("from must be before to"),
+        "{error}"
+    );
 
     apply(&client, &request("first", "bf"), Some(namespace)).await;
     // Created later: waits for the first.
@@ -1420,7 +1423,11 @@ async fn backfills_run_as_jobs_one_at_a_time_and_report_progress() {
         jobs.get_opt(&id).await.ok().flatten()
     })
     .await;
-    let pod = job.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod");
     let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
     assert!(
         args.starts_with(&format!("backfill --config /etc/clickheatmap/aggregator.json --id {id} --archive s3://bf-raw-123456789012/raw/")),
@@ -1443,10 +1450,14 @@ async fn backfills_run_as_jobs_one_at_a_time_and_report_progress() {
             .then_some(())
     })
     .await;
-    eventually("the orphan backfill waits for its pipeline", WAIT, || async {
-        let orphan = backfills.get("orphan").await.ok()?;
-        (phase_of(&orphan)?.1 == "PipelineNotFound").then_some(())
-    })
+    eventually(
+        "the orphan backfill waits for its pipeline",
+        WAIT,
+        || async {
+            let orphan = backfills.get("orphan").await.ok()?;
+            (phase_of(&orphan)?.1 == "PipelineNotFound").then_some(())
+        },
+    )
     .await;
     assert!(
         jobs.get_opt(&backfill_id(&backfills.get("second").await.expect("second")).expect("id"))
@@ -1473,8 +1484,8 @@ async fn backfills_run_as_jobs_one_at_a_time_and_report_progress() {
             .force_path_style(true)
             .build(),
     );
-    let config = clickheatmap_operator::controller::workload::aggregator_config(&pipeline)
-        .expect("config");
+    let config =
+        clickheatmap_operator::controller::workload::aggregator_config(&pipeline).expect("config");
     let location = config.backfill_state_location(&id);
     let (bucket, key) = location
         .strip_prefix("s3://")
@@ -1531,7 +1542,12 @@ async fn backfills_run_as_jobs_one_at_a_time_and_report_progress() {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Complete").cloned())
         .expect("Complete");
     assert_eq!(complete.status, "True");
-    assert!(done.status.as_ref().and_then(|s| s.completion_time.clone()).is_some());
+    assert!(
+        done.status
+            .as_ref()
+            .and_then(|s| s.completion_time.clone())
+            .is_some()
+    );
     eventually("the Job and ConfigMap are removed", WAIT, || async {
         let job_gone = jobs.get_opt(&id).await.ok()?.is_none();
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);

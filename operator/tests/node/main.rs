@@ -409,6 +409,15 @@ async fn curated() -> BTreeMap<(String, i64, i64, i64), i64> {
     let Ok(rows) = read_rows(&location.store, &table, &TimeRange::default()).await else {
         return sums;
     };
+    sum_cells(&mut sums, rows);
+    sums
+}
+
+/// Adds each row's clicks to its (page, window start, x, y).
+fn sum_cells(
+    sums: &mut BTreeMap<(String, i64, i64, i64), i64>,
+    rows: Vec<clickheatmap_aggregator::query::CuratedRow>,
+) {
     for row in rows {
         *sums
             .entry((
@@ -419,7 +428,6 @@ async fn curated() -> BTreeMap<(String, i64, i64, i64), i64> {
             ))
             .or_insert(0) += row.clicks;
     }
-    sums
 }
 
 /// Every click in the stream, per page, read from the start of every shard: tells a loss before
@@ -1091,6 +1099,194 @@ async fn inside_the_node() {
         "node: all {} clicks exact through every rollout",
         clicks.sent
     );
+
+    backfill_survives_a_killed_pod(&client, &state, &api).await;
+}
+
+/// A `ClickHeatmapBackfill` as users run it: the raw archive (written here as Firehose would,
+/// GZIP, three days back) rebuilt by a Job pod of the image; its pod is SIGKILLed and then
+/// deleted halfway, the Job's next container and pod resume from the saved state, and the table
+/// ends exactly as the file path computes it from the same records.
+async fn backfill_survives_a_killed_pod(
+    client: &Client,
+    state: &str,
+    pipelines: &Api<ClickHeatmapPipeline>,
+) {
+    use clickheatmap_aggregator::aggregate::Aggregator;
+    use clickheatmap_aggregator::archive::{FirehoseWriter, HOUR_MS};
+    use clickheatmap_aggregator::compression::Compression;
+    use clickheatmap_aggregator::pipeline::Pipeline;
+    use clickheatmap_aggregator::sink::CuratedSink;
+    use clickheatmap_aggregator::synth::{Generator, SynthOptions};
+    use clickheatmap_crds::backfill_state::BackfillState;
+    use clickheatmap_crds::{BackfillPhase, ClickHeatmapBackfill};
+    use clickheatmap_operator::controller::backfill::backfill_id;
+    use object_store::ObjectStoreExt;
+
+    let pipeline = pipelines.get(PIPELINE).await.expect("pipeline");
+    let config =
+        clickheatmap_operator::controller::workload::aggregator_config(&pipeline).expect("config");
+    let start = (now_ms() - 3 * 86_400_000).div_euclid(HOUR_MS) * HOUR_MS;
+    let mut generator = Generator::new(SynthOptions {
+        seed: 42,
+        start_ms: start,
+        clicks_per_second: 1.5,
+        ..SynthOptions::default()
+    });
+    // Small objects, so that reading them takes long enough to be interrupted.
+    let raw = Location::open("s3://shop-raw/raw/").expect("raw bucket");
+    let mut writer = FirehoseWriter::new(raw, "shop-clicks", Compression::Gzip, 48 * 1024, 300_000);
+    let mut records = Vec::new();
+    for _ in 0..120_000 {
+        let record = generator.next().expect("a record");
+        let mut line = Vec::new();
+        record.write_json(&mut line);
+        line.push(b'\n');
+        writer
+            .push(generator.clock_ms(), &line)
+            .await
+            .expect("archive write");
+        records.extend_from_slice(&line);
+    }
+    let (objects, _) = writer.finish().await.expect("archive write");
+    // What the live path makes of the same records, with the pipeline's window and grid.
+    let expected_dir = tempfile::tempdir().expect("temp dir");
+    let expected_store = Location::open(expected_dir.path().to_str().expect("utf-8"))
+        .expect("local")
+        .store;
+    let mut live = Pipeline::new(
+        Aggregator::new(&config, false),
+        CuratedSink::new(expected_store.clone(), "t".into(), None, "live"),
+    );
+    live.consume(0, "records", records.as_slice())
+        .await
+        .expect("live path");
+    live.finish().await.expect("live path");
+    let mut expected = BTreeMap::new();
+    sum_cells(
+        &mut expected,
+        read_rows(&expected_store, &"t".into(), &TimeRange::default())
+            .await
+            .expect("rows"),
+    );
+
+    let (from, to) = (start - HOUR_MS, start + 24 * HOUR_MS);
+    let iso = |ms: i64| clickheatmap_aggregator::time::iso8601(ms).replace(".000Z", "Z");
+    apply(
+        client,
+        &json!({
+            "apiVersion": "clickheatmap.io/v1alpha1",
+            "kind": "ClickHeatmapBackfill",
+            "metadata": {"name": "replay", "namespace": NAMESPACE},
+            "spec": {"pipeline": PIPELINE, "from": iso(from), "to": iso(to), "parallelism": 1}
+        }),
+        Some(NAMESPACE),
+    )
+    .await;
+    let started = Instant::now();
+    let backfills: Api<ClickHeatmapBackfill> = Api::namespaced(client.clone(), NAMESPACE);
+    let id = backfill_id(&backfills.get("replay").await.expect("backfill")).expect("id");
+    let state_location = Location::open(&format!(
+        "{}/",
+        config
+            .backfill_state_location(&id)
+            .rsplit_once('/')
+            .expect("key")
+            .0
+    ))
+    .expect("checkpoints");
+    let state_key = state_location.child(&format!("{id}.json"));
+    let partitions_done = || async {
+        let bytes = state_location
+            .store
+            .get(&state_key)
+            .await
+            .ok()?
+            .bytes()
+            .await
+            .ok()?;
+        let state: BackfillState = serde_json::from_slice(&bytes).ok()?;
+        Some(state.progress.partitions_done)
+    };
+    let job_pod = || async {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+        pods.list(&ListParams::default().labels(&format!("job-name={id}")))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|pod| {
+                pod.metadata.deletion_timestamp.is_none()
+                    && pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .and_then(|c| c.first())
+                        .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            })
+    };
+    // SIGKILL the container after a few partitions (the Job restarts it in place)...
+    eventually("the backfill's first partitions", WAIT, || async {
+        (partitions_done().await? >= 3).then_some(())
+    })
+    .await;
+    let pod = eventually("the backfill's running pod", WAIT, job_pod).await;
+    sigkill_container(state, &pod);
+    eprintln!(
+        "node: backfill container SIGKILLed after {:?}",
+        partitions_done().await
+    );
+    // ...then delete its pod after a few more (the Job makes a new one).
+    eventually("more partitions after the restart", WAIT, || async {
+        (partitions_done().await? >= 10).then_some(())
+    })
+    .await;
+    let pod = eventually("the backfill's running pod", WAIT, job_pod).await;
+    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .expect("deleting the backfill pod");
+    eprintln!(
+        "node: backfill pod deleted after {:?}",
+        partitions_done().await
+    );
+    let done = eventually("the backfill succeeded", WAIT, || async {
+        let backfill = backfills.get("replay").await.ok()?;
+        let status = backfill.status.clone()?;
+        match status.phase? {
+            BackfillPhase::Succeeded => Some(status),
+            BackfillPhase::Failed => panic!("the backfill failed: {:?}", status.conditions),
+            _ => None,
+        }
+    })
+    .await;
+    eprintln!(
+        "node: backfill of {objects} archive objects (120,000 records) done in {:.1} s through a SIGKILL and a pod deletion",
+        started.elapsed().as_secs_f64()
+    );
+    let progress = done.progress.expect("progress");
+    assert_eq!(progress.objects_read, progress.objects_total);
+    assert_eq!(
+        progress.records, 120_000,
+        "every record counted once across the restarts"
+    );
+    let rebuilt: BTreeMap<_, _> = curated()
+        .await
+        .into_iter()
+        .filter(|((_, window_start, _, _), clicks)| {
+            *window_start >= from && *window_start < to && *clicks != 0
+        })
+        .collect();
+    assert_eq!(
+        rebuilt, expected,
+        "the rebuilt windows equal the file path's output"
+    );
+    eventually("the Job is cleaned up", WAIT, || async {
+        let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+            Api::namespaced(client.clone(), NAMESPACE);
+        jobs.get_opt(&id).await.ok()?.is_none().then_some(())
+    })
+    .await;
 }
 
 async fn template_hash(stateful_sets: &Api<StatefulSet>) -> Option<String> {
