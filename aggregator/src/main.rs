@@ -654,20 +654,34 @@ async fn query(args: QueryArgs) -> CliResult {
     };
     let rows = read_rows(&location.store, &table, &range).await?;
     let heatmaps = Heatmaps::from_rows(&rows);
+    let mut out = std::io::stdout().lock();
+    match print_heatmaps(&mut out, &heatmaps, args.page.as_deref(), args.limit) {
+        // `query | head` closes the pipe early: that is the reader's choice, not an error.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
+}
+
+fn print_heatmaps(
+    out: &mut impl Write,
+    heatmaps: &Heatmaps,
+    only_page: Option<&str>,
+    limit: usize,
+) -> std::io::Result<()> {
     for page in heatmaps.cells.keys() {
-        if args.page.as_ref().is_some_and(|wanted| wanted != page) {
+        if only_page.is_some_and(|wanted| wanted != page) {
             continue;
         }
-        println!("page {page}: {} clicks", heatmaps.total(page));
-        println!("  grid_x grid_y   clicks");
-        for ((x, y), clicks) in heatmaps.ranked(page).into_iter().take(args.limit) {
-            println!("  {x:>6} {y:>6} {clicks:>8}");
+        writeln!(out, "page {page}: {} clicks", heatmaps.total(page))?;
+        writeln!(out, "  grid_x grid_y   clicks")?;
+        for ((x, y), clicks) in heatmaps.ranked(page).into_iter().take(limit) {
+            writeln!(out, "  {x:>6} {y:>6} {clicks:>8}")?;
         }
     }
     if heatmaps.cells.is_empty() {
-        println!("no curated rows in the range");
+        writeln!(out, "no curated rows in the range")?;
     }
-    Ok(())
+    out.flush()
 }
 
 fn path_string(path: &FsPath) -> Result<String, String> {
