@@ -287,6 +287,22 @@ pub fn floor_hour(time_ms: i64) -> i64 {
     time_ms.div_euclid(HOUR_MS) * HOUR_MS
 }
 
+/// An object could not be downloaded (as opposed to decoded): a transient failure of the store,
+/// which must stop a backfill (to be retried), never be taken for a damaged object.
+#[derive(Debug, thiserror::Error)]
+#[error("downloading the object: {0}")]
+pub struct DownloadError(#[source] pub object_store::Error);
+
+impl DownloadError {
+    /// Whether `error` (as it comes out of the decoders, which pass reader errors through) is a
+    /// download failure.
+    pub fn is_download_failure(error: &io::Error) -> bool {
+        error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<DownloadError>())
+    }
+}
+
 /// A blocking reader of an object's bytes as they are downloaded, for the decoders (which are
 /// `Read`). It must run on a thread where blocking is allowed (`spawn_blocking`).
 pub struct ObjectReader {
@@ -304,7 +320,7 @@ impl ObjectReader {
     ) -> io::Result<ObjectReader> {
         let result = runtime
             .block_on(store.get(path))
-            .map_err(io::Error::other)?;
+            .map_err(|err| io::Error::other(DownloadError(err)))?;
         Ok(ObjectReader {
             runtime,
             stream: result.into_stream(),
@@ -319,7 +335,7 @@ impl Read for ObjectReader {
             match self.runtime.block_on(self.stream.next()) {
                 None => return Ok(0),
                 Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(err)) => return Err(io::Error::other(err)),
+                Some(Err(err)) => return Err(io::Error::other(DownloadError(err))),
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -377,6 +393,30 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].size, listed[0].arrival_hour), (6, None));
         assert!(Archive::open(dir.path().join("missing").to_str().unwrap()).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_failed_download_is_told_apart_from_damaged_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        std::fs::write(dir.path().join("damaged.gz"), [0x1f, 0x8b, 8, 0, 0]).unwrap();
+        let runtime = tokio::runtime::Handle::current();
+        let store = location.store.clone();
+        let (missing, damaged) = tokio::task::spawn_blocking(move || {
+            let missing = ObjectReader::open(runtime.clone(), &store, &Path::from("gone.gz"))
+                .err()
+                .unwrap();
+            let mut out = Vec::new();
+            let damaged = ObjectReader::open(runtime, &store, &Path::from("damaged.gz"))
+                .and_then(crate::compression::decoded)
+                .and_then(|mut reader| reader.read_to_end(&mut out))
+                .unwrap_err();
+            (missing, damaged)
+        })
+        .await
+        .unwrap();
+        assert!(DownloadError::is_download_failure(&missing), "{missing}");
+        assert!(!DownloadError::is_download_failure(&damaged), "{damaged}");
     }
 
     #[tokio::test]

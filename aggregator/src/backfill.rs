@@ -12,15 +12,18 @@
 //! its file against the *other* files, so it converges to the same file instead of adding up.
 //!
 //! **Which clicks.** A window `[start, end)` is covered when it lies inside the requested range.
-//! Its clicks are read from the archive's hour folders from `start - earlyArrivals` (clocks ahead,
-//! Firehose naming a folder after the hour its buffer started) to `end + lateArrivals`; a click
-//! that reached the stream later than that is not in the backfill's count (and a late click the
+//! Its clicks are the ones in the archive's hour folders from `start - earlyArrivals` (clocks
+//! ahead, Firehose naming a folder after the hour its buffer started) to `end + lateArrivals`,
+//! checked per click; a click that reached the stream later than that is not in the backfill's
+//! count (and a late click the
 //! live aggregator counted after that horizon is replaced with the archive's count).
 //!
 //! **Never ahead of the live path.** The covered range stops where the archive may still be
-//! incomplete (`now - lateArrivals - ` Firehose's longest buffer) and where the live
-//! aggregator still holds windows open (the smallest `closedBefore` of its shard checkpoints);
-//! the state says where it stopped.
+//! incomplete (its last folder must be complete: one hour, Firehose's longest buffer and the live
+//! aggregator's correction interval, after `end + lateArrivals`) and where the live aggregator
+//! still holds windows open or corrections unwritten (its shard checkpoints); the state says where
+//! it stopped. A failed download stops the backfill (to be resumed); only bytes that cannot be
+//! decoded make an object damaged.
 //!
 //! **Streaming and resumable.** Objects are read in arrival order, up to `parallelism` at once on
 //! blocking threads (download, decompression and parsing overlap), and merged in order. A
@@ -47,8 +50,10 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use rustc_hash::FxHashMap;
 
-use crate::aggregate::{MAX_CLOCK_SKEW_MS, too_far_ahead_record};
-use crate::archive::{Archive, ArchiveError, ArchiveObject, HOUR_MS, ObjectReader, floor_hour};
+use crate::aggregate::{CORRECTION_INTERVAL_MS, MAX_CLOCK_SKEW_MS, too_far_ahead_record};
+use crate::archive::{
+    Archive, ArchiveError, ArchiveObject, DownloadError, HOUR_MS, ObjectReader, floor_hour,
+};
 use crate::checkpoint::ShardCheckpoint;
 use crate::event::{ClickEvent, Limits, RecordVisitor, RejectReason, Rejection, parse_record};
 use crate::grid::Grid;
@@ -112,6 +117,10 @@ pub enum BackfillError {
     StateVersion { path: String, found: u32 },
     #[error("a reading thread failed: {0}")]
     Task(String),
+    #[error("{path}: {message}; the backfill stops here and resumes when run again")]
+    Download { path: String, message: String },
+    #[error("{what} must be between 0 and 7 days")]
+    Margin { what: &'static str },
 }
 
 impl BackfillError {
@@ -158,6 +167,15 @@ pub async fn run(
         return Err(BackfillError::InvalidId {
             id: request.id.clone(),
         });
+    }
+    const MAX_MARGIN_MS: i64 = 7 * 86_400_000;
+    for (what, margin) in [
+        ("earlyArrivals", request.early_arrivals_ms),
+        ("lateArrivals", request.late_arrivals_ms),
+    ] {
+        if !(0..=MAX_MARGIN_MS).contains(&margin) {
+            return Err(BackfillError::Margin { what });
+        }
     }
     let archive = Archive::open(&request.archive)?;
     let output = Location::open(&config.output.root)?;
@@ -277,20 +295,25 @@ async fn plan(
         });
     }
     let now = now_ms();
-    let mut limit = now.saturating_sub(request.late_arrivals_ms);
+    // A window's clicks may reach the archive until `lateArrivals` after it; the last folder
+    // read must be complete (Firehose adds to a folder until its buffer closes), and the live
+    // aggregator must have written the corrections for the clicks in it.
+    let mut limit = if archive.is_hourly() {
+        floor_hour(now - FIREHOSE_MAX_BUFFER_MS - CORRECTION_INTERVAL_MS)
+    } else {
+        now - CORRECTION_INTERVAL_MS
+    }
+    .saturating_sub(request.late_arrivals_ms);
     let mut why = format!(
-        "clicks may reach the archive up to {} ms after their window",
+        "clicks may reach the archive up to {} ms after their window, and its last folder must be complete",
         request.late_arrivals_ms
     );
-    if archive.is_hourly() {
-        limit = limit.saturating_sub(FIREHOSE_MAX_BUFFER_MS);
-        why.push_str(" plus Firehose's buffer");
-    }
     if let Some((closed_before, shard)) = live_closed_before(config, checkpoints).await?
         && closed_before < limit
     {
         limit = closed_before;
-        why = format!("shard {shard} of the live aggregator has windows open from there");
+        why =
+            format!("shard {shard} of the live aggregator holds windows or corrections from there");
     }
     let to = requested_to.min(limit.div_euclid(window).saturating_mul(window));
     if from >= to {
@@ -364,7 +387,13 @@ async fn live_closed_before(
         if checkpoint.shard_finished {
             continue;
         }
-        let closed_before = checkpoint.windows.closed_before;
+        // Windows still open, and corrections not written yet, would land beside the backfill.
+        let closed_before = checkpoint
+            .windows
+            .corrections
+            .iter()
+            .map(|window| window.start)
+            .fold(checkpoint.windows.closed_before, i64::min);
         if earliest.as_ref().is_none_or(|(t, _)| closed_before < *t) {
             earliest = Some((closed_before, checkpoint.shard_id));
         }
@@ -436,6 +465,8 @@ struct Counting {
     grid: Grid,
     limits: Limits,
     window_ms: i64,
+    early_arrivals_ms: i64,
+    late_arrivals_ms: i64,
     covered_from: i64,
     covered_to: i64,
     keep_dead_letters: bool,
@@ -451,6 +482,8 @@ impl Counting {
             grid: Grid::from(config.grid),
             limits: Limits::from(&config.limits),
             window_ms: state.request.window_ms,
+            early_arrivals_ms: state.request.early_arrivals_ms,
+            late_arrivals_ms: state.request.late_arrivals_ms,
             covered_from: state.covered_from_ms,
             covered_to: state.covered_to_ms,
             keep_dead_letters: dead_letters.is_some(),
@@ -464,7 +497,14 @@ struct ObjectResult {
     counts: ArchiveCounts,
     cells: CellCounts,
     dead_letters: DeadLetterBatch,
-    failure: Option<String>,
+    failure: Option<Failure>,
+}
+
+enum Failure {
+    /// The bytes cannot be decoded: the object is damaged for good.
+    Damaged(String),
+    /// The store failed to deliver them: try again later.
+    Download(String),
 }
 
 /// Reads one object on a blocking thread.
@@ -482,6 +522,7 @@ fn read_object(
         .saturating_add(MAX_CLOCK_SKEW_MS);
     let mut visit = CountVisit {
         counting: &counting,
+        arrival_hour: object.arrival_hour,
         reject_after,
         counts: ArchiveCounts::default(),
         rejected: [0; RejectReason::ALL.len()],
@@ -513,13 +554,18 @@ fn read_object(
             }
         }
         Err(err) => {
-            counts.corrupt_objects = 1;
+            let failure = if DownloadError::is_download_failure(&err) {
+                Failure::Download(err.to_string())
+            } else {
+                counts.corrupt_objects = 1;
+                Failure::Damaged(err.to_string())
+            };
             ObjectResult {
                 object,
                 counts,
                 cells: CellCounts::default(),
                 dead_letters: DeadLetterBatch::default(),
-                failure: Some(err.to_string()),
+                failure: Some(failure),
             }
         }
     }
@@ -527,6 +573,8 @@ fn read_object(
 
 struct CountVisit<'c> {
     counting: &'c Counting,
+    /// The folder the object came from (`None`: a single-file archive, arrival unknown).
+    arrival_hour: Option<i64>,
     reject_after: i64,
     counts: ArchiveCounts,
     rejected: [u64; RejectReason::ALL.len()],
@@ -574,6 +622,16 @@ impl<'a> RecordVisitor<'a> for CountVisit<'_> {
         if start < counting.covered_from || start >= counting.covered_to {
             self.counts.outside_range += 1;
             return;
+        }
+        // Only the folders of the window's arrival margins count, so that every run — a resumed
+        // one too, which starts at a later folder — counts the same clicks.
+        if let Some(hour) = self.arrival_hour {
+            let first = floor_hour(start - counting.early_arrivals_ms);
+            let last = floor_hour(start + counting.window_ms + counting.late_arrivals_ms - 1);
+            if hour < first || hour > last {
+                self.counts.outside_range += 1;
+                return;
+            }
         }
         let (grid_x, grid_y) = counting.grid.cell(
             event.x,
@@ -689,9 +747,18 @@ impl Job<'_> {
             dead_letters,
             failure,
         } = result;
-        if let Some(failure) = failure {
-            tracing::warn!(object = %object.path, %failure, "the archive object cannot be decoded; none of its records count");
-            self.keep_damaged_object(&object).await?;
+        match failure {
+            Some(Failure::Download(message)) => {
+                return Err(BackfillError::Download {
+                    path: object.path.to_string(),
+                    message,
+                });
+            }
+            Some(Failure::Damaged(failure)) => {
+                tracing::warn!(object = %object.path, %failure, "the archive object cannot be decoded; none of its records count");
+                self.keep_damaged_object(&object).await?;
+            }
+            None => {}
         }
         cells.merge_into(&mut self.pending, state.next_partition_ms);
         let hour = object.arrival_hour.unwrap_or(state.arrival_from_ms);

@@ -183,7 +183,7 @@ fn zip_one_entry(data: &[u8], name: &str) -> io::Result<Vec<u8>> {
     out.extend_from_slice(&CENTRAL_DIRECTORY.to_le_bytes());
     out.extend_from_slice(&20u16.to_le_bytes()); // made by
     common(&mut out);
-    out.extend_from_slice(&[0; 12]); // comment length, disk, attributes
+    out.extend_from_slice(&[0; 10]); // comment length, disk, internal and external attributes
     out.extend_from_slice(&0u32.to_le_bytes()); // local header offset
     out.extend_from_slice(name.as_bytes());
     let central_len = out.len() as u32 - central_at;

@@ -435,6 +435,58 @@ async fn the_range_stops_where_the_live_aggregator_still_holds_windows_open() {
     );
 }
 
+/// A click counts only from the folders of its window's arrival margins: one stamped hours ahead
+/// of its arrival is not counted (whichever folder a resumed run starts at, the count is the same).
+#[tokio::test]
+async fn clicks_outside_their_arrival_margins_are_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = start();
+    let click = |t: i64| {
+        format!(
+            r#"{{"event_type":"click","event_time_ms":{t},"page_id":"p","x":1,"y":1,"viewport_width":10,"viewport_height":10}}"#
+        )
+        .into_bytes()
+    };
+    let archive = dir.path().join("raw");
+    let mut writer = FirehoseWriter::new(
+        local(&archive),
+        "clicks",
+        Compression::Gzip,
+        1 << 20,
+        60_000,
+    );
+    // Arrives in the first hour; one stamped 30 minutes later, one three hours ahead.
+    writer
+        .push(start + 60_000, &click(start + 30 * 60_000))
+        .await
+        .unwrap();
+    writer
+        .push(start + 60_000, &click(start + 3 * HOUR_MS))
+        .await
+        .unwrap();
+    writer.finish().await.unwrap();
+    let out = dir.path().join("out");
+    let state = run(
+        &config(out.to_str().unwrap()),
+        &request(
+            "margins",
+            archive.to_str().unwrap(),
+            start,
+            start + 4 * HOUR_MS,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            state.progress.read.clicks,
+            state.progress.read.outside_range
+        ),
+        (1, 1)
+    );
+    let counted = cells(&local(&out).store, "curated_heatmap").await;
+    assert_eq!(counted.values().sum::<i64>(), 1);
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

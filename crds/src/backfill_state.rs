@@ -69,7 +69,9 @@ pub struct ArchiveCounts {
     pub records: u64,
     /// Valid clicks in the covered windows.
     pub clicks: u64,
-    /// Valid clicks of windows outside the covered range (read because they shared an object).
+    /// Valid clicks read but not counted: their window is outside the covered range, or they
+    /// reached the archive outside the window's arrival margins (read because they shared an
+    /// object with counted ones).
     pub outside_range: u64,
     /// By reject reason (`malformed_json`…); zeros omitted.
     #[serde(default)]

@@ -78,11 +78,27 @@ pub fn backfill_id(backfill: &ClickHeatmapBackfill) -> Result<String, Error> {
         .take(8)
         .collect::<String>()
         .to_ascii_lowercase();
-    let stem: String = name.chars().take(54).collect();
-    let id = format!("{}-{uid}", stem.trim_end_matches('-'));
+    // A Kubernetes name may hold dots; a Job's pods' `job-name` label and the id may not.
+    let stem: String = name
+        .chars()
+        .take(54)
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let stem = stem.trim_matches('-');
+    let id = if stem.is_empty() {
+        format!("backfill-{uid}")
+    } else {
+        format!("{stem}-{uid}")
+    };
     if !valid_backfill_id(&id) {
         return Err(Error::InvalidSpec(format!(
-            "the backfill's name {name:?} cannot name its Job: use lowercase letters, digits and '-'"
+            "the backfill's uid {uid:?} cannot name its Job"
         )));
     }
     Ok(id)
@@ -272,6 +288,7 @@ pub struct Observed {
 pub struct JobObserved {
     pub active: i32,
     pub failed: i32,
+    pub succeeded: i32,
     /// The `Failed` condition's message, and the last pod's termination message.
     pub failure: Option<String>,
 }
@@ -339,7 +356,32 @@ pub fn decide(previous: Option<BackfillPhase>, observed: &Observed) -> Decision 
             true,
         );
     }
+    if let Some(job) = &observed.job
+        && job.succeeded > 0
+    {
+        // The process ended well, so it wrote its final state; only reading it failed.
+        return decision(
+            BackfillPhase::Succeeded,
+            "Succeeded",
+            match &observed.state_error {
+                Some(error) => format!("the Job succeeded; its result cannot be read: {error}"),
+                None => "the Job succeeded".to_owned(),
+            },
+            false,
+            true,
+        );
+    }
     if !observed.pipeline_exists {
+        if observed.job.is_some() {
+            // Its ServiceAccount and configuration went with the pipeline.
+            return decision(
+                BackfillPhase::Failed,
+                "PipelineDeleted",
+                "the pipeline was deleted while the backfill ran".to_owned(),
+                false,
+                true,
+            );
+        }
         return decision(
             BackfillPhase::Pending,
             "PipelineNotFound",
@@ -391,6 +433,14 @@ pub fn decide(previous: Option<BackfillPhase>, observed: &Observed) -> Decision 
                 "{} pod(s) of the Job failed; the next one resumes from the saved state",
                 job.failed
             ),
+            true,
+            false,
+        ),
+        // The Job exists but has no pod at the moment (one is being replaced).
+        (Some(_), _) => decision(
+            BackfillPhase::Running,
+            "Running",
+            "the Job's next pod is starting".to_owned(),
             true,
             false,
         ),
@@ -477,15 +527,22 @@ pub async fn reconcile<B: PipelineBackend>(
         _ => pipelines.get_opt(&backfill.spec.pipeline).await?,
     };
     observed.pipeline_exists = pipeline.is_some();
+    if !matches!(
+        previous.phase,
+        Some(BackfillPhase::Succeeded | BackfillPhase::Failed)
+    ) && let Some(job) = jobs.get_opt(&id).await?
+    {
+        observed.job = Some(observe_job(client, &namespace, &job).await?);
+    }
     let mut built = None;
     if let Some(pipeline) = &pipeline {
         match desired(&backfill, pipeline, &ctx.aggregator_image, &ctx.emulator) {
             Ok(objects) => built = Some(objects),
             Err(error) => observed.invalid = Some(error.to_string()),
         }
-        observed.waiting_for = first_in_line(&backfills, &backfill).await?;
-        if let Some(job) = jobs.get_opt(&id).await? {
-            observed.job = Some(observe_job(client, &namespace, &job).await?);
+        // A backfill whose Job runs keeps running; another one goes first only before that.
+        if observed.job.is_none() {
+            observed.waiting_for = first_in_line(&backfills, &backfill).await?;
         }
         if let Ok(config) = aggregator_config(pipeline) {
             let mut config = config;
@@ -641,14 +698,15 @@ where
     Ok(())
 }
 
-/// The oldest other unfinished backfill of the same pipeline, when it is older than this one.
+/// Another unfinished backfill of the same pipeline that goes first: one that runs already, or
+/// else the oldest one older than this.
 async fn first_in_line(
     api: &Api<ClickHeatmapBackfill>,
     backfill: &ClickHeatmapBackfill,
 ) -> Result<Option<String>, ControllerError> {
     let key = |b: &ClickHeatmapBackfill| (b.metadata.creation_timestamp.clone(), b.name_any());
     let mine = key(backfill);
-    let first = api
+    let others: Vec<ClickHeatmapBackfill> = api
         .list(&ListParams::default())
         .await?
         .items
@@ -660,10 +718,18 @@ async fn first_in_line(
                     other.status.as_ref().and_then(|s| s.phase),
                     Some(BackfillPhase::Succeeded | BackfillPhase::Failed)
                 )
-                && key(other) < mine
         })
-        .min_by_key(key);
-    Ok(first.map(|other| other.name_any()))
+        .collect();
+    let running = others
+        .iter()
+        .find(|other| other.status.as_ref().and_then(|s| s.phase) == Some(BackfillPhase::Running));
+    let first = running.or_else(|| {
+        others
+            .iter()
+            .filter(|other| key(other) < mine)
+            .min_by_key(|other| key(other))
+    });
+    Ok(first.map(ResourceExt::name_any))
 }
 
 async fn observe_job(
@@ -712,6 +778,7 @@ async fn observe_job(
     Ok(JobObserved {
         active: status.active.unwrap_or(0),
         failed: status.failed.unwrap_or(0),
+        succeeded: status.succeeded.unwrap_or(0),
         failure,
     })
 }
@@ -856,6 +923,16 @@ spec:
     }
 
     #[test]
+    fn any_kubernetes_name_makes_a_valid_id() {
+        let mut request = backfill(REQUEST);
+        request.metadata.name = Some("fix.2026.12.01".to_owned());
+        assert_eq!(backfill_id(&request).unwrap(), "fix-2026-12-01-1a2b3c4d");
+        request.metadata.name = Some("a".repeat(200));
+        let id = backfill_id(&request).unwrap();
+        assert!(id.len() <= 63 && valid_backfill_id(&id), "{id}");
+    }
+
+    #[test]
     fn the_example_is_a_valid_request_for_the_minimal_pipeline() {
         let text = std::fs::read_to_string(format!(
             "{}/../examples/backfill.yaml",
@@ -945,6 +1022,41 @@ spec:
         );
         let missing = decide(None, &Observed::default());
         assert_eq!(missing.reason, "PipelineNotFound");
+        // A pod being replaced does not make a running backfill look new again.
+        let replacing = decide(
+            Some(BackfillPhase::Running),
+            &Observed {
+                job: Some(JobObserved::default()),
+                ..base.clone()
+            },
+        );
+        assert_eq!(replacing.phase, BackfillPhase::Running);
+        // A Job that succeeded is the result even when its state cannot be read.
+        let succeeded = decide(
+            Some(BackfillPhase::Running),
+            &Observed {
+                job: Some(JobObserved {
+                    succeeded: 1,
+                    ..JobObserved::default()
+                }),
+                state_error: Some("AccessDenied".to_owned()),
+                ..base.clone()
+            },
+        );
+        assert_eq!(succeeded.phase, BackfillPhase::Succeeded);
+        assert!(succeeded.message.contains("AccessDenied"));
+        // The pipeline deleted under a running Job: failed, and the Job goes.
+        let orphaned = decide(
+            Some(BackfillPhase::Running),
+            &Observed {
+                job: Some(running_job.clone()),
+                ..Observed::default()
+            },
+        );
+        assert_eq!(
+            (orphaned.phase, orphaned.reason, orphaned.delete_job),
+            (BackfillPhase::Failed, "PipelineDeleted", true)
+        );
         // Recorded results stay; only the cleanup goes on.
         let after = decide(Some(BackfillPhase::Succeeded), &base);
         assert_eq!(
