@@ -372,14 +372,9 @@ async fn live_closed_before(
         if !name.ends_with(".json") || name.ends_with(".intent.json") {
             continue;
         }
-        let bytes = checkpoints
-            .store
-            .get(&meta.location)
-            .await
-            .map_err(|source| BackfillError::store("reading", &meta.location, source))?
-            .bytes()
-            .await
-            .map_err(|source| BackfillError::store("reading", &meta.location, source))?;
+        let Some(bytes) = get_bytes(&checkpoints.store, &meta.location).await? else {
+            continue;
+        };
         let Ok(checkpoint) = serde_json::from_slice::<ShardCheckpoint>(&bytes) else {
             tracing::debug!(object = %meta.location, "not a shard checkpoint");
             continue;
@@ -401,16 +396,26 @@ async fn live_closed_before(
     Ok(earliest)
 }
 
+/// An object's bytes; `None` when it is not there.
+async fn get_bytes(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<Option<Bytes>, BackfillError> {
+    match store.get(path).await {
+        Ok(result) => result.bytes().await.map(Some),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(source),
+    }
+    .map_err(|source| BackfillError::store("reading", path, source))
+}
+
 async fn load_state(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
 ) -> Result<Option<BackfillState>, BackfillError> {
-    let bytes = match store.get(path).await {
-        Ok(result) => result.bytes().await,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => Err(source),
-    }
-    .map_err(|source| BackfillError::store("reading", path, source))?;
+    let Some(bytes) = get_bytes(store, path).await? else {
+        return Ok(None);
+    };
     let state: BackfillState =
         serde_json::from_slice(&bytes).map_err(|source| BackfillError::State {
             path: path.to_string(),
@@ -783,14 +788,10 @@ impl Job<'_> {
             "{}/backfill-{}-objects/{name}",
             target.prefix, self.request.id
         ));
-        let bytes = self
-            .store
-            .get(&object.path)
-            .await
-            .map_err(|source| BackfillError::store("reading", &object.path, source))?
-            .bytes()
-            .await
-            .map_err(|source| BackfillError::store("reading", &object.path, source))?;
+        // Gone since it was read: nothing left to keep.
+        let Some(bytes) = get_bytes(&self.store, &object.path).await? else {
+            return Ok(());
+        };
         target
             .store
             .put(&path, PutPayload::from(bytes))

@@ -29,9 +29,7 @@ use clickheatmap_crds::{
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
@@ -44,7 +42,8 @@ use tracing::{info, warn};
 
 use super::workload::{
     AGGREGATOR_BINARY, CONFIG_DIR, CONFIG_KEY, EmulatorAws, IMAGE_PULL_POLICY, MANAGER,
-    aggregator_config, aggregator_name, env, restricted_container, restricted_pod,
+    aggregator_config, aggregator_name, config_mount, config_volume, env, restricted_container,
+    restricted_pod,
 };
 use super::{Context, ControllerError, PipelineBackend};
 use crate::error::Error;
@@ -222,12 +221,7 @@ pub fn desired(
         security_context: Some(restricted_container()),
         // The error a failed run printed becomes the pod's termination message, and the status'.
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".to_owned(),
-            mount_path: CONFIG_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![config_mount()]),
         ..Container::default()
     };
     let mut pod = PodSpec {
@@ -237,14 +231,7 @@ pub fn desired(
         security_context: Some(restricted_pod()),
         restart_policy: Some("OnFailure".to_owned()),
         containers: vec![container],
-        volumes: Some(vec![Volume {
-            name: "config".to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: id,
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![config_volume(id)]),
         ..PodSpec::default()
     };
     emulator.apply_to(&mut pod);
@@ -544,11 +531,8 @@ pub async fn reconcile<B: PipelineBackend>(
         if observed.job.is_none() {
             observed.waiting_for = first_in_line(&backfills, &backfill).await?;
         }
+        // The state sits beside the checkpoints, whatever table a re-grid writes.
         if let Ok(config) = aggregator_config(pipeline) {
-            let mut config = config;
-            if let Some(regrid) = &backfill.spec.regrid {
-                config.output.table = regrid.table.clone();
-            }
             let location = config.backfill_state_location(&id);
             match ctx.backend.backfill_state(pipeline, &location).await {
                 Ok(state) => observed.state = state,
@@ -559,14 +543,14 @@ pub async fn reconcile<B: PipelineBackend>(
 
     // Decide, then apply.
     let decision = decide(previous.phase, &observed);
+    // Created once: a Job's template is immutable, and its pods read the ConfigMap at start.
     if decision.run_job
+        && observed.job.is_none()
         && let Some((config_map, job)) = &built
     {
         apply(&config_maps, config_map).await?;
-        if observed.job.is_none() {
-            apply(&jobs, job).await?;
-            info!(backfill = %format!("{namespace}/{name}"), job = %id, "backfill Job created");
-        }
+        apply(&jobs, job).await?;
+        info!(backfill = %format!("{namespace}/{name}"), job = %id, "backfill Job created");
     }
     if decision.delete_job {
         let background = DeleteParams {

@@ -342,6 +342,28 @@ pub(crate) fn container_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
+/// The read-only mount of `aggregator.json` at [`CONFIG_DIR`].
+pub(crate) fn config_mount() -> VolumeMount {
+    VolumeMount {
+        name: "config".to_owned(),
+        mount_path: CONFIG_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The volume of [`config_mount`]: the ConfigMap `config_map`.
+pub(crate) fn config_volume(config_map: String) -> Volume {
+    Volume {
+        name: "config".to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map,
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// A plain environment variable.
 pub(crate) fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -511,12 +533,7 @@ pub fn desired(
         readiness_probe: Some(http_probe("metrics", "/readyz", 5)),
         resources: pipeline.spec.aggregation.resources.clone(),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".to_owned(),
-            mount_path: CONFIG_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![config_mount()]),
         ..Container::default()
     };
     let aggregator = aggregator_name(&name);
@@ -547,14 +564,7 @@ pub fn desired(
                     automount_service_account_token: Some(true),
                     security_context: Some(restricted_pod()),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "config".to_owned(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: aggregator,
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(vec![config_volume(aggregator)]),
                     ..PodSpec::default()
                 }),
             },
