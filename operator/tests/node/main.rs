@@ -93,6 +93,79 @@ impl Drop for Node {
     }
 }
 
+/// Is the process of a pid file alive and still the program that wrote it (pids are reused
+/// after a restart)?
+fn daemon_alive(pid_file: &Path, program: &str) -> bool {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{}/comm", pid.trim()))
+        .is_ok_and(|comm| program.starts_with(comm.trim()))
+}
+
+/// One node per machine: a run of this test that was killed (a machine restarted under it, a
+/// cancelled CI job) leaves its state folder and the pods' cgroups behind, and `node-up.sh`
+/// then refuses to start. Stop what such a run left when none of its daemons still runs; a node
+/// that is still alive is another run's, and is left alone (node-up.sh then says so).
+fn stop_leftover_nodes(kube: &Path) {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let state = entry.path();
+        let is_node = entry.file_name().to_string_lossy().starts_with("chm-node-")
+            && state.join(".kube-node").exists();
+        let alive = ["kubelet", "kube-apiserver", "containerd", "etcd"]
+            .iter()
+            .any(|daemon| daemon_alive(&state.join(format!("{daemon}.pid")), daemon));
+        if is_node && !alive {
+            eprintln!(
+                "node: stopping what an interrupted run left in {}",
+                state.display()
+            );
+            let _ = Command::new("bash")
+                .arg(kube.join("node-down.sh"))
+                .arg(&state)
+                .stdin(Stdio::null())
+                .status();
+        }
+    }
+    // Pods' cgroups whose node left no state folder: removable once no process is in them.
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let pods = controller.path().join("kubepods");
+        if pods.is_dir() && cgroup_tree_is_empty(&pods) {
+            eprintln!("node: removing the empty pod cgroups {}", pods.display());
+            remove_cgroup_tree(&pods);
+        }
+    }
+}
+
+fn cgroup_tree_is_empty(dir: &Path) -> bool {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    procs.trim().is_empty()
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| entry.path().is_dir())
+                .all(|entry| cgroup_tree_is_empty(&entry.path()))
+        })
+}
+
+/// cgroup folders go with rmdir, children first (their files cannot be deleted).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// The outer test: image, node, then the real test inside the node's network namespace.
 #[test]
 fn the_image_runs_the_whole_pipeline_as_pods_in_a_node() {
@@ -147,6 +220,7 @@ fn the_image_runs_the_whole_pipeline_as_pods_in_a_node() {
     );
     check_archive(&archive);
 
+    stop_leftover_nodes(&kube);
     let state = PathBuf::from(format!("/tmp/chm-node-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let started = Instant::now();
