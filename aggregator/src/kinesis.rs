@@ -10,8 +10,12 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
+use std::sync::Arc;
+
 use bytes::Bytes;
 use clickheatmap_crds::{KinesisSourceConfig, StartPosition};
+
+use crate::get_records::{DecodedRecords, DecodingHttpClient, TakeDecodedRecords};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KinesisError {
@@ -123,7 +127,7 @@ impl KinesisSource {
     /// A client from the SDK's default chain (credentials, region, `AWS_ENDPOINT_URL`).
     pub async fn connect(config: &KinesisSourceConfig) -> KinesisSource {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(clickheatmap_tls::aws_http_client());
+            .http_client(DecodingHttpClient::new(clickheatmap_tls::aws_http_client()));
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -305,18 +309,31 @@ impl KinesisSource {
         iterator: &str,
         limit: u32,
     ) -> Result<RecordBatch, KinesisError> {
+        let take_decoded = TakeDecodedRecords::default();
+        let decoded = take_decoded.slot();
         let output = self
             .client
             .get_records()
             .shard_iterator(iterator)
             .limit(i32::try_from(limit).unwrap_or(10_000))
+            .customize()
+            .interceptor(take_decoded)
             .send()
             .await
             .map_err(classify)?;
+        // The records the connector decoded, or (a response it left to the SDK, a client
+        // without the connector) the SDK's.
+        let decoded = decoded.lock().ok().and_then(|mut slot| slot.take());
+        let records = match decoded {
+            Some(DecodedRecords(records)) => {
+                Arc::try_unwrap(records).unwrap_or_else(|shared| shared.as_ref().clone())
+            }
+            None => shard_records(output.records),
+        };
         Ok(RecordBatch {
             next_iterator: output.next_shard_iterator,
             millis_behind_latest: output.millis_behind_latest,
-            records: shard_records(output.records),
+            records,
         })
     }
 }

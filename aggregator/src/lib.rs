@@ -4,7 +4,7 @@
 //! heatmap grid, [`window`] counts them in event-time tumbling windows, [`aggregate`] ties those
 //! together (and counts rejections), [`sink`] writes windows as curated Parquet, and
 //! [`pipeline`] drives it all from files or stdin. [`consumer`] is the production driver: every
-//! shard of a Kinesis stream ([`kinesis`]) with its own windows and [`checkpoint`], observable
+//! shard of a Kinesis stream ([`kinesis`], its GetRecords responses decoded by `get_records`) with its own windows and [`checkpoint`], observable
 //! through [`metrics`] and [`server`]. [`query`] reads the curated data back the way
 //! the demo's Athena query does, [`backfill`] rebuilds windows from the raw [`archive`], [`render`] draws heatmaps, and [`synth`] makes realistic
 //! synthetic clicks for demos, tests and benchmarks.
@@ -16,6 +16,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod compression;
 pub mod consumer;
+mod get_records;
 pub mod kinesis;
 pub mod lease;
 pub mod live;
