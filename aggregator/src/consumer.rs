@@ -216,7 +216,9 @@ impl ShardWorker {
         self.aggregator.set_clock(now_ms());
         for record in records {
             self.aggregator.process_record(0, &record.data);
-            self.position = Some(record.sequence_number.clone());
+        }
+        if let Some(last) = records.last() {
+            self.position = Some(last.sequence_number.clone());
         }
         let counters = self.aggregator.counters();
         self.metrics.add_counters(&counters, &self.published);
@@ -581,7 +583,7 @@ impl ShardReader<'_> {
             match polled {
                 Ok(None) => continue,
                 Ok(Some(batch)) => {
-                    self.metrics.get_records_called();
+                    self.metrics.get_records_called(batch.decoded_by_sdk);
                     backoff.reset();
                     share.observe(
                         batch.records.len(),

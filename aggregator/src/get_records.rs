@@ -162,7 +162,10 @@ impl Layout {
     /// Scans a GetRecords response body; `None` when it is not a shape this scanner accepts
     /// (the caller then leaves the whole body to the SDK).
     pub(crate) fn scan(body: &[u8]) -> Option<Layout> {
-        let mut scan = Scanner { bytes: body, pos: 0 };
+        let mut scan = Scanner {
+            bytes: body,
+            pos: 0,
+        };
         let mut records_array = None;
         let mut records = Vec::new();
         scan.object(|scan, key| {
@@ -281,10 +284,7 @@ impl Scanner<'_> {
     }
 
     /// `{ "key": value, ... }`, calling `field` on each key with the scanner at its value.
-    fn object(
-        &mut self,
-        mut field: impl FnMut(&mut Self, &[u8]) -> Option<()>,
-    ) -> Option<()> {
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.pos += 1;
@@ -456,11 +456,11 @@ mod tests {
         for body in [
             "",
             "[]",
-            r#"{"NextShardIterator":"it"}"#,                               // no records
+            r#"{"NextShardIterator":"it"}"#, // no records
             r#"{"Records":[{"Data":"eA\u003d\u003d","SequenceNumber":"1"}]}"#, // escaped data
-            r#"{"Records":[{"Data":"eA==","SequenceNumber":"1"}]"#,        // truncated
-            r#"{"Records":[{"Data":"eA=="}]}"#,                            // no sequence number
-            r#"{"Records":[{"Data":"eA==","SequenceNumber":"1"}]} x"#,     // trailing text
+            r#"{"Records":[{"Data":"eA==","SequenceNumber":"1"}]"#, // truncated
+            r#"{"Records":[{"Data":"eA=="}]}"#, // no sequence number
+            r#"{"Records":[{"Data":"eA==","SequenceNumber":"1"}]} x"#, // trailing text
             r#"{"Records":[],"MillisBehindLatest":tru}"#,
             r#"{"Records":[],"X":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]}"#,
         ] {
@@ -501,7 +501,11 @@ mod tests {
                         let error = r#"{"__type":"ExpiredIteratorException","message":"old"}"#;
                         return (StatusCode::BAD_REQUEST, json, error.to_owned());
                     }
-                    let answer = if body.contains("escaped") { escaped } else { plain };
+                    let answer = if body.contains("escaped") {
+                        escaped
+                    } else {
+                        plain
+                    };
                     (StatusCode::OK, json, answer)
                 }
             }),

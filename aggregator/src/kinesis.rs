@@ -62,6 +62,8 @@ pub struct RecordBatch {
     /// `None` when the shard is closed and fully read.
     pub next_iterator: Option<String>,
     pub millis_behind_latest: Option<i64>,
+    /// The SDK decoded the records: the response was not one `get_records` recognises.
+    pub decoded_by_sdk: bool,
 }
 
 /// Where to start reading a shard.
@@ -324,6 +326,7 @@ impl KinesisSource {
         // The records the connector decoded, or (a response it left to the SDK, a client
         // without the connector) the SDK's.
         let decoded = decoded.lock().ok().and_then(|mut slot| slot.take());
+        let decoded_by_sdk = decoded.is_none();
         let records = match decoded {
             Some(DecodedRecords(records)) => {
                 Arc::try_unwrap(records).unwrap_or_else(|shared| shared.as_ref().clone())
@@ -334,6 +337,7 @@ impl KinesisSource {
             next_iterator: output.next_shard_iterator,
             millis_behind_latest: output.millis_behind_latest,
             records,
+            decoded_by_sdk,
         })
     }
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     bytes: AtomicU64,
     checkpoints: AtomicU64,
     get_records_calls: AtomicU64,
+    get_records_decoded_by_sdk: AtomicU64,
     subscriptions: AtomicU64,
     fan_out_events: AtomicU64,
     fan_out_records: AtomicU64,
@@ -69,8 +70,12 @@ impl Metrics {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn get_records_called(&self) {
+    pub fn get_records_called(&self, decoded_by_sdk: bool) {
         self.get_records_calls.fetch_add(1, Ordering::Relaxed);
+        if decoded_by_sdk {
+            self.get_records_decoded_by_sdk
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn subscribed(&self) {
@@ -163,6 +168,12 @@ impl Metrics {
             "clickheatmap_get_records_calls_total",
             "GetRecords calls.",
             load(&self.get_records_calls),
+        );
+        counter(
+            "clickheatmap_get_records_decoded_by_sdk_total",
+            "GetRecords responses the aggregator's own decoder did not recognise, decoded by the \
+             AWS SDK instead (same records, more CPU).",
+            load(&self.get_records_decoded_by_sdk),
         );
         counter(
             "clickheatmap_subscribe_to_shard_calls_total",

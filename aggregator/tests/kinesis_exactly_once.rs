@@ -357,6 +357,11 @@ async fn every_click_counted_once_across_sigkill_restarts() {
         metrics.contains("clickheatmap_millis_behind_latest{shard=\"shardId-"),
         "{metrics}"
     );
+    // moto's responses went through the aggregator's own GetRecords decoder, not the SDK's.
+    assert!(
+        metrics.contains("\nclickheatmap_get_records_decoded_by_sdk_total 0\n"),
+        "{metrics}"
+    );
 
     // SIGTERM: checkpoint and leave cleanly.
     terminate(&mut child);

@@ -140,7 +140,15 @@ async fn reshard_while_consuming(dir: PathBuf, read: Read) {
 
     let fan_out_records = counter("clickheatmap_fan_out_records_total").unwrap_or(0.0);
     match read {
-        Read::Polling => assert_eq!(fan_out_records, 0.0),
+        Read::Polling => {
+            assert_eq!(fan_out_records, 0.0);
+            // Every response went through the aggregator's own GetRecords decoder.
+            assert!(counter("clickheatmap_get_records_calls_total").unwrap_or(0.0) > 0.0);
+            assert_eq!(
+                counter("clickheatmap_get_records_decoded_by_sdk_total"),
+                Some(0.0)
+            );
+        }
         Read::EnhancedFanOut => {
             // The consumer was registered and used: at least the last 400 clicks, which went
             // to shards that stayed open, arrived through subscriptions.
