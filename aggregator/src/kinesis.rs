@@ -128,8 +128,13 @@ pub struct KinesisSource {
 impl KinesisSource {
     /// A client from the SDK's default chain (credentials, region, `AWS_ENDPOINT_URL`).
     pub async fn connect(config: &KinesisSourceConfig) -> KinesisSource {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(DecodingHttpClient::new(clickheatmap_tls::aws_http_client()));
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(
+            DecodingHttpClient::new(
+                clickheatmap_tls::aws_http_client(),
+                // Responses hold at most the budget of record data, base64 in the buffers.
+                config.response_budget_mib as usize * (4 << 20) / 3,
+            ),
+        );
         if let Some(region) = &config.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
