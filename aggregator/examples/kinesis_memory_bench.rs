@@ -7,13 +7,17 @@
 //!
 //! ```sh
 //! cargo build --release -p clickheatmap-aggregator --bins --examples
-//! ./target/release/examples/kinesis_memory_bench [EVENTS] [SHARDS] [RECORDS_PER_RESPONSE] [BUDGET_MIB]
+//! ./target/release/examples/kinesis_memory_bench [EVENTS] [SHARDS] [RECORDS_PER_RESPONSE] [BUDGET_MIB] [CLICKS_PER_SECOND]
 //! ```
 //!
 //! Records carry 100 events each as NDJSON (the original demo's format, user agent included), as
 //! in `kinesis_bench` (the moto variant); a response holds as many records as the call's `Limit`
 //! asks for, up to RECORDS_PER_RESPONSE (250 by default, about 8 MiB: real Kinesis caps a
 //! response at 10 MiB). The aggregator runs with `responseBudgetMiB` BUDGET_MIB (16 by default).
+//! CLICKS_PER_SECOND of event time (200 by default, as the file path's `bench`) sets how many
+//! one-minute windows the records span: at 200 each shard closes a window every few records'
+//! worth of reading and writes its files, intent and checkpoint for it; a stream read at the
+//! shards' write limit (about 3,200 clicks/s per shard) closes one a minute.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -202,6 +206,7 @@ async fn main() {
     let shards: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let per_response: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(250);
     let budget_mib: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let clicks_per_second: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200.0);
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("clickheatmap-aggregator")))
@@ -212,7 +217,9 @@ async fn main() {
         "encoding {events} events ({EVENTS_PER_RECORD} per record) into {shards} shards, {per_response} records per response ..."
     );
     let mut generator = Generator::new(SynthOptions {
-        start_ms: now_ms() - 3 * 3_600_000,
+        // Ending about now, whatever the rate (so the windows close as the records are read).
+        start_ms: now_ms() - (events as f64 / clicks_per_second * 1000.0) as i64 - 60_000,
+        clicks_per_second,
         ..SynthOptions::default()
     });
     let shard_ids: Vec<String> = (0..shards)

@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// Runs over the same data; the best is reported too.
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// Clicks per second of event time: how many one-minute windows the records span (200:
+    /// hours of windows, a quiet site; 6400: two Kinesis shards at their write limit).
+    #[arg(long, default_value_t = 200)]
+    clicks_per_second: u32,
 }
 
 /// CPU seconds (user + system) this process has used so far.
@@ -48,7 +52,12 @@ fn peak_rss_mib() -> Option<f64> {
 pub async fn run(args: BenchArgs) -> CliResult {
     std::fs::create_dir_all(&args.dir)
         .map_err(|err| format!("creating {}: {err}", args.dir.display()))?;
-    let data = args.dir.join(format!("clicks-{}.ndjson", args.events));
+    let data = match args.clicks_per_second {
+        200 => args.dir.join(format!("clicks-{}.ndjson", args.events)),
+        rate => args
+            .dir
+            .join(format!("clicks-{}-{rate}-per-s.ndjson", args.events)),
+    };
     if !data.exists() {
         println!(
             "generating {} records into {} ...",
@@ -58,6 +67,7 @@ pub async fn run(args: BenchArgs) -> CliResult {
         // A fixed start keeps the dataset identical between runs and machines.
         let options = SynthOptions {
             start_ms: 1_766_919_000_000,
+            clicks_per_second: f64::from(args.clicks_per_second),
             ..SynthOptions::default()
         };
         let partial = data.with_extension("partial");

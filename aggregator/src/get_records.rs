@@ -23,8 +23,8 @@ use aws_smithy_runtime_api::client::http::{
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
-use aws_smithy_types::byte_stream::ByteStream;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 
 use crate::kinesis::ShardRecord;
 
@@ -80,14 +80,20 @@ impl HttpConnector for DecodingConnector {
             if !get_records || !response.status().is_success() {
                 return Ok(response);
             }
-            let segments = ByteStream::new(response.take_body())
-                .collect()
-                .await
-                .map_err(|e| ConnectorError::io(e.into()))?;
-            // One copy, into a buffer an earlier response left (its pages are mapped already).
-            let mut body = buffers.take(segments.remaining());
-            for segment in segments.into_segments() {
-                body.extend_from_slice(&segment);
+            // One copy, frame by frame as they arrive (the HTTP client's read buffers are
+            // reused at once), into a buffer an earlier response left (its pages are mapped).
+            let length = response
+                .headers()
+                .get("content-length")
+                .and_then(|value| value.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = buffers.take(length);
+            let mut stream = response.take_body();
+            while let Some(frame) = stream.frame().await {
+                let frame = frame.map_err(ConnectorError::io)?;
+                if let Some(data) = frame.data_ref() {
+                    body.extend_from_slice(data);
+                }
             }
             let Some(layout) = Layout::scan(&body) else {
                 tracing::debug!(
