@@ -12,10 +12,12 @@
 //! shape Kinesis does not send) passes through untouched and the SDK decodes it as usual.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_kinesis::config::interceptors::BeforeDeserializationInterceptorContextRef;
-use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents, RuntimeComponentsBuilder};
 use aws_sdk_kinesis::error::BoxError;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
     SharedHttpConnector,
@@ -29,6 +31,11 @@ use http_body_util::BodyExt;
 use crate::kinesis::ShardRecord;
 
 const GET_RECORDS_TARGET: &str = "Kinesis_20131202.GetRecords";
+/// Kinesis caps a response at 10 MiB of data (base64 and JSON around it).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// A response body that sends nothing for this long has stalled (the SDK's own protection
+/// gives up after 5 s below 1 byte/s).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records decoded from one GetRecords response, attached to the HTTP response.
 #[derive(Clone, Debug)]
@@ -39,6 +46,7 @@ pub(crate) struct DecodedRecords(pub(crate) Arc<Vec<ShardRecord>>);
 pub(crate) struct DecodingHttpClient {
     inner: SharedHttpClient,
     buffers: Arc<ResponseBuffers>,
+    body_idle_timeout: Duration,
 }
 
 impl DecodingHttpClient {
@@ -47,7 +55,14 @@ impl DecodingHttpClient {
         DecodingHttpClient {
             inner,
             buffers: Arc::new(ResponseBuffers::new(keep_bytes)),
+            body_idle_timeout: BODY_IDLE_TIMEOUT,
         }
+    }
+
+    #[cfg(test)]
+    fn with_body_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.body_idle_timeout = timeout;
+        self
     }
 }
 
@@ -60,7 +75,29 @@ impl HttpClient for DecodingHttpClient {
         SharedHttpConnector::new(DecodingConnector {
             inner: self.inner.http_connector(settings, components),
             buffers: Arc::clone(&self.buffers),
+            body_idle_timeout: self.body_idle_timeout,
         })
+    }
+
+    fn validate_base_client_config(
+        &self,
+        runtime_components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.inner
+            .validate_base_client_config(runtime_components, cfg)
+    }
+
+    fn validate_final_config(
+        &self,
+        runtime_components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.inner.validate_final_config(runtime_components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.inner.connector_metadata()
     }
 }
 
@@ -68,6 +105,7 @@ impl HttpClient for DecodingHttpClient {
 struct DecodingConnector {
     inner: SharedHttpConnector,
     buffers: Arc<ResponseBuffers>,
+    body_idle_timeout: Duration,
 }
 
 impl HttpConnector for DecodingConnector {
@@ -75,6 +113,7 @@ impl HttpConnector for DecodingConnector {
         let get_records = request.headers().get("x-amz-target") == Some(GET_RECORDS_TARGET);
         let call = self.inner.call(request);
         let buffers = Arc::clone(&self.buffers);
+        let body_idle_timeout = self.body_idle_timeout;
         HttpConnectorFuture::new(async move {
             let mut response = call.await?;
             if !get_records || !response.status().is_success() {
@@ -86,15 +125,23 @@ impl HttpConnector for DecodingConnector {
                 .headers()
                 .get("content-length")
                 .and_then(|value| value.parse::<usize>().ok())
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .min(MAX_RESPONSE_BYTES);
             let mut body = buffers.take(length);
             let mut stream = response.take_body();
-            while let Some(frame) = stream.frame().await {
+            // The SDK's stalled-stream protection wraps the body only after this connector
+            // returns: a connection that goes silent mid-body is caught here instead.
+            loop {
+                let frame = tokio::time::timeout(body_idle_timeout, stream.frame())
+                    .await
+                    .map_err(|elapsed| ConnectorError::timeout(elapsed.into()))?;
+                let Some(frame) = frame else { break };
                 let frame = frame.map_err(ConnectorError::io)?;
                 if let Some(data) = frame.data_ref() {
                     body.extend_from_slice(data);
                 }
             }
+            let capacity = body.capacity();
             let Some(layout) = Layout::scan(&body) else {
                 tracing::debug!(
                     bytes = body.len(),
@@ -110,7 +157,7 @@ impl HttpConnector for DecodingConnector {
             } = layout
                 .split(body)
                 .map_err(|e| ConnectorError::other(e.into(), None))?;
-            buffers.keep(buffer);
+            buffers.keep(buffer, capacity);
             response
                 .headers_mut()
                 .insert("content-length", rest.len().to_string());
@@ -123,11 +170,12 @@ impl HttpConnector for DecodingConnector {
 
 /// Response buffers kept after their records were handed out, refilled by a later response
 /// once every record sliced from them is gone. Fresh 10 MiB buffers cost page faults and
-/// zeroed pages on every response (a sixth of the consumer's CPU in the benchmark); at most
-/// `keep_bytes` are kept.
+/// zeroed pages on every response (a sixth of the consumer's CPU in the benchmark). The
+/// buffers it tracks, in use or free, hold at most `keep_bytes` of capacity together.
 #[derive(Debug)]
 struct ResponseBuffers {
-    kept: Mutex<Vec<Bytes>>,
+    /// Each buffer with its capacity.
+    kept: Mutex<Vec<(Bytes, usize)>>,
     keep_bytes: usize,
 }
 
@@ -139,34 +187,35 @@ impl ResponseBuffers {
         }
     }
 
-    /// An empty buffer of at least `capacity` bytes: a kept one no record holds any more, or a
-    /// new one. Kept buffers too small for it are let go.
+    /// An empty buffer of at least `capacity` bytes: the smallest kept one that no record
+    /// holds any more and that the response fills at least a quarter of, or a new one.
     fn take(&self, capacity: usize) -> BytesMut {
-        if let Ok(mut kept) = self.kept.lock() {
-            let mut index = 0;
-            while index < kept.len() {
-                if !kept[index].is_unique() {
-                    index += 1;
-                    continue;
-                }
-                let free = kept.swap_remove(index);
-                if let Ok(mut buffer) = free.try_into_mut()
-                    && buffer.capacity() >= capacity
-                {
-                    buffer.clear();
-                    return buffer;
-                }
+        let reusable = self.kept.lock().ok().and_then(|mut kept| {
+            let index = kept
+                .iter()
+                .enumerate()
+                .filter(|(_, (buffer, size))| {
+                    *size >= capacity && *size / 4 <= capacity && buffer.is_unique()
+                })
+                .min_by_key(|(_, (_, size))| *size)
+                .map(|(index, _)| index)?;
+            Some(kept.swap_remove(index).0)
+        });
+        match reusable.map(Bytes::try_into_mut) {
+            Some(Ok(mut buffer)) if buffer.capacity() >= capacity => {
+                buffer.clear();
+                buffer
             }
+            _ => BytesMut::with_capacity(capacity),
         }
-        BytesMut::with_capacity(capacity)
     }
 
-    /// Keeps a handed-out buffer for later, within the limit.
-    fn keep(&self, buffer: Bytes) {
+    /// Keeps a handed-out buffer of `capacity` bytes for later, within the limit.
+    fn keep(&self, buffer: Bytes, capacity: usize) {
         if let Ok(mut kept) = self.kept.lock() {
-            let held: usize = kept.iter().map(Bytes::len).sum();
-            if held + buffer.len() <= self.keep_bytes {
-                kept.push(buffer);
+            let held: usize = kept.iter().map(|(_, size)| size).sum();
+            if held + capacity <= self.keep_bytes {
+                kept.push((buffer, capacity));
             }
         }
     }
@@ -244,7 +293,11 @@ impl Layout {
         let mut records_array = None;
         let mut records = Vec::new();
         scan.object(|scan, key| {
-            if key == b"Records" && records_array.is_none() {
+            if key == b"Records" {
+                if records_array.is_some() {
+                    // Twice: the SDK would take the last; leave it to the SDK.
+                    return None;
+                }
                 let start = scan.pos;
                 scan.records(&mut records)?;
                 records_array = Some((start, scan.pos));
@@ -529,6 +582,7 @@ mod tests {
             r#"{"Records":[{"Data":"eA==","SequenceNumber":"1"}]} x"#, // trailing text
             r#"{"Records":[],"MillisBehindLatest":tru}"#,
             r#"{"Records":[],"X":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]}"#,
+            r#"{"Records":[],"Records":[{"Data":"eA==","SequenceNumber":"1"}]}"#, // twice
         ] {
             assert!(Layout::scan(body.as_bytes()).is_none(), "{body}");
         }
@@ -545,6 +599,8 @@ mod tests {
     async fn the_sdk_call_takes_the_records_the_connector_decoded() {
         use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
         use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::IntoResponse;
+        use futures_util::StreamExt;
 
         let plain = format!(
             r#"{{"MillisBehindLatest":7,"NextShardIterator":"next","Records":[{{"Data":"{}","PartitionKey":"k","SequenceNumber":"11"}},{{"Data":"//8=","PartitionKey":"k","SequenceNumber":"12"}}]}}"#,
@@ -563,16 +619,30 @@ mod tests {
                         .unwrap_or_default();
                     assert_eq!(target, GET_RECORDS_TARGET);
                     let json = [(header::CONTENT_TYPE, "application/x-amz-json-1.1")];
+                    if body.contains("stalled") {
+                        // Headers and a first part, then silence on an open connection.
+                        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                            axum::body::Bytes::from_static(b"{\"Records\":["),
+                        )]);
+                        let body = axum::body::Body::from_stream(
+                            first.chain(futures_util::stream::pending()),
+                        );
+                        return axum::response::Response::builder()
+                            .header(header::CONTENT_TYPE, "application/x-amz-json-1.1")
+                            .header(header::CONTENT_LENGTH, "1000")
+                            .body(body)
+                            .expect("response");
+                    }
                     if body.contains("expired") {
                         let error = r#"{"__type":"ExpiredIteratorException","message":"old"}"#;
-                        return (StatusCode::BAD_REQUEST, json, error.to_owned());
+                        return (StatusCode::BAD_REQUEST, json, error.to_owned()).into_response();
                     }
                     let answer = if body.contains("escaped") {
                         escaped
                     } else {
                         plain
                     };
-                    (StatusCode::OK, json, answer)
+                    (StatusCode::OK, json, answer).into_response()
                 }
             }),
         );
@@ -586,10 +656,10 @@ mod tests {
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("id", "secret", None, None, "test"))
             .endpoint_url(format!("http://{address}"))
-            .http_client(DecodingHttpClient::new(
-                clickheatmap_tls::aws_http_client(),
-                1 << 20,
-            ))
+            .http_client(
+                DecodingHttpClient::new(clickheatmap_tls::aws_http_client(), 1 << 20)
+                    .with_body_idle_timeout(Duration::from_millis(300)),
+            )
             .build();
         let client = aws_sdk_kinesis::Client::from_conf(config);
 
@@ -631,17 +701,27 @@ mod tests {
             source.get_records("expired", 10).await,
             Err(crate::kinesis::KinesisError::ExpiredIterator)
         ));
+        // A body that stalls is an error (the SDK retries it, then gives up), not a hang.
+        let stalled =
+            tokio::time::timeout(Duration::from_secs(30), source.get_records("stalled", 10))
+                .await
+                .expect("a stalled body ends the call");
+        assert!(stalled.is_err(), "{stalled:?}");
     }
 
     #[test]
     fn a_buffer_is_refilled_only_once_its_records_are_gone() {
         let buffers = ResponseBuffers::new(100);
+        let handed_out = |buffer: BytesMut| {
+            let capacity = buffer.capacity();
+            (buffer.freeze(), capacity)
+        };
         let mut first = buffers.take(40);
         first.extend_from_slice(&[1; 40]);
-        let first = first.freeze();
+        let (first, capacity) = handed_out(first);
         let record = first.slice(0..10);
         let address = first.as_ptr();
-        buffers.keep(first);
+        buffers.keep(first, capacity);
         // A record still holds it: a new buffer.
         let second = buffers.take(40);
         assert_ne!(second.as_ptr(), address);
@@ -649,14 +729,16 @@ mod tests {
         // Free now, and large enough: the same memory, empty.
         let reused = buffers.take(40);
         assert_eq!((reused.as_ptr(), reused.len()), (address, 0));
-        // Too small for what is asked: let go, and a new one.
-        buffers.keep(reused.freeze());
-        let larger = buffers.take(400);
-        assert!(larger.capacity() >= 400);
-        assert!(buffers.kept.lock().expect("kept").is_empty());
-        // Never more than the limit kept.
-        buffers.keep(Bytes::from(vec![0; 80]));
-        buffers.keep(Bytes::from(vec![0; 80]));
+        let (reused, capacity) = handed_out(reused);
+        buffers.keep(reused, capacity);
+        // Too small for what is asked, or four times too large: a new one.
+        assert_ne!(buffers.take(400).as_ptr(), address);
+        assert_ne!(buffers.take(5).as_ptr(), address);
+        assert_eq!(buffers.take(30).as_ptr(), address);
+        // The limit counts capacity, not what a response filled.
+        let small = Bytes::from(vec![0; 10]);
+        buffers.keep(small.clone(), 60);
+        buffers.keep(small.clone(), 60);
         assert_eq!(buffers.kept.lock().expect("kept").len(), 1);
     }
 

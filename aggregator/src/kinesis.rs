@@ -331,6 +331,9 @@ impl KinesisSource {
         // The records the connector decoded, or (a response it left to the SDK, a client
         // without the connector) the SDK's.
         let decoded = decoded.lock().ok().and_then(|mut slot| slot.take());
+        // The SDK's own records win whenever it found any (the decoder hands it an empty
+        // array, so that only happens when the decoder stood aside).
+        let decoded = decoded.filter(|_| output.records.is_empty());
         let decoded_by_sdk = decoded.is_none();
         let records = match decoded {
             Some(DecodedRecords(records)) => {
