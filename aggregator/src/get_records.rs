@@ -3,9 +3,10 @@
 //! A GetRecords response holds up to 10 MiB of record data as base64 strings. The SDK's
 //! deserializer copies each of them into a string, decodes it into a vector of its own and
 //! allocates per record; profiled, that was a fifth of the consumer's CPU. The client's HTTP
-//! connector is wrapped instead: for a successful GetRecords response it scans the JSON once,
-//! decodes every record's data into one buffer (records are slices of it, no copy), and hands the
-//! SDK the same response with an empty `Records` array, so the SDK still parses the iterator,
+//! connector is wrapped instead: for a successful GetRecords response it copies the body into a
+//! reused buffer as it arrives, scans the JSON once, decodes every record's data in place in that
+//! buffer (records are slices of it, no further copy), and hands the SDK the same response with
+//! an empty `Records` array, so the SDK still parses the iterator,
 //! `MillisBehindLatest`, `ChildShards` and every error exactly as before. The decoded records
 //! travel on the response as an extension; [`TakeDecodedRecords`], an interceptor of the call,
 //! takes them from there. A response the scanner does not recognise (an escaped string, a

@@ -4,14 +4,14 @@
 //! Errors are classified so the caller can react: throttling backs off, an expired iterator is
 //! renewed from the last sequence number, anything else is retried with backoff and counted.
 
+use std::sync::Arc;
+
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
-use std::sync::Arc;
-
 use bytes::Bytes;
 use clickheatmap_crds::{KinesisSourceConfig, StartPosition};
 
