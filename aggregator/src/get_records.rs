@@ -415,39 +415,36 @@ impl Scanner<'_> {
 
     /// `{ "key": value, ... }`, calling `field` on each key with the scanner at its value.
     fn object(&mut self, mut field: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.pos += 1;
-            return Some(());
-        }
-        loop {
-            let (start, end) = self.plain_string()?;
-            self.eat(b':')?;
-            let key = &self.bytes[start..end];
-            field(self, key)?;
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.list(b'{', b'}', |scan| {
+            let (start, end) = scan.plain_string()?;
+            scan.eat(b':')?;
+            let bytes = scan.bytes;
+            field(scan, &bytes[start..end])
+        })
     }
 
     /// `[ value, ... ]`, calling `item` with the scanner at each value.
-    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
+    fn array(&mut self, item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.list(b'[', b']', item)
+    }
+
+    /// `open element, ... close`, calling `element` at each.
+    fn list(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut element: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
+        if self.peek()? == close {
             self.pos += 1;
             return Some(());
         }
         loop {
-            item(self)?;
+            element(self)?;
             match self.peek()? {
                 b',' => self.pos += 1,
-                b']' => {
+                byte if byte == close => {
                     self.pos += 1;
                     return Some(());
                 }

@@ -127,4 +127,22 @@ async fn consumes_kinesis_into_s3_over_https() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The records came through the aggregator's own GetRecords decoder, over TLS.
+    let metrics = scrape_metrics(metrics_port);
+    assert!(
+        metrics.contains("\nclickheatmap_get_records_decoded_by_sdk_total 0\n")
+            && !metrics.contains("\nclickheatmap_get_records_calls_total 0\n"),
+        "{metrics}"
+    );
+}
+
+fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
 }
