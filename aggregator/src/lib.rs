@@ -20,16 +20,17 @@ mod get_records;
 pub mod kinesis;
 pub mod lease;
 pub mod live;
-pub mod location;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod query;
-pub mod render;
 pub mod server;
 pub mod sink;
 pub mod synth;
 pub mod window;
 
-// The shared event model, under the paths it always had here.
+// The shared event model, the curated table's locations and the renderer, under the paths they
+// always had here.
 pub use clickheatmap_model::{event, grid, time};
+pub use clickheatmap_render as render;
+pub use clickheatmap_table::location;

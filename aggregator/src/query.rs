@@ -18,7 +18,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::time::millis_from_civil_date;
+pub use clickheatmap_table::schema::TimeRange;
+use clickheatmap_table::schema::partition_hour;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -60,56 +61,6 @@ pub struct CuratedRow {
 pub struct CuratedFile {
     pub path: Path,
     pub hour_start_ms: i64,
-}
-
-/// Rows whose `window_end` lies in `[from_ms, to_ms)`; `None` leaves that side open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TimeRange {
-    pub from_ms: Option<i64>,
-    pub to_ms: Option<i64>,
-}
-
-impl TimeRange {
-    pub fn contains(&self, window_end: i64) -> bool {
-        self.from_ms.is_none_or(|from| window_end >= from)
-            && self.to_ms.is_none_or(|to| window_end < to)
-    }
-
-    /// Whether a partition hour can hold a matching row. Windows are at most a day long, so a
-    /// window starting in the hour ends before `hour + 1h + 1d`.
-    fn may_match_hour(&self, hour_start_ms: i64) -> bool {
-        const HOUR: i64 = 3_600_000;
-        const DAY: i64 = 86_400_000;
-        self.from_ms
-            .is_none_or(|from| hour_start_ms + HOUR + DAY > from)
-            && self.to_ms.is_none_or(|to| hour_start_ms < to)
-    }
-}
-
-/// Parses `.../dt=YYYY-MM-DD/hour=HH/...` into the hour's start.
-pub fn partition_hour(path: &Path) -> Option<i64> {
-    let mut date = None;
-    let mut hour = None;
-    for part in path.parts() {
-        let part = part.as_ref();
-        if let Some(value) = part.strip_prefix("dt=") {
-            let mut fields = value.splitn(3, '-');
-            let year: i64 = fields.next()?.parse().ok()?;
-            let month: u32 = fields.next()?.parse().ok()?;
-            let day: u32 = fields.next()?.parse().ok()?;
-            if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-                return None;
-            }
-            date = Some(millis_from_civil_date(year, month, day));
-        } else if let Some(value) = part.strip_prefix("hour=") {
-            let value: i64 = value.parse().ok()?;
-            if !(0..24).contains(&value) {
-                return None;
-            }
-            hour = Some(value);
-        }
-    }
-    Some(date? + hour? * 3_600_000)
 }
 
 /// The curated files of a table in the time range, in path order.
@@ -289,38 +240,5 @@ impl Heatmaps {
             .unwrap_or_default();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ranked
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_hours_parse() {
-        let path = Path::from("curated_heatmap/dt=2025-12-28/hour=10/w-1.parquet");
-        assert_eq!(partition_hour(&path), Some(1_766_916_000_000));
-        assert_eq!(
-            partition_hour(&Path::from("t/dt=2025-13-01/hour=10/x.parquet")),
-            None
-        );
-        assert_eq!(
-            partition_hour(&Path::from("t/dt=2025-12-01/hour=24/x.parquet")),
-            None
-        );
-        assert_eq!(partition_hour(&Path::from("t/x.parquet")), None);
-    }
-
-    #[test]
-    fn ranges_prune_hours_conservatively() {
-        let range = TimeRange {
-            from_ms: Some(10 * 3_600_000),
-            to_ms: Some(12 * 3_600_000),
-        };
-        assert!(range.may_match_hour(11 * 3_600_000));
-        assert!(!range.may_match_hour(12 * 3_600_000));
-        // A day-long window starting 33 hours earlier could still end after `from`.
-        assert!(range.may_match_hour(-14 * 3_600_000 + 1));
-        assert!(!range.may_match_hour(-15 * 3_600_000));
     }
 }

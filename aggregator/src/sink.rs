@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{Int32Array, Int64Array, RecordBatch, StringArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -18,8 +17,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{WriterProperties, WriterVersion};
 
-use crate::time::civil_from_millis;
 use crate::window::{WindowKind, WindowOutput};
+pub use clickheatmap_table::schema::{curated_schema, partition_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -41,27 +40,6 @@ pub enum SinkError {
         #[source]
         source: object_store::Error,
     },
-}
-
-/// The curated table's Arrow schema: exactly the columns the demo's Glue table declares.
-pub fn curated_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("page_id", DataType::Utf8, false),
-        Field::new("grid_x", DataType::Int32, false),
-        Field::new("grid_y", DataType::Int32, false),
-        Field::new("window_start", DataType::Int64, false),
-        Field::new("window_end", DataType::Int64, false),
-        Field::new("clicks", DataType::Int64, false),
-    ]))
-}
-
-/// `dt=YYYY-MM-DD/hour=HH` of a window, from its start in UTC.
-pub fn partition_of(window_start_ms: i64) -> String {
-    let civil = civil_from_millis(window_start_ms);
-    format!(
-        "dt={:04}-{:02}-{:02}/hour={:02}",
-        civil.year, civil.month, civil.day, civil.hour
-    )
 }
 
 /// Encodes the rows of one or more windows as one Parquet file.
@@ -383,16 +361,6 @@ impl DeadLetterBatch {
 mod tests {
     use super::*;
     use crate::window::CellCount;
-
-    #[test]
-    fn partitions_come_from_window_start_in_utc() {
-        assert_eq!(partition_of(0), "dt=1970-01-01/hour=00");
-        // 2025-12-28T10:51:06.968Z
-        assert_eq!(partition_of(1_766_919_066_968), "dt=2025-12-28/hour=10");
-        // The last minute of a day stays in that day's hour 23.
-        assert_eq!(partition_of(1_766_966_340_000), "dt=2025-12-28/hour=23");
-        assert_eq!(partition_of(1_766_966_400_000), "dt=2025-12-29/hour=00");
-    }
 
     #[test]
     fn dead_letters_keep_the_record_and_reason() {

@@ -4,7 +4,7 @@
 //! Pick a page and a time range (the last 15 minutes, hour, 6 hours, day, or any range up to 31
 //! days) and the viewer draws the page's heatmap in the browser — Gaussian splats per grid
 //! cell, summed and normalised, on the same inferno-like scale as
-//! [`clickheatmap_aggregator::render`] — optionally over a screenshot of the page. Under the
+//! [`clickheatmap_render`] — optionally over a screenshot of the page. Under the
 //! picture it shows the query that produced it. "Download PNG" fetches the same query rendered
 //! on the server.
 //!

@@ -5,9 +5,9 @@
 
 use std::fmt;
 
-use clickheatmap_aggregator::query::TimeRange;
-use clickheatmap_aggregator::time::millis_from_civil_date;
-pub use clickheatmap_aggregator::time::now_ms;
+use clickheatmap_model::time::millis_from_civil_date;
+pub use clickheatmap_model::time::now_ms;
+use clickheatmap_table::schema::TimeRange;
 
 /// Longest page id, in bytes (the aggregator's default `limits.maxPageIdBytes`).
 pub const MAX_PAGE_ID_BYTES: usize = 256;

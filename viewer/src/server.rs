@@ -25,9 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clickheatmap_aggregator::render::{
-    GridCounts, RenderError, RenderOptions, encode_png, render_heatmap,
-};
+use clickheatmap_render::{GridCounts, RenderError, RenderOptions, encode_png, render_heatmap};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use clickheatmap_aggregator::time::civil_from_millis;
+use clickheatmap_model::time::civil_from_millis;
 
 use crate::params::{PageId, QueryRange};
 
@@ -169,7 +169,7 @@ impl PartitionBounds {
     pub fn new(range: &QueryRange, max_window_ms: i64) -> PartitionBounds {
         let first = civil_from_millis(range.from_ms.saturating_sub(max_window_ms));
         let last = civil_from_millis(range.to_ms.saturating_sub(1));
-        let dt = |c: &clickheatmap_aggregator::time::Civil| {
+        let dt = |c: &clickheatmap_model::time::Civil| {
             format!("{:04}-{:02}-{:02}", c.year, c.month, c.day)
         };
         PartitionBounds {

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clickheatmap_aggregator::location::{Location, LocationError};
-use clickheatmap_aggregator::sink::curated_schema;
+use clickheatmap_table::location::{Location, LocationError};
+use clickheatmap_table::schema::curated_schema;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, SchemaRef};
