@@ -15,9 +15,13 @@ pub mod backfill;
 pub mod budget;
 pub mod checkpoint;
 pub mod compression;
+#[cfg(feature = "kinesis")]
 pub mod consumer;
+#[cfg(feature = "kinesis")]
 mod get_records;
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
+#[cfg(feature = "kinesis")]
 pub mod lease;
 pub mod live;
 pub mod metrics;

@@ -14,11 +14,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use bytes::Bytes;
 
+pub use crate::sink::PARTITION_KEY_LEN;
 use crate::sink::{PutError, PutResults, RecordSink, SinkFuture};
-
-/// Length of the partition keys the sink makes (16 hex digits), counted against the record and
-/// call size limits.
-pub const PARTITION_KEY_LEN: usize = 16;
 
 /// Puts records into one Kinesis data stream.
 #[derive(Debug)]

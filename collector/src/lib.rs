@@ -24,6 +24,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod ingest;
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod metrics;
 pub mod queue;
@@ -34,6 +35,7 @@ pub mod sink;
 pub use config::{
     AllowedOrigins, CollectorConfig, ConfigError, QueueConfig, RateLimitConfig, RetryPolicy,
 };
+#[cfg(feature = "kinesis")]
 pub use kinesis::KinesisSink;
 pub use queue::DrainReport;
 pub use server::{Collector, CollectorError};

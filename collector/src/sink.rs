@@ -38,6 +38,10 @@ pub trait RecordSink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// Length of the partition keys the Kinesis sink makes (16 hex digits), counted against the
+/// record and call size limits.
+pub const PARTITION_KEY_LEN: usize = 16;
+
 /// Size limits of a sink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SinkLimits {
@@ -51,11 +55,11 @@ pub struct SinkLimits {
 
 impl SinkLimits {
     /// Kinesis PutRecords: 500 records, 1 MiB per record and 5 MiB per call, partition keys
-    /// included (the Kinesis sink's keys are [`crate::kinesis::PARTITION_KEY_LEN`] bytes long).
+    /// included (the Kinesis sink's keys are [`PARTITION_KEY_LEN`] bytes long).
     pub const KINESIS: SinkLimits = SinkLimits {
-        max_record_bytes: 1024 * 1024 - crate::kinesis::PARTITION_KEY_LEN,
+        max_record_bytes: 1024 * 1024 - PARTITION_KEY_LEN,
         max_records_per_call: 500,
-        max_bytes_per_call: 5 * 1024 * 1024 - 500 * crate::kinesis::PARTITION_KEY_LEN,
+        max_bytes_per_call: 5 * 1024 * 1024 - 500 * PARTITION_KEY_LEN,
     };
 }
 

@@ -16,7 +16,9 @@
 //! enables a second provider cannot turn into a crash loop; `tests/tls_handshake.rs` in each
 //! binary's crate proves a real handshake works as built.
 
+#[cfg(feature = "aws")]
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+#[cfg(feature = "aws")]
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 
 /// Installs ring as the process-wide rustls crypto provider. Idempotent; returns whether this
@@ -33,6 +35,7 @@ pub fn install_crypto_provider() -> bool {
 ///
 /// A new client (and connection pool) per call: a pool is bound to the Tokio runtime that
 /// first used it, so one shared across runtimes (tests) would hand out dead connections.
+#[cfg(feature = "aws")]
 pub fn aws_http_client() -> SharedHttpClient {
     install_crypto_provider();
     aws_smithy_http_client::Builder::new()
@@ -42,6 +45,7 @@ pub fn aws_http_client() -> SharedHttpClient {
 
 /// Like [`aws_http_client`], trusting the system's roots plus `extra_ca_pem` (PEM certificates
 /// of a private CA: an emulator's, or a TLS-inspecting proxy's).
+#[cfg(feature = "aws")]
 pub fn aws_http_client_trusting(extra_ca_pem: &[u8]) -> Result<SharedHttpClient, TlsError> {
     install_crypto_provider();
     let trust = tls::TrustStore::empty()

@@ -21,6 +21,7 @@
 //! * [`params`] and [`sql`] — validation of everything a request carries, and the SQL texts.
 //! * [`config`] — flags and environment.
 
+#[cfg(feature = "athena")]
 pub mod config;
 pub mod engine;
 pub mod live;

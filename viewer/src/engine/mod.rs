@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::params::{PageId, QueryRange};
 
+#[cfg(feature = "athena")]
 pub mod athena;
 pub mod local;
 
