@@ -97,60 +97,56 @@ pub fn split_events(body: &[u8], limits: &Limits) -> Batch {
         max_record_bytes: usize::MAX,
         ..*limits
     };
-    'body: loop {
-        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<&RawValue>();
-        loop {
-            match values.next() {
-                None => break 'body,
-                Some(Ok(value)) => top_level_value(value, &limits, &mut batch),
-                Some(Err(_)) => {
-                    // The broken value starts after the last good one (and its whitespace);
-                    // it counts once, and reading resumes on the line after the one it starts on.
-                    let good = values.byte_offset();
-                    let Some(start) = rest[good..]
-                        .iter()
-                        .position(|b| !b.is_ascii_whitespace())
-                        .map(|offset| good + offset)
-                    else {
-                        break 'body;
-                    };
-                    batch.reject(RejectReason::MalformedJson);
-                    let resume =
-                        memchr_newline(&rest[start..]).map_or(rest.len(), |i| start + i + 1);
-                    rest = &rest[resume..];
-                    continue 'body;
-                }
-            }
-        }
-    }
-    batch
-}
-
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|b| *b == b'\n')
-}
-
-fn top_level_value(value: &RawValue, limits: &Limits, batch: &mut Batch) {
-    let text = value.get().as_bytes();
-    match text.first() {
-        Some(b'{') => event(text, limits, batch),
-        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(value.get()) {
-            Ok(elements) => {
+    loop {
+        let Some(start) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
+            break;
+        };
+        rest = &rest[start..];
+        // One top-level value at a time, read once: an array straight into its elements' raw
+        // text (reading it as one raw value first would scan it twice).
+        let read = if rest[0] == b'[' {
+            next_value::<Vec<&RawValue>>(rest).map(|(elements, end)| {
                 for element in elements {
                     let text = element.get().as_bytes();
                     if text.first() == Some(&b'{') {
-                        event(text, limits, batch);
+                        event(text, &limits, &mut batch);
                     } else {
                         // Arrays hold events; a nested array is not one.
                         batch.reject(RejectReason::NotAnObject);
                     }
                 }
+                end
+            })
+        } else {
+            next_value::<&RawValue>(rest).map(|(value, end)| {
+                let text = value.get().as_bytes();
+                if text.first() == Some(&b'{') {
+                    event(text, &limits, &mut batch);
+                } else {
+                    batch.reject(RejectReason::NotAnObject);
+                }
+                end
+            })
+        };
+        rest = match read {
+            Some(end) => &rest[end..],
+            None => {
+                // A broken value counts once, and reading resumes on the line after the one it
+                // starts on.
+                batch.reject(RejectReason::MalformedJson);
+                memchr::memchr(b'\n', rest).map_or(&[][..], |i| &rest[i + 1..])
             }
-            // Cannot happen for text serde_json has just read as one value; count it anyway.
-            Err(_) => batch.reject(RejectReason::MalformedJson),
-        },
-        _ => batch.reject(RejectReason::NotAnObject),
+        };
     }
+    batch
+}
+
+/// Reads the JSON value at the start of `text` (strict JSON, the way a stream of values is read:
+/// a number must end where a value can), and where it ends; `None` if it is not valid.
+fn next_value<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Option<(T, usize)> {
+    let mut values = serde_json::Deserializer::from_slice(text).into_iter::<T>();
+    let value = values.next()?.ok()?;
+    Some((value, values.byte_offset()))
 }
 
 /// Judges one event object with the aggregator's parser.
@@ -197,38 +193,50 @@ struct TooDeep;
 /// result is the same value on one line.
 fn compact_into(out: &mut Vec<u8>, json: &[u8]) -> Result<(), TooDeep> {
     out.reserve(json.len());
-    let mut in_string = false;
-    let mut escaped = false;
     let mut depth = 0usize;
-    for &byte in json {
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-        } else {
-            match byte {
-                b' ' | b'\n' | b'\r' | b'\t' => {}
-                b'"' => {
-                    in_string = true;
-                    out.push(byte);
-                }
-                b'{' | b'[' => {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(TooDeep);
+    let mut at = 0;
+    while let Some(&byte) = json.get(at) {
+        match byte {
+            b' ' | b'\n' | b'\r' | b'\t' => at += 1,
+            b'"' => {
+                // Strings are most of an event's bytes: copy each one whole, up to its closing
+                // quote (one not escaped by a backslash).
+                let mut end = at + 1;
+                loop {
+                    match json
+                        .get(end..)
+                        .and_then(|tail| memchr::memchr2(b'"', b'\\', tail))
+                    {
+                        Some(offset) if json[end + offset] == b'\\' => end += offset + 2,
+                        Some(offset) => {
+                            end += offset + 1;
+                            break;
+                        }
+                        None => {
+                            end = json.len();
+                            break;
+                        }
                     }
-                    out.push(byte);
                 }
-                b'}' | b']' => {
-                    depth = depth.saturating_sub(1);
-                    out.push(byte);
+                out.extend_from_slice(&json[at..end]);
+                at = end;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(TooDeep);
                 }
-                _ => out.push(byte),
+                out.push(byte);
+                at += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                out.push(byte);
+                at += 1;
+            }
+            _ => {
+                out.push(byte);
+                at += 1;
             }
         }
     }
@@ -350,6 +358,53 @@ mod tests {
     fn empty_bodies_have_no_events() {
         for body in ["", "  \n", "[]", "\u{feff}"] {
             assert_eq!(split(body).total(), 0, "{body:?}");
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            // Strings with quotes, backslashes, spaces, control characters and non-ASCII.
+            proptest::string::string_regex("[ a-z\"\\\\\\n\\t\\u{1}é{}\\[\\],:]{0,12}")
+                .unwrap_or_else(|_| unreachable!())
+                .prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z \"]{0,4}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Whatever whitespace the sender used, the forwarded line is the event's compact JSON,
+        /// every field kept as it was.
+        #[test]
+        fn forwarded_lines_are_the_compact_event(extra in json_value(), pretty in proptest::bool::ANY) {
+            let mut event: serde_json::Value = serde_json::from_str(EVENT).unwrap();
+            event["extra"] = extra;
+            let body = if pretty {
+                serde_json::to_string_pretty(&event).unwrap()
+            } else {
+                serde_json::to_string(&event).unwrap()
+            };
+            let batch = split(&format!("[{body}]"));
+            proptest::prop_assert_eq!(batch.accepted(), 1);
+            let line = batch.lines().next().unwrap();
+            proptest::prop_assert_eq!(
+                std::str::from_utf8(line).unwrap(),
+                format!("{}\n", serde_json::to_string(&event).unwrap())
+            );
         }
     }
 }
