@@ -97,10 +97,7 @@ pub fn split_events(body: &[u8], limits: &Limits) -> Batch {
         max_record_bytes: usize::MAX,
         ..*limits
     };
-    loop {
-        let Some(start) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
-            break;
-        };
+    while let Some(start) = rest.iter().position(|b| !b.is_ascii_whitespace()) {
         rest = &rest[start..];
         // One top-level value at a time, read once: an array straight into its elements' raw
         // text (reading it as one raw value first would scan it twice).
