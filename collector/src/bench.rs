@@ -264,7 +264,7 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 /// CPU seconds (user + system) the calling thread has used so far (Linux).
-fn thread_cpu_seconds() -> Option<f64> {
+pub fn thread_cpu_seconds() -> Option<f64> {
     stat_cpu_seconds("/proc/thread-self/stat")
 }
 

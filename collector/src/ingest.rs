@@ -1,15 +1,15 @@
 //! From a request body to accepted events (compact NDJSON lines) and counted rejections.
 //!
 //! A body holds one event object, a JSON array of them, or several objects one after another
-//! (NDJSON). The body is split into values by `serde_json` (strict JSON: UTF-8, no raw control
-//! characters in strings, at most 128 levels of nesting, no `NaN`), and every event object is
-//! then judged by the aggregator's own parser, [`parse_record`], so that the collector accepts
-//! exactly what the aggregator counts — plus the guarantee that what goes on the stream is
-//! strict JSON, one event per line, whatever reads the raw archive later.
+//! (NDJSON). The body is split into values by a strict JSON scanner ([`crate::json`]: UTF-8, no
+//! raw control characters in strings, no `NaN`; serde_json's verdict, checked by a property
+//! test) which writes each event object without its whitespace as it reads it, and every event
+//! is then judged by the aggregator's own parser, [`parse_record`], so that the collector
+//! accepts exactly what the aggregator counts — plus the guarantee that what goes on the stream
+//! is strict JSON, one event per line, whatever reads the raw archive later.
 //!
-//! Splitting first is also how an accepted event's original text is kept: the parser reports a
-//! rejected event's bytes but not an accepted one's. Each accepted object is forwarded with all
-//! of its fields, only with the whitespace between tokens removed.
+//! Each accepted object is forwarded with all of its fields, only with the whitespace between
+//! tokens removed.
 //!
 //! A value that is not valid JSON is counted once as `malformed_json`, and reading resumes on the
 //! next line, the way the aggregator reads NDJSON.
@@ -17,7 +17,8 @@
 use clickheatmap_model::event::{
     ClickEvent, Limits, RecordVisitor, RejectReason, Rejection, parse_record,
 };
-use serde_json::value::RawValue;
+
+use crate::json::{Malformed, Scanner, may_end_top_level_scalar, skip_whitespace};
 
 const REASONS: usize = RejectReason::ALL.len();
 
@@ -74,87 +75,145 @@ impl Batch {
         self.rejected[reason.index()] += 1;
     }
 
-    fn accept(&mut self, json: &[u8]) {
-        let start = self.lines.len();
-        if compact_into(&mut self.lines, json).is_err() {
-            self.lines.truncate(start);
-            self.reject(RejectReason::MalformedJson);
-            return;
+    /// Where the batch stands, to return to if the rest of a value turns out to be malformed.
+    fn mark(&self) -> Mark {
+        Mark {
+            lines: self.lines.len(),
+            ends: self.ends.len(),
+            rejected: self.rejected,
         }
-        self.lines.push(b'\n');
-        self.ends.push(self.lines.len());
     }
+
+    fn rollback(&mut self, mark: Mark) {
+        self.lines.truncate(mark.lines);
+        self.ends.truncate(mark.ends);
+        self.rejected = mark.rejected;
+    }
+}
+
+struct Mark {
+    lines: usize,
+    ends: usize,
+    rejected: [u64; REASONS],
 }
 
 /// Splits `body` into events, judges each with the aggregator's parser, and returns the accepted
 /// ones as compact NDJSON along with the rejection counts.
 pub fn split_events(body: &[u8], limits: &Limits) -> Batch {
-    let mut batch = Batch::default();
-    // A byte order mark is harmless; the aggregator skips it too.
-    let mut rest = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    // Each object is judged alone, so the record limit is the body limit, enforced before.
-    let limits = Limits {
-        max_record_bytes: usize::MAX,
-        ..*limits
+    let mut reader = Reader {
+        // A byte order mark is harmless; the aggregator skips it too.
+        text: body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body),
+        // Each object is judged alone, so the record limit is the body limit, enforced before.
+        limits: Limits {
+            max_record_bytes: usize::MAX,
+            ..*limits
+        },
+        scanner: Scanner::default(),
+        scratch: Vec::new(),
+        batch: Batch::default(),
     };
-    while let Some(start) = rest.iter().position(|b| !b.is_ascii_whitespace()) {
-        rest = &rest[start..];
-        // One top-level value at a time, read once: an array straight into its elements' raw
-        // text (reading it as one raw value first would scan it twice).
-        let read = if rest[0] == b'[' {
-            next_value::<Vec<&RawValue>>(rest).map(|(elements, end)| {
-                for element in elements {
-                    let text = element.get().as_bytes();
-                    if text.first() == Some(&b'{') {
-                        event(text, &limits, &mut batch);
-                    } else {
-                        // Arrays hold events; a nested array is not one.
-                        batch.reject(RejectReason::NotAnObject);
-                    }
-                }
-                end
-            })
-        } else {
-            next_value::<&RawValue>(rest).map(|(value, end)| {
-                let text = value.get().as_bytes();
-                if text.first() == Some(&b'{') {
-                    event(text, &limits, &mut batch);
-                } else {
-                    batch.reject(RejectReason::NotAnObject);
-                }
-                end
-            })
-        };
-        rest = match read {
-            Some(end) => &rest[end..],
-            None => {
-                // A broken value counts once, and reading resumes on the line after the one it
-                // starts on.
-                batch.reject(RejectReason::MalformedJson);
-                memchr::memchr(b'\n', rest).map_or(&[][..], |i| &rest[i + 1..])
+    let text = reader.text;
+    let mut at = skip_whitespace(text, 0);
+    while at < text.len() {
+        let mark = reader.batch.mark();
+        at = match reader.top_level_value(at) {
+            Ok(end) => end,
+            Err(Malformed) => {
+                // A broken value counts once (whatever of it was read is taken back), and
+                // reading resumes on the line after the one it starts on.
+                reader.batch.rollback(mark);
+                reader.batch.reject(RejectReason::MalformedJson);
+                memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i + 1)
             }
         };
+        at = skip_whitespace(text, at);
     }
-    batch
+    reader.batch
 }
 
-/// Reads the JSON value at the start of `text` (strict JSON, the way a stream of values is read:
-/// a number must end where a value can), and where it ends; `None` if it is not valid.
-fn next_value<'a, T: serde::Deserialize<'a>>(text: &'a [u8]) -> Option<(T, usize)> {
-    let mut values = serde_json::Deserializer::from_slice(text).into_iter::<T>();
-    let value = values.next()?.ok()?;
-    Some((value, values.byte_offset()))
+/// One body being read.
+struct Reader<'a> {
+    text: &'a [u8],
+    limits: Limits,
+    scanner: Scanner,
+    /// Where values that are not events are scanned to.
+    scratch: Vec<u8>,
+    batch: Batch,
 }
 
-/// Judges one event object with the aggregator's parser.
-fn event(text: &[u8], limits: &Limits, batch: &mut Batch) {
-    let mut outcome = Outcome::default();
-    parse_record(text, limits, &mut outcome);
-    match (outcome.clicks, outcome.first_rejection) {
-        (1, None) => batch.accept(text),
-        (_, Some(reason)) => batch.reject(reason),
-        // One object is one event; anything else means the two parsers disagree on the syntax.
-        (_, None) => batch.reject(RejectReason::MalformedJson),
+impl Reader<'_> {
+    /// Reads the value at `text[at]`: an event, an array of events, or something else (not an
+    /// object); returns where it ends.
+    fn top_level_value(&mut self, at: usize) -> Result<usize, Malformed> {
+        match self.text[at] {
+            b'[' => {
+                let mut at = skip_whitespace(self.text, at + 1);
+                if self.text.get(at) == Some(&b']') {
+                    return Ok(at + 1);
+                }
+                loop {
+                    at = skip_whitespace(self.text, self.array_element(at)?);
+                    match self.text.get(at) {
+                        Some(b',') => at = skip_whitespace(self.text, at + 1),
+                        Some(b']') => return Ok(at + 1),
+                        _ => return Err(Malformed),
+                    }
+                }
+            }
+            b'{' => self.event(at),
+            _ => {
+                self.scratch.clear();
+                let scanned = self.scanner.value(self.text, at, &mut self.scratch)?;
+                if !may_end_top_level_scalar(self.text.get(scanned.end)) {
+                    return Err(Malformed);
+                }
+                self.batch.reject(RejectReason::NotAnObject);
+                Ok(scanned.end)
+            }
+        }
+    }
+
+    fn array_element(&mut self, at: usize) -> Result<usize, Malformed> {
+        if self.text.get(at) == Some(&b'{') {
+            return self.event(at);
+        }
+        // Arrays hold events; a nested array or a scalar is not one.
+        self.scratch.clear();
+        let scanned = self.scanner.value(self.text, at, &mut self.scratch)?;
+        self.batch.reject(RejectReason::NotAnObject);
+        Ok(scanned.end)
+    }
+
+    /// Reads one event object at `text[at]` into the batch's lines (compact) and judges it with
+    /// the aggregator's parser.
+    fn event(&mut self, at: usize) -> Result<usize, Malformed> {
+        let batch = &mut self.batch;
+        let start = batch.lines.len();
+        let scanned = self.scanner.value(self.text, at, &mut batch.lines)?;
+        let verdict = if scanned.depth > MAX_DEPTH {
+            Some(RejectReason::MalformedJson)
+        } else {
+            let mut outcome = Outcome::default();
+            parse_record(&self.text[at..scanned.end], &self.limits, &mut outcome);
+            match (outcome.clicks, outcome.first_rejection) {
+                (1, None) => None,
+                (_, Some(reason)) => Some(reason),
+                // One object is one event; anything else means the two parsers disagree on the
+                // syntax.
+                (_, None) => Some(RejectReason::MalformedJson),
+            }
+        };
+        match verdict {
+            None => {
+                batch.lines.push(b'\n');
+                batch.ends.push(batch.lines.len());
+            }
+            Some(reason) => {
+                batch.lines.truncate(start);
+                batch.reject(reason);
+            }
+        }
+        Ok(scanned.end)
     }
 }
 
@@ -176,69 +235,9 @@ impl<'a> RecordVisitor<'a> for Outcome {
 }
 
 /// Deepest nesting forwarded (the event object itself is level 1). The aggregator's parser skips
-/// nested values with a heap stack and `serde_json` reads raw values without its recursion
-/// limit, so without this bound a 64 KiB event could carry 32,000 levels to whatever reads the
+/// nested values with a heap stack and neither does the collector's JSON scanner, so without this bound a 64 KiB event could carry 32,000 levels to whatever reads the
 /// stream next with a recursive parser. Deeper events count as `malformed_json`.
 pub const MAX_DEPTH: usize = 32;
-
-/// The event nests deeper than [`MAX_DEPTH`].
-#[derive(Debug)]
-struct TooDeep;
-
-/// Appends strict JSON text without the whitespace between tokens. Strict JSON strings hold no
-/// raw whitespace other than spaces, and two tokens never need a space between them, so the
-/// result is the same value on one line.
-fn compact_into(out: &mut Vec<u8>, json: &[u8]) -> Result<(), TooDeep> {
-    out.reserve(json.len());
-    let mut depth = 0usize;
-    let mut at = 0;
-    while let Some(&byte) = json.get(at) {
-        match byte {
-            b' ' | b'\n' | b'\r' | b'\t' => at += 1,
-            b'"' => {
-                // Strings are most of an event's bytes: copy each one whole, up to its closing
-                // quote (one not escaped by a backslash).
-                let mut end = at + 1;
-                loop {
-                    match json
-                        .get(end..)
-                        .and_then(|tail| memchr::memchr2(b'"', b'\\', tail))
-                    {
-                        Some(offset) if json[end + offset] == b'\\' => end += offset + 2,
-                        Some(offset) => {
-                            end += offset + 1;
-                            break;
-                        }
-                        None => {
-                            end = json.len();
-                            break;
-                        }
-                    }
-                }
-                out.extend_from_slice(&json[at..end]);
-                at = end;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(TooDeep);
-                }
-                out.push(byte);
-                at += 1;
-            }
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                out.push(byte);
-                at += 1;
-            }
-            _ => {
-                out.push(byte);
-                at += 1;
-            }
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod ingest;
+pub mod json;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod metrics;

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{AllowedOrigins, CollectorConfig, ConfigError};
-use crate::ingest::split_events;
+use crate::ingest::{Batch, split_events};
 use crate::metrics::Metrics;
 use crate::queue::{DrainReport, EventQueue, QueueError, run_shipper};
 use crate::ratelimit::RateLimiter;
@@ -316,26 +316,42 @@ async fn accept_clicks(shared: &Shared, parts: &Parts, body: Body) -> Response {
         return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, message), wait);
     }
     shared.metrics.accepted(batch.accepted());
-    let mut reasons = serde_json::Map::new();
     for (reason, count) in batch.rejections() {
         shared.metrics.rejected(reason, count);
-        reasons.insert(reason.label().to_owned(), json!(count));
     }
-    let mut summary = json!({
-        "accepted": batch.accepted(),
-        "rejected": batch.rejected(),
-        "reasons": reasons,
-    });
     if batch.accepted() > 0 {
-        return json_response(StatusCode::ACCEPTED, summary);
+        return summary_response(StatusCode::ACCEPTED, &batch, None);
     }
     let message = if batch.rejected() == 0 {
         "the body holds no click events"
     } else {
         "no event was accepted: every event was rejected (see reasons)"
     };
-    summary["error"] = json!(message);
-    json_response(StatusCode::BAD_REQUEST, summary)
+    summary_response(StatusCode::BAD_REQUEST, &batch, Some(message))
+}
+
+/// `{"accepted":N,"rejected":M,"reasons":{...}}` (and `"error"`), written directly: this answer
+/// goes out for every request, and building a JSON tree for it cost more than parsing a click.
+fn summary_response(status: StatusCode, batch: &Batch, error: Option<&'static str>) -> Response {
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(64);
+    // Labels and messages are fixed ASCII text without quotes or backslashes.
+    let _ = write!(
+        body,
+        "{{\"accepted\":{},\"rejected\":{},\"reasons\":{{",
+        batch.accepted(),
+        batch.rejected()
+    );
+    for (n, (reason, count)) in batch.rejections().enumerate() {
+        let comma = if n == 0 { "" } else { "," };
+        let _ = write!(body, "{comma}\"{}\":{count}", reason.label());
+    }
+    body.push('}');
+    if let Some(message) = error {
+        let _ = write!(body, ",\"error\":\"{message}\"");
+    }
+    body.push('}');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn rate_limited(wait: Duration) -> Response {
@@ -559,6 +575,31 @@ mod tests {
             .extensions
             .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
         parts
+    }
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn summaries_are_json_with_every_reason() {
+        let limits = clickheatmap_model::event::Limits::default();
+        let event = r#"{"event_type":"click","event_time_ms":1766919066968,"page_id":"p","x":1,"y":2,"viewport_width":10,"viewport_height":10}"#;
+        let batch = split_events(format!("[{event},1,{event},{{}}]").as_bytes(), &limits);
+        let response = summary_response(StatusCode::ACCEPTED, &batch, None);
+        assert_eq!(
+            body_json(response).await,
+            json!({"accepted": 2, "rejected": 2, "reasons": {"not_an_object": 1, "missing_field": 1}})
+        );
+        let empty = split_events(b"[]", &limits);
+        let response = summary_response(StatusCode::BAD_REQUEST, &empty, Some("none"));
+        assert_eq!(
+            body_json(response).await,
+            json!({"accepted": 0, "rejected": 0, "reasons": {}, "error": "none"})
+        );
     }
 
     #[test]
