@@ -152,6 +152,20 @@ impl Scanner {
     }
 }
 
+/// Whether none of eight bytes is a quote, a backslash, a control character or non-ASCII (the
+/// word-at-a-time zero-byte test: a byte `b` has `(b - 1) & !b` with its top bit set only if it
+/// is 0, and `(b - 0x20) & !b` only if it is below 0x20).
+fn all_plain(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let has_zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH_BITS;
+    let quote = has_zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH_BITS;
+    let non_ascii = word & HIGH_BITS;
+    quote | backslash | control | non_ascii == 0
+}
+
 /// `"name"` `:` and the whitespace up to the member's value.
 fn member_name(text: &[u8], at: usize, out: &mut Vec<u8>) -> Result<usize, Malformed> {
     if text.get(at) != Some(&b'"') {
@@ -171,6 +185,16 @@ fn string(text: &[u8], at: usize, out: &mut Vec<u8>) -> Result<usize, Malformed>
     let mut end = at + 1;
     let mut non_ascii = false;
     loop {
+        // Eight plain bytes at a time, then one byte at a time past whatever is not plain.
+        while let Some(chunk) = text.get(end..end + 8) {
+            let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+                break;
+            };
+            if !all_plain(u64::from_le_bytes(bytes)) {
+                break;
+            }
+            end += 8;
+        }
         let byte = *text.get(end).ok_or(Malformed)?;
         match STRING_BYTES[usize::from(byte)] {
             PLAIN => end += 1,
@@ -324,6 +348,22 @@ mod tests {
             assert_eq!(serde_first(text.as_bytes()), None, "{text}");
         }
         assert!(scan(b"\"\xFF\"").is_err());
+    }
+
+    #[test]
+    fn words_are_plain_only_without_special_bytes() {
+        for byte in 0..=255u8 {
+            for position in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[position] = byte;
+                let plain = (0x20..0x80).contains(&byte) && byte != b'"' && byte != b'\\';
+                assert_eq!(
+                    all_plain(u64::from_le_bytes(word)),
+                    plain,
+                    "{byte:#x} at {position}"
+                );
+            }
+        }
     }
 
     #[test]
