@@ -164,7 +164,8 @@ impl Reader<'_> {
             _ => {
                 self.scratch.clear();
                 let scanned = self.scanner.value(self.text, at, &mut self.scratch)?;
-                if !may_end_top_level_scalar(self.text.get(scanned.end)) {
+                let delimits_itself = self.text[at] == b'"';
+                if !delimits_itself && !may_end_top_level_scalar(self.text.get(scanned.end)) {
                     return Err(Malformed);
                 }
                 self.batch.reject(RejectReason::NotAnObject);
@@ -401,6 +402,174 @@ mod tests {
                 std::str::from_utf8(line).unwrap(),
                 format!("{}\n", serde_json::to_string(&event).unwrap())
             );
+        }
+    }
+
+    /// The collector's reading before its own scanner, with serde_json: values from a stream,
+    /// an array's elements read again, each event compacted byte by byte. Kept as the reference
+    /// the scanner-based reader must agree with.
+    fn reference_split(body: &[u8]) -> (Vec<Vec<u8>>, Vec<(&'static str, u64)>) {
+        use serde_json::value::RawValue;
+        let mut lines = Vec::new();
+        let mut rejected = std::collections::BTreeMap::new();
+        let mut reject = |reason: RejectReason| *rejected.entry(reason.label()).or_insert(0) += 1;
+        let limits = Limits {
+            max_record_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        let mut judge = |text: &str, reject: &mut dyn FnMut(RejectReason)| {
+            let mut outcome = Outcome::default();
+            parse_record(text.as_bytes(), &limits, &mut outcome);
+            match (outcome.clicks, outcome.first_rejection) {
+                (1, None) => {
+                    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+                    if depth(&value) > MAX_DEPTH {
+                        reject(RejectReason::MalformedJson);
+                    } else {
+                        lines.push(compact_reference(text));
+                    }
+                }
+                (_, Some(reason)) => reject(reason),
+                (_, None) => reject(RejectReason::MalformedJson),
+            }
+        };
+        let mut rest = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+        'body: loop {
+            let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<&RawValue>();
+            loop {
+                match values.next() {
+                    None => break 'body,
+                    Some(Ok(value)) => match value.get().as_bytes()[0] {
+                        b'{' => judge(value.get(), &mut reject),
+                        b'[' => {
+                            for element in
+                                serde_json::from_str::<Vec<&RawValue>>(value.get()).unwrap()
+                            {
+                                if element.get().starts_with('{') {
+                                    judge(element.get(), &mut reject);
+                                } else {
+                                    reject(RejectReason::NotAnObject);
+                                }
+                            }
+                        }
+                        _ => reject(RejectReason::NotAnObject),
+                    },
+                    Some(Err(_)) => {
+                        let good = values.byte_offset();
+                        let Some(start) = rest[good..]
+                            .iter()
+                            .position(|b| !crate::json::is_whitespace(*b))
+                            .map(|offset| good + offset)
+                        else {
+                            break 'body;
+                        };
+                        reject(RejectReason::MalformedJson);
+                        let resume = rest[start..]
+                            .iter()
+                            .position(|b| *b == b'\n')
+                            .map_or(rest.len(), |i| start + i + 1);
+                        rest = &rest[resume..];
+                        continue 'body;
+                    }
+                }
+            }
+        }
+        (lines, rejected.into_iter().collect())
+    }
+
+    fn depth(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(members) => {
+                1 + members.values().map(depth).max().unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    fn compact_reference(text: &str) -> Vec<u8> {
+        let (mut out, mut in_string, mut escaped) = (Vec::new(), false, false);
+        for &byte in text.as_bytes() {
+            if in_string {
+                out.push(byte);
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+            } else if !crate::json::is_whitespace(byte) {
+                in_string = byte == b'"';
+                out.push(byte);
+            }
+        }
+        out.push(b'\n');
+        out
+    }
+
+    /// Bodies made of events (good and bad), arrays of them, scalars, whitespace and broken
+    /// pieces.
+    fn bodies() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let event = prop_oneof![
+            Just(EVENT.to_owned()),
+            Just(EVENT.replace("\"x\":412.5", "\"x\":\"412.5\"")),
+            Just(EVENT.replace("\"click\"", "\"scroll\"")),
+            Just(EVENT.replace(",\"dpr\":2", "")),
+            Just(EVENT.replace(",", " ,\n ")),
+            Just(EVENT.replace(
+                "\"dpr\":2",
+                &format!("\"dpr\":{}1{}", "[".repeat(32), "]".repeat(32))
+            )),
+            Just("{}".to_owned()),
+        ];
+        let piece = prop_oneof![
+            event.clone(),
+            proptest::collection::vec(
+                prop_oneof![event, Just("1".to_owned()), Just("[]".to_owned())],
+                0..4
+            )
+            .prop_map(|items| format!("[{}]", items.join(","))),
+            Just("12".to_owned()),
+            Just("\"s\"".to_owned()),
+            Just("tru".to_owned()),
+            Just("{\"event_type\":".to_owned()),
+            Just("]".to_owned()),
+            Just(",".to_owned()),
+        ];
+        proptest::collection::vec(
+            (
+                piece,
+                prop_oneof![Just(""), Just(" "), Just("\n"), Just("\r\n")],
+            ),
+            0..6,
+        )
+        .prop_map(|pieces| {
+            pieces
+                .into_iter()
+                .flat_map(|(piece, gap)| [piece, gap.to_owned()])
+                .collect::<String>()
+                .into_bytes()
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 1024, failure_persistence: None, ..Default::default()
+        })]
+
+        /// The one-pass reader accepts, rejects and forwards exactly what reading with serde_json
+        /// did.
+        #[test]
+        fn reads_bodies_as_serde_json_did(body in bodies()) {
+            let batch = split_events(&body, &Limits::default());
+            let (lines, rejected) = reference_split(&body);
+            let ours: Vec<Vec<u8>> = batch.lines().map(<[u8]>::to_vec).collect();
+            proptest::prop_assert_eq!(ours, lines, "{}", String::from_utf8_lossy(&body));
+            let mut reasons = reasons(&batch);
+            reasons.sort();
+            proptest::prop_assert_eq!(reasons, rejected, "{}", String::from_utf8_lossy(&body));
         }
     }
 }
