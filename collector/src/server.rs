@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -376,17 +376,32 @@ enum BodyError {
     Read(String),
 }
 
-async fn read_body(body: Body, limit: usize, capacity: usize) -> Result<Vec<u8>, BodyError> {
+async fn read_body(body: Body, limit: usize, capacity: usize) -> Result<Bytes, BodyError> {
     let mut stream = body.into_data_stream();
-    let mut out = Vec::with_capacity(capacity.min(limit));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|err| BodyError::Read(err.to_string()))?;
-        if out.len() + chunk.len() > limit {
+    let mut next = async || match stream.next().await {
+        Some(Ok(chunk)) if chunk.len() > limit => Err(BodyError::TooLarge),
+        Some(Ok(chunk)) => Ok(Some(chunk)),
+        Some(Err(err)) => Err(BodyError::Read(err.to_string())),
+        None => Ok(None),
+    };
+    let Some(first) = next().await? else {
+        return Ok(Bytes::new());
+    };
+    // A body that arrives in one piece (most do) is used as it is, without a copy.
+    let Some(second) = next().await? else {
+        return Ok(first);
+    };
+    let mut out = Vec::with_capacity(capacity.max(first.len() + second.len()).min(limit));
+    out.extend_from_slice(&first);
+    let mut chunk = Some(second);
+    while let Some(piece) = chunk {
+        if out.len() + piece.len() > limit {
             return Err(BodyError::TooLarge);
         }
-        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&piece);
+        chunk = next().await?;
     }
-    Ok(out)
+    Ok(Bytes::from(out))
 }
 
 fn content_type_accepted(headers: &HeaderMap) -> bool {
@@ -600,6 +615,36 @@ mod tests {
             body_json(response).await,
             json!({"accepted": 0, "rejected": 0, "reasons": {}, "error": "none"})
         );
+    }
+
+    fn chunked(pieces: &[&'static str]) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = pieces
+            .iter()
+            .map(|piece| Ok(Bytes::from_static(piece.as_bytes())))
+            .collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_within_the_limit() {
+        let read = |pieces, limit| read_body(chunked(pieces), limit, 0);
+        assert_eq!(read(&[], 10).await.ok(), Some(Bytes::new()));
+        assert_eq!(read(&["0123"], 10).await.ok(), Some(Bytes::from("0123")));
+        assert_eq!(
+            read(&["01", "23", "456"], 10).await.ok(),
+            Some(Bytes::from("0123456"))
+        );
+        assert_eq!(
+            read(&["0123456789"], 10).await.ok().map(|b| b.len()),
+            Some(10)
+        );
+        for pieces in [
+            &["0123456789a"][..],
+            &["01234", "56789a"],
+            &["0", "1", "234567890"],
+        ] {
+            assert!(matches!(read(pieces, 10).await, Err(BodyError::TooLarge)));
+        }
     }
 
     #[test]
