@@ -140,12 +140,12 @@ impl EventQueue {
     }
 
     /// Queues every accepted event of `batch`, or none of them.
-    pub fn push(&self, batch: &Batch) -> Result<(), QueueError> {
+    /// Queues a batch's events at `now` (when its request arrived).
+    pub fn push(&self, batch: &Batch, now: Instant) -> Result<(), QueueError> {
         let (events, bytes) = (batch.accepted(), batch.bytes());
         if events == 0 {
             return Ok(());
         }
-        let now = Instant::now();
         let target = self.config.record_target_bytes;
         let mut wake = false;
         {
@@ -474,7 +474,7 @@ mod tests {
             record_target_bytes: 1000,
             ..QueueConfig::default()
         });
-        queue.push(&batch(0, 100)).unwrap();
+        queue.push(&batch(0, 100), Instant::now()).unwrap();
         let taken = queue.take(Instant::now() + Duration::from_secs(10));
         assert!(taken.records.len() > 5);
         let mut events = 0;
@@ -509,7 +509,7 @@ mod tests {
             limits,
             Arc::new(Metrics::new()),
         );
-        queue.push(&batch(0, 100)).unwrap();
+        queue.push(&batch(0, 100), Instant::now()).unwrap();
         let now = Instant::now() + Duration::from_secs(10);
         let mut calls = 0;
         let mut events = 0;
@@ -536,20 +536,23 @@ mod tests {
             capacity_events: 10,
             ..QueueConfig::default()
         });
-        queue.push(&batch(0, 25)).unwrap();
+        queue.push(&batch(0, 25), Instant::now()).unwrap();
         assert!(matches!(
-            queue.push(&batch(25, 1)),
+            queue.push(&batch(25, 1), Instant::now()),
             Err(QueueError::Full { .. })
         ));
         assert_eq!(queue.stats().events, 25);
         queue.start_drain(Instant::now());
-        assert_eq!(queue.push(&batch(26, 1)), Err(QueueError::ShuttingDown));
+        assert_eq!(
+            queue.push(&batch(26, 1), Instant::now()),
+            Err(QueueError::ShuttingDown)
+        );
     }
 
     #[test]
     fn failed_records_come_back_after_a_backoff() {
         let queue = queue(QueueConfig::default());
-        queue.push(&batch(0, 3)).unwrap();
+        queue.push(&batch(0, 3), Instant::now()).unwrap();
         let now = Instant::now() + Duration::from_secs(1);
         let taken = queue.take(now);
         assert_eq!(taken.records.len(), 1);

@@ -107,7 +107,9 @@ fn refill<'m>(
     });
     let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
     bucket.tokens = (bucket.tokens + elapsed * config.events_per_second).min(config.burst);
-    bucket.updated = now;
+    // Requests that overlap may call with instants out of order; time never goes back, so an
+    // earlier instant refills nothing and credits nothing twice.
+    bucket.updated = bucket.updated.max(now);
     bucket
 }
 

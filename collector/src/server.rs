@@ -257,8 +257,10 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
 
 async fn accept_clicks(shared: &Shared, parts: &Parts, body: Body) -> Response {
     let config = &shared.config;
+    // One clock reading per request (on some VMs each is a system call).
+    let now = Instant::now();
     let client = client_ip(parts, config.forwarded_for_hops);
-    if let Err(wait) = shared.limiter.check(client, Instant::now()) {
+    if let Err(wait) = shared.limiter.check(client, now) {
         return rate_limited(wait);
     }
     if !content_type_accepted(&parts.headers) {
@@ -277,12 +279,21 @@ async fn accept_clicks(shared: &Shared, parts: &Parts, body: Body) -> Response {
         return too_large(limit);
     }
     let capacity = declared.map_or(0, |length| length as usize);
-    let body = match tokio::time::timeout(
-        config.body_read_timeout,
-        read_body(body, limit, capacity),
-    )
-    .await
-    {
+    let read = read_body(body, limit, capacity);
+    tokio::pin!(read);
+    // A small body is usually there with its headers: take it without arming a timer (a clock
+    // reading and a timer-wheel entry per request); only a body still on its way gets the
+    // timeout.
+    let already_read = tokio::select! {
+        biased;
+        result = &mut read => Some(result),
+        () = std::future::ready(()) => None,
+    };
+    let read = match already_read {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(config.body_read_timeout, read).await,
+    };
+    let body = match read {
         Ok(Ok(body)) => body,
         Ok(Err(BodyError::TooLarge)) => return too_large(limit),
         Ok(Err(BodyError::Read(why))) => {
@@ -298,10 +309,10 @@ async fn accept_clicks(shared: &Shared, parts: &Parts, body: Body) -> Response {
     };
     shared.metrics.request_bytes(body.len());
     let batch = split_events(&body, &config.limits);
-    if let Err(wait) = shared.limiter.charge(client, batch.total(), Instant::now()) {
+    if let Err(wait) = shared.limiter.charge(client, batch.total(), now) {
         return rate_limited(wait);
     }
-    if let Err(problem) = shared.queue.push(&batch) {
+    if let Err(problem) = shared.queue.push(&batch, now) {
         shared.limiter.refund(client, batch.total());
         let (message, wait) = match problem {
             QueueError::Full { retry_after } => (

@@ -623,3 +623,44 @@ async fn send_forwarded(client: &mut HttpClient, forwarded: &str) -> u16 {
         .unwrap()
         .status
 }
+
+/// A body that stops arriving is answered 408 once `body_read_timeout` has passed (a slow
+/// sender cannot hold a request open), and a body that arrives in pieces within it is read
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_times_out_and_a_slow_one_is_read_whole() {
+    let (sink, mut receiver) = ChannelSink::new(64);
+    let config = CollectorConfig {
+        rate_limit: None,
+        body_read_timeout: Duration::from_millis(500),
+        ..CollectorConfig::default()
+    };
+    let server = Running::start(config, Arc::new(sink)).await;
+    let body = event(7);
+    let head = format!(
+        "POST {CLICKS} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+
+    let mut stalled = server.client().await;
+    stalled.write_raw(head.as_bytes()).await.unwrap();
+    stalled.write_raw(&body.as_bytes()[..10]).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), stalled.read_response())
+        .await
+        .expect("answered before the test's own timeout")
+        .unwrap();
+    assert_error(response, 408).await;
+
+    let mut slow = server.client().await;
+    slow.write_raw(head.as_bytes()).await.unwrap();
+    for piece in body.as_bytes().chunks(body.len() / 3 + 1) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        slow.write_raw(piece).await.unwrap();
+    }
+    let response = slow.read_response().await.unwrap();
+    assert_eq!(response.status, 202, "{}", response.text());
+    assert_eq!(response.json()["accepted"], 1);
+    server.stop().await;
+    let record = receiver.recv().await.expect("the slow body's event");
+    assert_eq!(record.iter().filter(|b| **b == b'\n').count(), 1);
+}
