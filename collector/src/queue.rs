@@ -139,8 +139,8 @@ impl EventQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues every accepted event of `batch`, or none of them.
-    /// Queues a batch's events at `now` (when its request arrived).
+    /// Queues every accepted event of `batch`, or none of them; `now` is when its request
+    /// arrived.
     pub fn push(&self, batch: &Batch, now: Instant) -> Result<(), QueueError> {
         let (events, bytes) = (batch.accepted(), batch.bytes());
         if events == 0 {

@@ -8,7 +8,8 @@
 //! * object_store's S3 client (aggregator, viewer) hard-wires ring (reqwest 0.12's
 //!   `rustls-tls-native-roots`, and ring for request signing), so ring is there in any case;
 //! * the AWS SDK's own default HTTPS client would bring aws-lc-rs, so the SDK crates are built
-//!   without `default-https-client` and every SDK configuration is given [`aws_http_client`];
+//!   without `default-https-client` and every SDK configuration is given `aws_http_client`
+//!   (this crate's `aws` feature, which binaries without the SDK — local mode — leave off);
 //! * kube is built with its `ring` feature and reqwest 0.13 (the viewer's live proxy) with
 //!   `rustls-no-provider`, which uses the process default.
 //!
