@@ -152,9 +152,11 @@ impl Scanner {
     }
 }
 
-/// Whether none of eight bytes is a quote, a backslash, a control character or non-ASCII (the
-/// word-at-a-time zero-byte test: a byte `b` has `(b - 1) & !b` with its top bit set only if it
-/// is 0, and `(b - 0x20) & !b` only if it is below 0x20).
+/// Whether none of eight bytes is a quote, a backslash, a control character or non-ASCII. The
+/// word-at-a-time tests: `(w - 0x01..01) & !w & 0x80..80` is non-zero exactly when some byte of
+/// `w` is zero (borrows can mark bytes above a zero byte too, never a word without one), so a
+/// byte equal to `c` shows as a zero byte of `w ^ (c × 0x01..01)`; with `0x20` instead of `0x01`
+/// it finds a byte below 0x20 among ASCII bytes, and the top bits find non-ASCII ones.
 fn all_plain(word: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
