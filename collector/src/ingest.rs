@@ -18,7 +18,7 @@ use clickheatmap_model::event::{
     ClickEvent, Limits, RecordVisitor, RejectReason, Rejection, parse_record,
 };
 
-use crate::json::{Malformed, Scanner, may_end_top_level_scalar, skip_whitespace};
+use crate::json::{Malformed, Scanned, Scanner, may_end_top_level_scalar, skip_whitespace};
 
 const REASONS: usize = RejectReason::ALL.len();
 
@@ -168,13 +168,11 @@ impl Reader<'_> {
             }
             b'{' => self.event(at),
             _ => {
-                self.scratch.clear();
-                let scanned = self.scanner.value(self.text, at, &mut self.scratch)?;
+                let scanned = self.not_an_event(at)?;
                 let delimits_itself = self.text[at] == b'"';
                 if !delimits_itself && !may_end_top_level_scalar(self.text.get(scanned.end)) {
                     return Err(Malformed);
                 }
-                self.batch.reject(RejectReason::NotAnObject);
                 Ok(scanned.end)
             }
         }
@@ -185,10 +183,15 @@ impl Reader<'_> {
             return self.event(at);
         }
         // Arrays hold events; a nested array or a scalar is not one.
+        Ok(self.not_an_event(at)?.end)
+    }
+
+    /// Reads a value that is not an event object (it still has to be strict JSON) and counts it.
+    fn not_an_event(&mut self, at: usize) -> Result<Scanned, Malformed> {
         self.scratch.clear();
         let scanned = self.scanner.value(self.text, at, &mut self.scratch)?;
         self.batch.reject(RejectReason::NotAnObject);
-        Ok(scanned.end)
+        Ok(scanned)
     }
 
     /// Reads one event object at `text[at]` into the batch's lines (compact) and judges it with

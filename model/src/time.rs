@@ -77,18 +77,7 @@ pub fn parse_instant(text: &str) -> Option<i64> {
         Some((date, time)) => (date, Some(time)),
         None => (text, None),
     };
-    let mut fields = date.splitn(3, '-');
-    let year: i64 = fields.next()?.parse().ok()?;
-    let month: u32 = fields.next()?.parse().ok()?;
-    let day: u32 = fields.next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let midnight = millis_from_civil_date(year, month, day);
-    // A day past the month's end would silently roll over.
-    if civil_from_millis(midnight).day != day {
-        return None;
-    }
+    let midnight = parse_date(date)?;
     let Some(time) = time else {
         return Some(midnight);
     };
@@ -106,6 +95,20 @@ pub fn parse_instant(text: &str) -> Option<i64> {
         return None;
     }
     Some(midnight + hour * 3_600_000 + minute * 60_000 + (seconds * 1000.0).round() as i64)
+}
+
+/// Parses a UTC date, `YYYY-MM-DD`, into its midnight in epoch milliseconds; `None` for anything
+/// else, a day past its month's end included (it would otherwise roll over into the next month).
+pub fn parse_date(date: &str) -> Option<i64> {
+    let mut fields = date.splitn(3, '-');
+    let year: i64 = fields.next()?.parse().ok()?;
+    let month: u32 = fields.next()?.parse().ok()?;
+    let day: u32 = fields.next()?.parse().ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let midnight = millis_from_civil_date(year, month, day);
+    (civil_from_millis(midnight).day == day).then_some(midnight)
 }
 
 /// The current time in epoch milliseconds (0 if the clock is before 1970).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use clickheatmap_model::time::{civil_from_millis, millis_from_civil_date};
+use clickheatmap_model::time::{civil_from_millis, parse_date};
 use object_store::path::Path;
 
 /// The curated table's Arrow schema: exactly the columns the demo's Glue table declares.
@@ -59,14 +59,7 @@ pub fn partition_hour(path: &Path) -> Option<i64> {
     for part in path.parts() {
         let part = part.as_ref();
         if let Some(value) = part.strip_prefix("dt=") {
-            let mut fields = value.splitn(3, '-');
-            let year: i64 = fields.next()?.parse().ok()?;
-            let month: u32 = fields.next()?.parse().ok()?;
-            let day: u32 = fields.next()?.parse().ok()?;
-            if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-                return None;
-            }
-            date = Some(millis_from_civil_date(year, month, day));
+            date = Some(parse_date(value)?);
         } else if let Some(value) = part.strip_prefix("hour=") {
             let value: i64 = value.parse().ok()?;
             if !(0..24).contains(&value) {
@@ -102,6 +95,11 @@ mod tests {
         );
         assert_eq!(
             partition_hour(&Path::from("t/dt=2025-12-01/hour=24/x.parquet")),
+            None
+        );
+        // Not a day of that month (it would roll over into March).
+        assert_eq!(
+            partition_hour(&Path::from("t/dt=2025-02-30/hour=01/x.parquet")),
             None
         );
         assert_eq!(partition_hour(&Path::from("t/x.parquet")), None);
