@@ -23,8 +23,13 @@ pub struct CollectorConfig {
     /// How many proxies in front of the collector append to `X-Forwarded-For`. 0 (the default)
     /// ignores the header, so a client cannot pick its own address.
     pub forwarded_for_hops: usize,
-    /// How long a request body may take to arrive (408 after that).
+    /// How long a request's head, and then its body, may take to arrive once it has begun (the
+    /// connection is closed after a slow head, a slow body gets 408).
     pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request. Longer than the idle
+    /// timeout of the load balancer in front (60 s on an AWS ALB), so that the balancer, not the
+    /// collector, closes idle connections and never reuses one the collector just closed.
+    pub idle_timeout: Duration,
     /// The outgoing buffer.
     pub queue: QueueConfig,
     /// How long open HTTP connections may take to finish after a shutdown signal.
@@ -42,6 +47,7 @@ impl Default for CollectorConfig {
             rate_limit: Some(RateLimitConfig::default()),
             forwarded_for_hops: 0,
             body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
             queue: QueueConfig::default(),
             http_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),

@@ -15,7 +15,8 @@
 //! dropping, failed records are retried with backoff for as long as the process runs, and a
 //! shutdown drains the queue).
 //!
-//! Modules: [`server`] (routes, CORS, lifecycle), [`ingest`] (body → events), [`ratelimit`],
+//! Modules: [`server`] (routes, CORS, lifecycle), `http1` (connections: the click path's own
+//! HTTP/1.1, hyper for the rest), [`ingest`] (body → events), [`ratelimit`],
 //! [`queue`] (bounded buffer, batching, retries), [`sink`] (the [`RecordSink`] trait,
 //! [`ChannelSink`], [`StdoutSink`]), [`kinesis`] ([`KinesisSink`]), [`metrics`], [`config`],
 //! [`client`] (a minimal loopback HTTP client) and [`bench`].
@@ -23,6 +24,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+mod http1;
 pub mod ingest;
 pub mod json;
 #[cfg(feature = "kinesis")]

@@ -131,6 +131,14 @@ struct ServeArgs {
         default_value = "10s"
     )]
     max_backoff: Duration,
+    /// How long an idle keep-alive connection is kept open; keep it above the idle timeout of
+    /// the load balancer in front (60 s on an AWS ALB).
+    #[arg(
+        long,
+        env = "CLICKHEATMAP_COLLECTOR_IDLE_TIMEOUT",
+        default_value = "75s"
+    )]
+    idle_timeout: Duration,
     /// On shutdown, how long to keep sending what is queued.
     #[arg(
         long,
@@ -217,6 +225,7 @@ fn config(args: &ServeArgs) -> Result<CollectorConfig, Box<dyn std::error::Error
                 ..RetryPolicy::default()
             },
         },
+        idle_timeout: args.idle_timeout.as_std(),
         drain_timeout: args.drain_timeout.as_std(),
         ..defaults
     })

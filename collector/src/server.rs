@@ -9,7 +9,7 @@
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | the sink is reachable, the queue is not nearly full, and no shutdown is under way |
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ pub struct Collector {
     sink: Arc<dyn RecordSink>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     config: CollectorConfig,
     queue: Arc<EventQueue>,
     metrics: Arc<Metrics>,
@@ -137,26 +137,7 @@ impl Collector {
             shutdown.await;
             stop.send_replace(true);
         });
-        let app = router(Arc::clone(&shared)).into_make_service_with_connect_info::<SocketAddr>();
-        let mut graceful = stopping.clone();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                // An error means the signal's sender is gone: stop too.
-                let _ = graceful.wait_for(|stop| *stop).await;
-            })
-            .into_future();
-        let grace = shared.config.http_grace;
-        let mut deadline = stopping;
-        let served = tokio::select! {
-            served = server => served,
-            () = async move {
-                let _ = deadline.wait_for(|stop| *stop).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(?grace, "connections still open after the grace period; closing them");
-                Ok(())
-            }
-        };
+        accept_connections(listener, &shared, stopping).await;
         probe.abort();
 
         let drain_timeout = shared.config.drain_timeout;
@@ -179,9 +160,78 @@ impl Collector {
         } else {
             tracing::info!("queue drained; every accepted event was delivered");
         }
-        served.map_err(CollectorError::Serve)?;
         Ok(report)
     }
+}
+
+/// Accepts connections until `stopping` turns true, then gives the open ones
+/// `config.http_grace` to finish their requests (idle ones close at once) before closing them.
+async fn accept_connections(
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    stopping: watch::Receiver<bool>,
+) {
+    let router = router(Arc::clone(shared));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stop = stopping.clone();
+    loop {
+        tokio::select! {
+            // An error means the signal's sender is gone: stop too.
+            () = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // Each answer is one write; Nagle's algorithm would only delay it.
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "setting TCP_NODELAY failed");
+                    }
+                    connections.spawn(crate::http1::serve_connection(
+                        stream,
+                        peer,
+                        Arc::clone(shared),
+                        router.clone(),
+                        stopping.clone(),
+                    ));
+                }
+                Err(error) if is_per_connection(&error) => {
+                    tracing::debug!(%error, "a connection failed before it was accepted");
+                }
+                Err(error) => {
+                    // Out of file descriptors or memory: wait instead of spinning.
+                    tracing::warn!(%error, "accepting connections failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = ended {
+                    tracing::error!(%error, "a connection task failed");
+                }
+            }
+        }
+    }
+    // New connections are refused from here on (a load balancer moves on to other replicas).
+    drop(listener);
+    let grace = shared.config.http_grace;
+    let finished = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            ?grace,
+            open = connections.len(),
+            "connections still open after the grace period; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Accept errors that concern one connection only (the listener is fine).
+fn is_per_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    )
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -223,61 +273,271 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_response(status, json!({ "error": message }))
 }
 
-fn with_retry_after(mut response: Response, wait: Duration) -> Response {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
+const ORIGIN_REFUSED: &str =
+    "this origin may not send clicks here (it is not in the collector's allowed origins)";
+
+/// What the click route reads from a request's head, whichever HTTP path parsed it (hyper's
+/// through axum, or [`crate::http1`]'s own).
+pub(crate) struct ClickHead<'a> {
+    /// The client's address (the peer's, or the one a trusted proxy forwarded).
+    pub client: IpAddr,
+    pub origin: Option<&'a [u8]>,
+    pub host: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    /// `Content-Length`, when the body has one.
+    pub content_length: Option<u64>,
 }
 
-async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let allowed = match cors_origin(&shared.config.allowed_origins, &parts.headers) {
-        Ok(allowed) => allowed,
-        Err(()) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "this origin may not send clicks here (it is not in the collector's allowed origins)",
+impl<'a> ClickHead<'a> {
+    fn from_parts(parts: &'a Parts, hops: usize) -> Self {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        let header = |name| parts.headers.get(name).map(HeaderValue::as_bytes);
+        ClickHead {
+            client: client_ip(
+                peer,
+                hops,
+                parts
+                    .headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            ),
+            origin: header(header::ORIGIN),
+            host: header(header::HOST),
+            content_type: header(header::CONTENT_TYPE),
+            content_length: header(header::CONTENT_LENGTH).and_then(content_length),
+        }
+    }
+}
+
+/// A `Content-Length` value: decimal digits only (no sign, no spaces, no list).
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .fold(0, |length, digit| length * 10 + u64::from(digit - b'0')),
+    )
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The click route's answer, before either HTTP path writes it: a JSON body, and the headers
+/// every answer of the route carries (`Vary: Origin`, CORS for allowed origins, `Retry-After`).
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+    pub allow_origin: Option<HeaderValue>,
+}
+
+impl Answer {
+    fn error(status: StatusCode, message: &str) -> Answer {
+        Answer {
+            status,
+            body: json!({ "error": message }).to_string(),
+            retry_after: None,
+            allow_origin: None,
+        }
+    }
+
+    fn retry_after(mut self, wait: Duration) -> Answer {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    pub(crate) fn with_origin(mut self, allow_origin: Option<HeaderValue>) -> Answer {
+        self.allow_origin = allow_origin;
+        self
+    }
+
+    fn rate_limited(wait: Duration) -> Answer {
+        Answer::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many events from this client; retry later",
+        )
+        .retry_after(wait)
+    }
+
+    pub(crate) fn too_large(limit: usize) -> Answer {
+        Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {limit} bytes; send fewer events per request"),
+        )
+    }
+
+    pub(crate) fn body_timed_out() -> Answer {
+        Answer::error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body took too long to arrive",
+        )
+    }
+
+    /// `{"accepted":N,"rejected":M,"reasons":{...}}` (and `"error"`), written directly: this
+    /// answer goes out for every request, and building a JSON tree for it cost more than parsing
+    /// a click.
+    fn summary(status: StatusCode, batch: &Batch, error: Option<&'static str>) -> Answer {
+        use std::fmt::Write as _;
+        let mut body = String::with_capacity(64);
+        // Labels and messages are fixed ASCII text without quotes or backslashes.
+        let _ = write!(
+            body,
+            "{{\"accepted\":{},\"rejected\":{},\"reasons\":{{",
+            batch.accepted(),
+            batch.rejected()
+        );
+        for (n, (reason, count)) in batch.rejections().enumerate() {
+            let comma = if n == 0 { "" } else { "," };
+            let _ = write!(body, "{comma}\"{}\":{count}", reason.label());
+        }
+        body.push('}');
+        if let Some(message) = error {
+            let _ = write!(body, ",\"error\":\"{message}\"");
+        }
+        body.push('}');
+        Answer {
+            status,
+            body,
+            retry_after: None,
+            allow_origin: None,
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::VARY, HeaderValue::from_static("origin"));
+        if let Some(origin) = self.allow_origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after"),
             );
         }
-    };
-    let mut response = accept_clicks(&shared, &parts, body).await;
-    let headers = response.headers_mut();
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
-    if let Some(origin) = allowed {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("retry-after"),
-        );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
-    response
 }
 
-async fn accept_clicks(shared: &Shared, parts: &Parts, body: Body) -> Response {
-    let config = &shared.config;
+impl Shared {
+    /// The checks made on a click request's head, before its body is read: the origin, the
+    /// client's rate, the content type and the declared length. `Ok` holds the value for
+    /// `Access-Control-Allow-Origin`; a refusal already carries it.
+    pub(crate) fn admit(
+        &self,
+        head: &ClickHead<'_>,
+        now: Instant,
+    ) -> Result<Option<HeaderValue>, Answer> {
+        let config = &self.config;
+        let Ok(allow_origin) = cors_origin(&config.allowed_origins, head.origin, head.host) else {
+            return Err(Answer::error(StatusCode::FORBIDDEN, ORIGIN_REFUSED));
+        };
+        let refusal = if let Err(wait) = self.limiter.check(head.client, now) {
+            Answer::rate_limited(wait)
+        } else if !content_type_accepted(head.content_type) {
+            Answer::error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send clicks as application/json, text/plain or application/x-ndjson",
+            )
+        } else if head
+            .content_length
+            .is_some_and(|length| length > config.body_limit_bytes as u64)
+        {
+            Answer::too_large(config.body_limit_bytes)
+        } else {
+            return Ok(allow_origin);
+        };
+        Err(refusal.with_origin(allow_origin))
+    }
+
+    /// A click request's body, read whole: its events are checked, charged to the client and
+    /// queued, and the answer says how many were accepted and why others were not.
+    pub(crate) fn take(&self, client: IpAddr, body: &[u8], now: Instant) -> Answer {
+        self.metrics.request_bytes(body.len());
+        let batch = split_events(body, &self.config.limits);
+        if let Err(wait) = self.limiter.charge(client, batch.total(), now) {
+            return Answer::rate_limited(wait);
+        }
+        if let Err(problem) = self.queue.push(&batch, now) {
+            self.limiter.refund(client, batch.total());
+            let (message, wait) = match problem {
+                QueueError::Full { retry_after } => (
+                    "the collector's outgoing queue is full; nothing was accepted, retry later",
+                    retry_after,
+                ),
+                QueueError::ShuttingDown => (
+                    "the collector is shutting down; nothing was accepted, retry later",
+                    Duration::from_secs(5),
+                ),
+            };
+            return Answer::error(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(wait);
+        }
+        self.metrics.accepted(batch.accepted());
+        for (reason, count) in batch.rejections() {
+            self.metrics.rejected(reason, count);
+        }
+        if batch.accepted() > 0 {
+            return Answer::summary(StatusCode::ACCEPTED, &batch, None);
+        }
+        let message = if batch.rejected() == 0 {
+            "the body holds no click events"
+        } else {
+            "no event was accepted: every event was rejected (see reasons)"
+        };
+        Answer::summary(StatusCode::BAD_REQUEST, &batch, Some(message))
+    }
+
+    pub(crate) fn config(&self) -> &CollectorConfig {
+        &self.config
+    }
+
+    pub(crate) fn count_response(&self, status: StatusCode) {
+        self.metrics.response(status.as_u16());
+    }
+}
+
+/// `POST /v1/clicks` when hyper read the request (see [`crate::http1`] for the common case).
+async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     // One clock reading per request (on some VMs each is a system call).
     let now = Instant::now();
-    let client = client_ip(parts, config.forwarded_for_hops);
-    if let Err(wait) = shared.limiter.check(client, now) {
-        return rate_limited(wait);
-    }
-    if !content_type_accepted(&parts.headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send clicks as application/json, text/plain or application/x-ndjson",
-        );
-    }
+    let head = ClickHead::from_parts(&parts, shared.config.forwarded_for_hops);
+    let allow_origin = match shared.admit(&head, now) {
+        Ok(allow_origin) => allow_origin,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let body = match read_body_in_time(&shared.config, body, head.content_length).await {
+        Ok(body) => body,
+        Err(answer) => return answer.with_origin(allow_origin).into_response(),
+    };
+    shared
+        .take(head.client, &body, now)
+        .with_origin(allow_origin)
+        .into_response()
+}
+
+async fn read_body_in_time(
+    config: &CollectorConfig,
+    body: Body,
+    declared: Option<u64>,
+) -> Result<Bytes, Answer> {
     let limit = config.body_limit_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return too_large(limit);
-    }
     let capacity = declared.map_or(0, |length| length as usize);
     let read = read_body(body, limit, capacity);
     tokio::pin!(read);
@@ -293,93 +553,18 @@ async fn accept_clicks(shared: &Shared, parts: &Parts, body: Body) -> Response {
         Some(result) => Ok(result),
         None => tokio::time::timeout(config.body_read_timeout, read).await,
     };
-    let body = match read {
-        Ok(Ok(body)) => body,
-        Ok(Err(BodyError::TooLarge)) => return too_large(limit),
+    match read {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(BodyError::TooLarge)) => Err(Answer::too_large(limit)),
         Ok(Err(BodyError::Read(why))) => {
             tracing::debug!(%why, "reading a click body failed");
-            return error(StatusCode::BAD_REQUEST, "the body could not be read");
+            Err(Answer::error(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read",
+            ))
         }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the body took too long to arrive",
-            );
-        }
-    };
-    shared.metrics.request_bytes(body.len());
-    let batch = split_events(&body, &config.limits);
-    if let Err(wait) = shared.limiter.charge(client, batch.total(), now) {
-        return rate_limited(wait);
+        Err(_) => Err(Answer::body_timed_out()),
     }
-    if let Err(problem) = shared.queue.push(&batch, now) {
-        shared.limiter.refund(client, batch.total());
-        let (message, wait) = match problem {
-            QueueError::Full { retry_after } => (
-                "the collector's outgoing queue is full; nothing was accepted, retry later",
-                retry_after,
-            ),
-            QueueError::ShuttingDown => (
-                "the collector is shutting down; nothing was accepted, retry later",
-                Duration::from_secs(5),
-            ),
-        };
-        return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, message), wait);
-    }
-    shared.metrics.accepted(batch.accepted());
-    for (reason, count) in batch.rejections() {
-        shared.metrics.rejected(reason, count);
-    }
-    if batch.accepted() > 0 {
-        return summary_response(StatusCode::ACCEPTED, &batch, None);
-    }
-    let message = if batch.rejected() == 0 {
-        "the body holds no click events"
-    } else {
-        "no event was accepted: every event was rejected (see reasons)"
-    };
-    summary_response(StatusCode::BAD_REQUEST, &batch, Some(message))
-}
-
-/// `{"accepted":N,"rejected":M,"reasons":{...}}` (and `"error"`), written directly: this answer
-/// goes out for every request, and building a JSON tree for it cost more than parsing a click.
-fn summary_response(status: StatusCode, batch: &Batch, error: Option<&'static str>) -> Response {
-    use std::fmt::Write as _;
-    let mut body = String::with_capacity(64);
-    // Labels and messages are fixed ASCII text without quotes or backslashes.
-    let _ = write!(
-        body,
-        "{{\"accepted\":{},\"rejected\":{},\"reasons\":{{",
-        batch.accepted(),
-        batch.rejected()
-    );
-    for (n, (reason, count)) in batch.rejections().enumerate() {
-        let comma = if n == 0 { "" } else { "," };
-        let _ = write!(body, "{comma}\"{}\":{count}", reason.label());
-    }
-    body.push('}');
-    if let Some(message) = error {
-        let _ = write!(body, ",\"error\":\"{message}\"");
-    }
-    body.push('}');
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-fn rate_limited(wait: Duration) -> Response {
-    with_retry_after(
-        error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many events from this client; retry later",
-        ),
-        wait,
-    )
-}
-
-fn too_large(limit: usize) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("the body is larger than {limit} bytes; send fewer events per request"),
-    )
 }
 
 enum BodyError {
@@ -415,11 +600,8 @@ async fn read_body(body: Body, limit: usize, capacity: usize) -> Result<Bytes, B
     Ok(Bytes::from(out))
 }
 
-fn content_type_accepted(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-    else {
+fn content_type_accepted(value: Option<&[u8]>) -> bool {
+    let Some(value) = value.and_then(|value| std::str::from_utf8(value).ok()) else {
         return false;
     };
     let essence = value.split(';').next().unwrap_or_default().trim();
@@ -428,20 +610,18 @@ fn content_type_accepted(headers: &HeaderMap) -> bool {
         .any(|accepted| essence.eq_ignore_ascii_case(accepted))
 }
 
-/// The client's address: the peer's, or the one `hops` proxies back in `X-Forwarded-For`.
-fn client_ip(parts: &Parts, hops: usize) -> IpAddr {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+/// The client's address: the peer's, or the one `hops` proxies back in `X-Forwarded-For`
+/// (`forwarded`: the header's values, in order).
+pub(crate) fn client_ip<'a>(
+    peer: IpAddr,
+    hops: usize,
+    forwarded: impl Iterator<Item = &'a [u8]>,
+) -> IpAddr {
     if hops == 0 {
         return peer;
     }
-    let forwarded: Vec<&str> = parts
-        .headers
-        .get_all(HeaderName::from_static("x-forwarded-for"))
-        .iter()
-        .filter_map(|value| value.to_str().ok())
+    let forwarded: Vec<&str> = forwarded
+        .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| value.split(','))
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
@@ -460,13 +640,21 @@ fn client_ip(parts: &Parts, hops: usize) -> IpAddr {
 
 /// The value for `Access-Control-Allow-Origin`: `Ok(None)` for requests that are not
 /// cross-origin browser requests, `Err` for a browser origin that is not allowed.
-fn cors_origin(allowed: &AllowedOrigins, headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
+fn cors_origin(
+    allowed: &AllowedOrigins,
+    origin: Option<&[u8]>,
+    host: Option<&[u8]>,
+) -> Result<Option<HeaderValue>, ()> {
+    let Some(origin) = origin else {
         return Ok(None);
     };
-    let text = origin.to_str().map_err(|_| ())?;
-    if same_origin(text, headers) || (allowed.allows(text) && !allowed.allows_any()) {
-        return Ok(Some(origin.clone()));
+    // Visible ASCII, as `HeaderValue::to_str` requires.
+    if !origin.iter().all(|byte| (0x20..0x7f).contains(byte)) {
+        return Err(());
+    }
+    let text = std::str::from_utf8(origin).map_err(|_| ())?;
+    if same_origin(text, host) || (allowed.allows(text) && !allowed.allows_any()) {
+        return HeaderValue::from_bytes(origin).map(Some).map_err(|_| ());
     }
     if allowed.allows_any() {
         return Ok(Some(HeaderValue::from_static("*")));
@@ -475,8 +663,8 @@ fn cors_origin(allowed: &AllowedOrigins, headers: &HeaderMap) -> Result<Option<H
 }
 
 /// A page served by the collector itself posts with its own origin.
-fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+fn same_origin(origin: &str, host: Option<&[u8]>) -> bool {
+    let Some(host) = host.and_then(|host| std::str::from_utf8(host).ok()) else {
         return false;
     };
     let Some((scheme, rest)) = origin.split_once("://") else {
@@ -486,14 +674,14 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
 }
 
 async fn preflight(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let allowed = match cors_origin(&shared.config.allowed_origins, &headers) {
+    let header = |name| headers.get(name).map(HeaderValue::as_bytes);
+    let allowed = match cors_origin(
+        &shared.config.allowed_origins,
+        header(header::ORIGIN),
+        header(header::HOST),
+    ) {
         Ok(allowed) => allowed,
-        Err(()) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "this origin may not send clicks here (it is not in the collector's allowed origins)",
-            );
-        }
+        Err(()) => return error(StatusCode::FORBIDDEN, ORIGIN_REFUSED),
     };
     let mut response = StatusCode::NO_CONTENT.into_response();
     let out = response.headers_mut();
@@ -615,13 +803,14 @@ mod tests {
         let limits = clickheatmap_model::event::Limits::default();
         let event = r#"{"event_type":"click","event_time_ms":1766919066968,"page_id":"p","x":1,"y":2,"viewport_width":10,"viewport_height":10}"#;
         let batch = split_events(format!("[{event},1,{event},{{}}]").as_bytes(), &limits);
-        let response = summary_response(StatusCode::ACCEPTED, &batch, None);
+        let response = Answer::summary(StatusCode::ACCEPTED, &batch, None).into_response();
         assert_eq!(
             body_json(response).await,
             json!({"accepted": 2, "rejected": 2, "reasons": {"not_an_object": 1, "missing_field": 1}})
         );
         let empty = split_events(b"[]", &limits);
-        let response = summary_response(StatusCode::BAD_REQUEST, &empty, Some("none"));
+        let response =
+            Answer::summary(StatusCode::BAD_REQUEST, &empty, Some("none")).into_response();
         assert_eq!(
             body_json(response).await,
             json!({"accepted": 0, "rejected": 0, "reasons": {}, "error": "none"})
@@ -660,21 +849,48 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_trusted_only_as_far_as_configured() {
+        let client = |parts: &Parts, hops| ClickHead::from_parts(parts, hops).client.to_string();
         let request = parts("10.0.0.1:5000", &["203.0.113.9, 198.51.100.1", "192.0.2.3"]);
-        assert_eq!(client_ip(&request, 0).to_string(), "10.0.0.1");
-        assert_eq!(client_ip(&request, 1).to_string(), "192.0.2.3");
-        assert_eq!(client_ip(&request, 2).to_string(), "198.51.100.1");
-        assert_eq!(client_ip(&request, 9).to_string(), "203.0.113.9");
+        assert_eq!(client(&request, 0), "10.0.0.1");
+        assert_eq!(client(&request, 1), "192.0.2.3");
+        assert_eq!(client(&request, 2), "198.51.100.1");
+        assert_eq!(client(&request, 9), "203.0.113.9");
         let junk = parts("10.0.0.1:5000", &["not an address"]);
-        assert_eq!(client_ip(&junk, 1).to_string(), "10.0.0.1");
+        assert_eq!(client(&junk, 1), "10.0.0.1");
         let none = parts("[2001:db8::1]:5000", &[]);
-        assert_eq!(client_ip(&none, 1).to_string(), "2001:db8::1");
+        assert_eq!(client(&none, 1), "2001:db8::1");
+    }
+
+    #[test]
+    fn content_lengths_are_plain_digits() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"1234"), Some(1234));
+        assert_eq!(
+            content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1,1",
+            b"0x10",
+            b"12345678901234567890",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
     fn content_types() {
-        let mut headers = HeaderMap::new();
-        assert!(!content_type_accepted(&headers));
+        assert!(!content_type_accepted(None));
         for (value, ok) in [
             ("application/json", true),
             ("text/plain;charset=UTF-8", true),
@@ -682,8 +898,7 @@ mod tests {
             ("application/xml", false),
             ("multipart/form-data; boundary=x", false),
         ] {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
-            assert_eq!(content_type_accepted(&headers), ok, "{value}");
+            assert_eq!(content_type_accepted(Some(value.as_bytes())), ok, "{value}");
         }
     }
 }
