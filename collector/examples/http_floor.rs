@@ -1,10 +1,12 @@
 //! The floor under the collector's loopback benchmark: the same clients, the same single-thread
 //! server arrangement and the same measurement (the server thread's CPU seconds), but a server
 //! that only reads each request body and answers a fixed 202 — no parsing, no queue, no
-//! metrics. What this reaches per server CPU second is what HTTP/1.1 over loopback TCP costs on
-//! the machine; the collector's own work is the difference (docs/BENCHMARKS.md, "Collector").
+//! metrics. Two such servers: `hyper` (axum on hyper, as the collector's other routes are
+//! served) and `loop` (a bare read–parse–write loop over the socket, `httparse` for the head:
+//! about what the kernel's loopback TCP costs per request on the machine). The collector's own
+//! work is the difference (docs/BENCHMARKS.md, "Collector").
 //!
-//! `cargo run --release -p clickheatmap-collector --example http_floor -- [REQUESTS] [CONNECTIONS] [EVENTS_PER_REQUEST]`
+//! `cargo run --release -p clickheatmap-collector --example http_floor -- [REQUESTS] [CONNECTIONS] [EVENTS_PER_REQUEST] [hyper|loop]`
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -24,6 +26,11 @@ fn main() -> Result<(), Error> {
     let requests = args.next().transpose()?.unwrap_or(200_000);
     let connections = args.next().transpose()?.unwrap_or(4).max(1);
     let events = args.next().transpose()?.unwrap_or(1).max(1);
+    let bare_loop = match std::env::args().nth(4).as_deref() {
+        None | Some("hyper") => false,
+        Some("loop") => true,
+        Some(other) => return Err(format!("unknown server {other:?}: hyper or loop").into()),
+    };
 
     let (address_tx, address_rx) = std::sync::mpsc::channel::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -45,11 +52,31 @@ fn main() -> Result<(), Error> {
                     }),
                 );
                 let before = thread_cpu_seconds();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await?;
+                if bare_loop {
+                    let body = format!("{{\"accepted\":{events},\"rejected\":0}}");
+                    let answer = format!(
+                        "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\ndate: Fri, 04 Dec 2026 19:00:00 GMT\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let answer = Bytes::from(answer);
+                    let accept = async move {
+                        loop {
+                            let (stream, _) = listener.accept().await?;
+                            stream.set_nodelay(true)?;
+                            tokio::spawn(bare_connection(stream, answer.clone()));
+                        }
+                    };
+                    tokio::select! {
+                        accepted = accept => return accepted,
+                        _ = stop_rx => {}
+                    }
+                } else {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop_rx.await;
+                        })
+                        .await?;
+                }
                 Ok(before.and_then(|before| thread_cpu_seconds().map(|after| after - before)))
             })
         })?;
@@ -88,7 +115,8 @@ fn main() -> Result<(), Error> {
     let _ = stop_tx.send(());
     let server_cpu = server.join().map_err(|_| "server thread panicked")??;
     println!(
-        "{requests} requests x {events} events over {connections} connections, bare HTTP server on one thread"
+        "{requests} requests x {events} events over {connections} connections, bare HTTP server ({}) on one thread",
+        if bare_loop { "loop" } else { "hyper" }
     );
     println!("  requests/s     {:.0}", requests as f64 / elapsed);
     if let Some(cpu) = server_cpu {
@@ -99,4 +127,37 @@ fn main() -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// Reads requests with a `Content-Length` body and answers each with `answer`, until the client
+/// closes the connection.
+async fn bare_connection(mut stream: tokio::net::TcpStream, answer: Bytes) -> Result<(), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer: Vec<u8> = Vec::with_capacity(8192);
+    loop {
+        let (head, length) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut headers);
+            if let httparse::Status::Complete(head) = request.parse(&buffer)? {
+                let length = request
+                    .headers
+                    .iter()
+                    .find(|header| header.name.eq_ignore_ascii_case("content-length"))
+                    .ok_or("no content-length")?
+                    .value;
+                break (head, std::str::from_utf8(length)?.parse::<usize>()?);
+            }
+            if stream.read_buf(&mut buffer).await? == 0 {
+                return Ok(());
+            }
+        };
+        while buffer.len() < head + length {
+            if stream.read_buf(&mut buffer).await? == 0 {
+                return Ok(());
+            }
+        }
+        std::hint::black_box(&buffer[head..head + length]);
+        buffer.drain(..head + length);
+        stream.write_all(&answer).await?;
+    }
 }
