@@ -94,9 +94,27 @@ impl Collector {
 
     /// The routes, for embedding in another server. Serve them with
     /// `into_make_service_with_connect_info::<SocketAddr>()` so that clients are told apart,
-    /// and run [`run_shipper`] beside them — or use [`Collector::serve`], which does both.
+    /// and run [`run_shipper`] beside them — or use [`Collector::serve_http`] (the collector's
+    /// own connection handling, with extra routes) or [`Collector::serve`], which does both.
     pub fn router(&self) -> Router {
         router(Arc::clone(&self.shared))
+    }
+
+    /// Serves HTTP on `listener` as [`Collector::serve`] does — the collector's routes and
+    /// `extra` (an embedding server's own routes, e.g. local mode's demo page) — until
+    /// `stopping` turns true, then gives open connections `http_grace`. The queue's shipper is
+    /// the caller's to run ([`run_shipper`]), and so is its drain.
+    pub fn serve_http(
+        &self,
+        listener: TcpListener,
+        extra: Router,
+        stopping: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            let routes = router(Arc::clone(&shared)).merge(extra);
+            accept_connections(listener, &shared, routes, stopping).await;
+        }
     }
 
     /// Serves on `listener` until `shutdown` resolves, then stops taking requests (open ones get
@@ -137,7 +155,7 @@ impl Collector {
             shutdown.await;
             stop.send_replace(true);
         });
-        accept_connections(listener, &shared, stopping).await;
+        accept_connections(listener, &shared, router(Arc::clone(&shared)), stopping).await;
         probe.abort();
 
         let drain_timeout = shared.config.drain_timeout;
@@ -169,9 +187,9 @@ impl Collector {
 async fn accept_connections(
     listener: TcpListener,
     shared: &Arc<Shared>,
+    router: Router,
     stopping: watch::Receiver<bool>,
 ) {
-    let router = router(Arc::clone(shared));
     let mut connections = tokio::task::JoinSet::new();
     let mut stop = stopping.clone();
     loop {

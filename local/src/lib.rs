@@ -147,7 +147,7 @@ pub struct Running {
     sink: Arc<LogSink>,
     queue: Arc<clickheatmap_collector::queue::EventQueue>,
     drain_timeout: Duration,
-    collector_http: JoinHandle<std::io::Result<()>>,
+    collector_http: JoinHandle<()>,
     shipper: JoinHandle<clickheatmap_collector::DrainReport>,
     viewer_http: JoinHandle<std::io::Result<()>>,
     others: Vec<JoinHandle<()>>,
@@ -346,18 +346,15 @@ pub async fn start(options: &Options) -> Result<Running, LocalError> {
     let record_sink: Arc<dyn RecordSink> = sink.clone();
     let collector = Collector::new(collector_config, Arc::clone(&record_sink))?;
     let queue = collector.queue();
-    let collector_app = collector.router().merge(demo::router(&viewer_url));
 
     let (stop, stopping) = watch::channel(false);
     let shipper = tokio::spawn(run_shipper(Arc::clone(&queue), record_sink));
-    let collector_http = tokio::spawn(
-        axum::serve(
-            collector_listener,
-            collector_app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stopping.clone()))
-        .into_future(),
-    );
+    // The collector's own connection handling, as in production, with the demo page beside.
+    let collector_http = tokio::spawn(collector.serve_http(
+        collector_listener,
+        demo::router(&viewer_url),
+        stopping.clone(),
+    ));
     let viewer_http = tokio::spawn(
         axum::serve(viewer_listener, viewer_app)
             .with_graceful_shutdown(stopped(stopping.clone()))
