@@ -131,6 +131,9 @@ impl ClickConnection {
         let mut last_request = Instant::now();
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
+        // When the head being read must be complete: a deadline for the whole head, not a
+        // timeout per read, or a client sending a byte at a time could hold the connection.
+        let mut head_deadline = None;
         loop {
             if self.buffer.is_empty() {
                 // A large body's buffer is not kept for the connection's life.
@@ -158,13 +161,18 @@ impl ClickConnection {
                     }
                 }
             }
-            match self.step() {
+            let step = self.step();
+            if !matches!(step, Step::ReadHead) {
+                head_deadline = None;
+            }
+            match step {
                 Step::ReadHead => {
                     if self.buffer.len() > MAX_HEAD_BYTES {
                         return Ok(Next::HandOver);
                     }
-                    // A head that has begun must be complete within the read timeout.
-                    match tokio::time::timeout(read_timeout, self.read_more()).await {
+                    let deadline = *head_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + read_timeout);
+                    match tokio::time::timeout_at(deadline, self.read_more()).await {
                         Ok(Ok(true)) => {}
                         Ok(Ok(false)) | Err(_) => return Ok(Next::Close),
                         Ok(Err(error)) => return Err(error),

@@ -268,6 +268,35 @@ async fn connections_close_when_asked_when_a_body_is_not_sent_and_when_idle_or_s
         .unwrap();
     assert!(closed(&mut stalled).await, "a stalled head is dropped");
 
+    // So is one that trickles in a byte at a time, each well within the read timeout.
+    let trickling = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    let (mut from_server, mut to_server) = trickling.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        to_server
+            .write_all(b"POST /v1/clicks HTTP/1.1\r\nx-padding: ")
+            .await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            to_server.write_all(b"a").await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        use tokio::io::AsyncReadExt;
+        from_server.read_to_end(&mut rest).await
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a trickling head is dropped once the head's deadline has passed"
+    );
+    writer.abort();
+
     // The server still serves.
     let mut client = server.client().await;
     let response = client
