@@ -52,7 +52,10 @@ pub(crate) async fn serve_connection(
     router: Router,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let header_timeout = shared.config().body_read_timeout;
+    // hyper's head timeout runs from the end of the previous request, so it is the idle
+    // timeout too: the keep-alive timeout's value, so that a load balancer in front never
+    // reuses a connection hyper has just closed.
+    let header_timeout = shared.config().idle_timeout;
     let mut connection = ClickConnection {
         stream,
         peer: peer.ip(),

@@ -257,8 +257,14 @@ async fn connections_close_when_asked_when_a_body_is_not_sent_and_when_idle_or_s
         .unwrap();
     assert_eq!(response.status, 202);
     let mut silent = server.client().await;
+    let mut scraper = server.client().await;
+    assert_eq!(scraper.get("/healthz").await.unwrap().status, 200);
     assert!(closed(&mut idle).await, "an idle connection is closed");
     assert!(closed(&mut silent).await, "a silent connection is closed");
+    assert!(
+        closed(&mut scraper).await,
+        "an idle connection of hyper's is closed"
+    );
 
     // A head that stops half-way is dropped.
     let mut stalled = server.client().await;
