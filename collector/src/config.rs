@@ -30,6 +30,10 @@ pub struct CollectorConfig {
     /// timeout of the load balancer in front (60 s on an AWS ALB), so that the balancer, not the
     /// collector, closes idle connections and never reuses one the collector just closed.
     pub idle_timeout: Duration,
+    /// Plain click posts on the collector's own HTTP/1.1 path (`http1.rs`); `false` serves every
+    /// request through hyper and axum (slower; the way to rule the own path out when
+    /// diagnosing a client).
+    pub fast_click_path: bool,
     /// The outgoing buffer.
     pub queue: QueueConfig,
     /// How long open HTTP connections may take to finish after a shutdown signal.
@@ -48,6 +52,7 @@ impl Default for CollectorConfig {
             forwarded_for_hops: 0,
             body_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
+            fast_click_path: true,
             queue: QueueConfig::default(),
             http_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),

@@ -56,6 +56,14 @@ pub(crate) async fn serve_connection(
     // timeout too: the keep-alive timeout's value, so that a load balancer in front never
     // reuses a connection hyper has just closed.
     let header_timeout = shared.config().idle_timeout;
+    if !shared.config().fast_click_path {
+        let io = Replayed {
+            buffered: Bytes::new(),
+            stream,
+        };
+        serve_with_hyper(io, peer, router, header_timeout, stopping).await;
+        return;
+    }
     let mut connection = ClickConnection {
         stream,
         peer: peer.ip(),

@@ -139,6 +139,15 @@ struct ServeArgs {
         default_value = "75s"
     )]
     idle_timeout: Duration,
+    /// Answer plain click posts on the collector's own HTTP/1.1 path (false: every request
+    /// through hyper, slower; for ruling it out when diagnosing a client).
+    #[arg(
+        long,
+        env = "CLICKHEATMAP_COLLECTOR_FAST_CLICK_PATH",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    fast_click_path: bool,
     /// On shutdown, how long to keep sending what is queued.
     #[arg(
         long,
@@ -226,6 +235,7 @@ fn config(args: &ServeArgs) -> Result<CollectorConfig, Box<dyn std::error::Error
             },
         },
         idle_timeout: args.idle_timeout.as_std(),
+        fast_click_path: args.fast_click_path,
         drain_timeout: args.drain_timeout.as_std(),
         ..defaults
     })
