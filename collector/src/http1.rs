@@ -42,6 +42,11 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
 /// Bytes asked of the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// After the last answer on a connection, how long and how much of what the client still sends
+/// is read and dropped before the socket is: closing a socket with unread data makes the kernel
+/// send a reset, and a client still sending its body may lose the answer with it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves one accepted connection until the client closes it, it idles out, a shutdown
 /// closes it between requests, or it is handed to hyper (which then serves it to its end).
@@ -75,9 +80,11 @@ pub(crate) async fn serve_connection(
     match connection.serve(&mut stopping).await {
         Ok(Next::Close) => {}
         Ok(Next::HandOver) => {
+            // A copy of the few bytes left, not the buffer: its allocation may be a large
+            // body's, and hyper may keep the connection for a long time.
             let ClickConnection { stream, buffer, .. } = connection;
             let io = Replayed {
-                buffered: Bytes::from(buffer),
+                buffered: Bytes::copy_from_slice(&buffer),
                 stream,
             };
             serve_with_hyper(io, peer, router, header_timeout, stopping).await;
@@ -91,16 +98,26 @@ enum Next {
     HandOver,
 }
 
+/// How a read of the rest of a request ended.
+enum Arrival {
+    Complete,
+    Closed,
+    TimedOut,
+}
+
 /// What to do with the bytes at the front of the buffer.
 enum Step {
     /// The head is not all there yet.
     ReadHead,
     /// Not a request for this path.
     HandOver,
-    /// Answered without its body (refused on its head).
+    /// Refused on its head; its body is not needed.
     Refuse {
         answer: Answer,
         request_bytes: usize,
+        /// Whether the body is small enough to be read and dropped (the connection then stays
+        /// open).
+        within_limit: bool,
         now: Instant,
         close: bool,
     },
@@ -117,7 +134,6 @@ enum Step {
         allow_origin: Option<HeaderValue>,
         head_bytes: usize,
         body_bytes: usize,
-        now: Instant,
         close: bool,
     },
 }
@@ -147,10 +163,6 @@ impl ClickConnection {
         let mut head_deadline = None;
         loop {
             if self.buffer.is_empty() {
-                // A large body's buffer is not kept for the connection's life.
-                if self.buffer.capacity() > 4 * READ_CHUNK {
-                    self.buffer = Vec::with_capacity(READ_CHUNK);
-                }
                 if *stopping.borrow() {
                     return Ok(Next::Close);
                 }
@@ -197,7 +209,7 @@ impl ClickConnection {
                     close,
                 } => {
                     last_request = now;
-                    self.buffer.drain(..request_bytes);
+                    self.consume(request_bytes);
                     if !self
                         .answer(answer, now, close || *stopping.borrow())
                         .await?
@@ -208,19 +220,30 @@ impl ClickConnection {
                 Step::Refuse {
                     answer,
                     request_bytes,
-                    now,
+                    within_limit,
+                    mut now,
                     close,
                 } => {
-                    last_request = now;
-                    // A body already here is skipped; one still on its way is not waited for.
-                    let whole = self.buffer.len() >= request_bytes;
-                    if whole {
-                        self.buffer.drain(..request_bytes);
+                    // A client may send its body without waiting for an answer (browsers do):
+                    // a small one is read and dropped, so that the connection stays usable;
+                    // after a large one's answer the connection closes (with a linger).
+                    let mut close = close || *stopping.borrow();
+                    if self.buffer.len() < request_bytes {
+                        if within_limit && !close {
+                            match self.read_until(request_bytes, read_timeout).await? {
+                                Arrival::Complete => now = Instant::now(),
+                                Arrival::Closed => return Ok(Next::Close),
+                                Arrival::TimedOut => close = true,
+                            }
+                        } else {
+                            close = true;
+                        }
                     }
-                    let keep = self
-                        .answer(answer, now, close || !whole || *stopping.borrow())
-                        .await?;
-                    if !keep {
+                    if self.buffer.len() >= request_bytes {
+                        self.consume(request_bytes);
+                    }
+                    last_request = now;
+                    if !self.answer(answer, now, close).await? {
                         return Ok(Next::Close);
                     }
                 }
@@ -229,38 +252,29 @@ impl ClickConnection {
                     allow_origin,
                     head_bytes,
                     body_bytes,
-                    now,
                     close,
                 } => {
                     let request_bytes = head_bytes + body_bytes;
-                    self.buffer
-                        .reserve(request_bytes.saturating_sub(self.buffer.len()));
-                    let body = tokio::time::timeout(read_timeout, async {
-                        while self.buffer.len() < request_bytes {
-                            if !self.read_more().await? {
-                                return Ok(false);
-                            }
-                        }
-                        Ok::<_, io::Error>(true)
-                    })
-                    .await;
-                    match body {
-                        Ok(Ok(true)) => {}
+                    match self.read_until(request_bytes, read_timeout).await? {
+                        Arrival::Complete => {}
                         // The client left mid-body: nobody to answer.
-                        Ok(Ok(false)) => return Ok(Next::Close),
-                        Ok(Err(error)) => return Err(error),
-                        Err(_) => {
+                        Arrival::Closed => return Ok(Next::Close),
+                        Arrival::TimedOut => {
                             let answer = Answer::body_timed_out().with_origin(allow_origin);
                             self.answer(answer, Instant::now(), true).await?;
                             return Ok(Next::Close);
                         }
                     }
+                    // The body took its time: the clock is read now (for the rate, the idle
+                    // timer and the date), which the common path, a body with its head, never
+                    // needs twice.
+                    let now = Instant::now();
                     let answer = self
                         .shared
                         .take(client, &self.buffer[head_bytes..request_bytes], now)
                         .with_origin(allow_origin);
                     last_request = now;
-                    self.buffer.drain(..request_bytes);
+                    self.consume(request_bytes);
                     if !self
                         .answer(answer, now, close || *stopping.borrow())
                         .await?
@@ -297,6 +311,7 @@ impl ClickConnection {
                     answer,
                     request_bytes: head_bytes
                         .saturating_add(usize::try_from(body_bytes).unwrap_or(usize::MAX)),
+                    within_limit: body_bytes <= config.body_limit_bytes as u64,
                     now,
                     close,
                 };
@@ -311,7 +326,6 @@ impl ClickConnection {
                 allow_origin,
                 head_bytes,
                 body_bytes,
-                now,
                 close,
             };
         }
@@ -333,18 +347,79 @@ impl ClickConnection {
         Ok(self.stream.read_buf(&mut self.buffer).await? > 0)
     }
 
+    /// Reads until the buffer holds `request_bytes`, within `limit` for all of it.
+    async fn read_until(&mut self, request_bytes: usize, limit: Duration) -> io::Result<Arrival> {
+        self.buffer
+            .reserve(request_bytes.saturating_sub(self.buffer.len()));
+        let arrived = tokio::time::timeout(limit, async {
+            while self.buffer.len() < request_bytes {
+                if !self.read_more().await? {
+                    return Ok(Arrival::Closed);
+                }
+            }
+            Ok::<_, io::Error>(Arrival::Complete)
+        })
+        .await;
+        arrived.unwrap_or(Ok(Arrival::TimedOut))
+    }
+
+    /// Drops the request at the front of the buffer; a large body's allocation is not kept for
+    /// the connection's life.
+    fn consume(&mut self, request_bytes: usize) {
+        self.buffer.drain(..request_bytes);
+        if self.buffer.capacity() > 4 * READ_CHUNK && self.buffer.len() <= READ_CHUNK {
+            self.buffer.shrink_to(READ_CHUNK);
+        }
+    }
+
     /// Writes `answer` and counts it; `false` when the connection is to close after it.
     async fn answer(&mut self, answer: Answer, now: Instant, close: bool) -> io::Result<bool> {
         self.out.clear();
         let date = self.date.at(now);
         write_answer(&mut self.out, &answer, date, close);
-        self.stream.write_all(&self.out).await?;
+        // The answer usually fits the socket's buffer at once: no timer for that. A client
+        // that stops reading its answers gets the read timeout.
+        let write = self.stream.write_all(&self.out);
+        tokio::pin!(write);
+        let written = tokio::select! {
+            biased;
+            written = &mut write => Some(written),
+            () = std::future::ready(()) => None,
+        };
+        match written {
+            Some(written) => written?,
+            None => tokio::time::timeout(self.shared.config().body_read_timeout, write)
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client did not read its answer",
+                    )
+                })??,
+        }
         self.shared.count_response(answer.status);
         if close {
             // Our side is done; the client sees the end after the answer.
             let _ = self.stream.shutdown().await;
+            self.linger().await;
         }
         Ok(!close)
+    }
+
+    /// Reads and drops what the client still sends, for a while, before the socket is dropped
+    /// (see [`LINGER`]).
+    async fn linger(&mut self) {
+        let mut dropped = 0;
+        let _ = tokio::time::timeout(LINGER, async {
+            while dropped < LINGER_BYTES {
+                self.buffer.clear();
+                match self.read_more().await {
+                    Ok(true) => dropped += self.buffer.len(),
+                    Ok(false) | Err(_) => return,
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -501,7 +576,11 @@ async fn serve_with_hyper(
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
+    // The connection first: its first poll takes the replayed request in, so that a shutdown
+    // already under way lets it finish (a graceful shutdown of a connection that has read
+    // nothing closes it at once, and the request would be lost).
     let served = tokio::select! {
+        biased;
         served = connection.as_mut() => served,
         () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
             connection.as_mut().graceful_shutdown();
@@ -531,6 +610,9 @@ impl AsyncRead for Replayed {
         let n = self.buffered.len().min(buf.remaining());
         buf.put_slice(&self.buffered[..n]);
         self.buffered.advance(n);
+        if self.buffered.is_empty() {
+            self.buffered = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -652,6 +734,33 @@ mod tests {
              content-length: 2\r\n\
              date: Fri, 04 Dec 2026 19:00:00 GMT\r\n\r\n{}"
         );
+    }
+
+    /// A request handed to hyper just as a shutdown begins is answered, not dropped: hyper
+    /// must take the replayed bytes in before it is told to shut down. (Which of the two a
+    /// `select!` without order polls first is random: twenty rounds.)
+    #[tokio::test]
+    async fn a_request_handed_over_during_a_shutdown_is_answered() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let (_stop, stopping) = watch::channel(true);
+        for _ in 0..20 {
+            let mut client = TcpStream::connect(address).await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let io = Replayed {
+                buffered: Bytes::from_static(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"),
+                stream,
+            };
+            let timeout = Duration::from_secs(5);
+            serve_with_hyper(io, peer, router.clone(), timeout, stopping.clone()).await;
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+            assert!(answer.ends_with("ok\n"), "{answer}");
+        }
     }
 
     #[test]

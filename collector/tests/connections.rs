@@ -315,6 +315,61 @@ async fn connections_close_when_asked_when_a_body_is_not_sent_and_when_idle_or_s
     assert_exactly_once(&records(receiver).await, &[1, 2, 3]);
 }
 
+/// Browsers send a body without waiting for an answer: a request refused on its head still
+/// gets its answer (no reset under it), a small refused body is read and dropped so that the
+/// connection goes on, and after a large one the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_whose_bodies_keep_coming_get_their_answers() {
+    let (sink, receiver) = ChannelSink::new(64);
+    let server = Running::start(config(), Arc::new(sink)).await;
+
+    // 415 on the head; the body (within the limit) arrives after the head was judged.
+    let mut small = server.client().await;
+    let body = format!("[{}]", vec![event(9); 10].join(","));
+    assert!(body.len() < 4096);
+    small
+        .write_raw(
+            format!(
+                "POST /v1/clicks HTTP/1.1\r\nhost: collector\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    small.write_raw(body.as_bytes()).await.unwrap();
+    let response = read(&mut small).await;
+    assert_eq!(response.status, 415, "{}", response.text());
+    assert_eq!(response.header("connection"), None);
+    let response = small
+        .post("/v1/clicks", "application/json", event(1).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response.status, 202, "{}", response.text());
+
+    // 413: 2.6 MB sent at once (more than the sockets' buffers hold), the limit is 4 KiB.
+    let mut large = server.client().await;
+    let huge = format!("[{}]", vec![event(9); 12_000].join(","));
+    let response = tokio::time::timeout(
+        PATIENCE,
+        large.request(
+            "POST",
+            "/v1/clicks",
+            &[("content-type", "application/json")],
+            huge.as_bytes(),
+        ),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("the answer, not a reset");
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+
+    server.stop().await;
+    assert_exactly_once(&records(receiver).await, &[1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_closes_idle_connections_on_both_paths_and_delivers_what_was_accepted() {
     let (sink, receiver) = ChannelSink::new(64);
