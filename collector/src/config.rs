@@ -92,6 +92,11 @@ impl CollectorConfig {
                 "the flush interval must be above zero".into(),
             ));
         }
+        if self.idle_timeout.is_zero() || self.body_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "the idle and read timeouts must be above zero".into(),
+            ));
+        }
         let retry = &queue.retry;
         if retry.initial_backoff.is_zero() || retry.max_backoff < retry.initial_backoff {
             return Err(ConfigError::Invalid(
@@ -302,5 +307,25 @@ mod tests {
         CollectorConfig::default()
             .validate(&SinkLimits::KINESIS)
             .unwrap();
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        for config in [
+            CollectorConfig {
+                idle_timeout: Duration::ZERO,
+                ..CollectorConfig::default()
+            },
+            CollectorConfig {
+                body_read_timeout: Duration::ZERO,
+                ..CollectorConfig::default()
+            },
+        ] {
+            let refused = config.validate(&SinkLimits::KINESIS);
+            assert!(
+                matches!(&refused, Err(ConfigError::Invalid(why)) if why.contains("timeouts")),
+                "{refused:?}"
+            );
+        }
     }
 }
