@@ -128,13 +128,11 @@ enum Step {
         now: Instant,
         close: bool,
     },
-    /// Admitted; the rest of the body is on its way.
+    /// Admitted; the rest of the body is on its way. Once it is all here the request is
+    /// stepped through again, as one that came whole.
     ReadBody {
-        client: IpAddr,
         allow_origin: Option<HeaderValue>,
-        head_bytes: usize,
-        body_bytes: usize,
-        close: bool,
+        request_bytes: usize,
     },
 }
 
@@ -248,40 +246,21 @@ impl ClickConnection {
                     }
                 }
                 Step::ReadBody {
-                    client,
                     allow_origin,
-                    head_bytes,
-                    body_bytes,
-                    close,
-                } => {
-                    let request_bytes = head_bytes + body_bytes;
-                    match self.read_until(request_bytes, read_timeout).await? {
-                        Arrival::Complete => {}
-                        // The client left mid-body: nobody to answer.
-                        Arrival::Closed => return Ok(Next::Close),
-                        Arrival::TimedOut => {
-                            let answer = Answer::body_timed_out().with_origin(allow_origin);
-                            self.answer(answer, Instant::now(), true).await?;
-                            return Ok(Next::Close);
-                        }
-                    }
-                    // The body took its time: the clock is read now (for the rate, the idle
-                    // timer and the date), which the common path, a body with its head, never
-                    // needs twice.
-                    let now = Instant::now();
-                    let answer = self
-                        .shared
-                        .take(client, &self.buffer[head_bytes..request_bytes], now)
-                        .with_origin(allow_origin);
-                    last_request = now;
-                    self.consume(request_bytes);
-                    if !self
-                        .answer(answer, now, close || *stopping.borrow())
-                        .await?
-                    {
+                    request_bytes,
+                } => match self.read_until(request_bytes, read_timeout).await? {
+                    // Stepped again: the head is parsed and checked once more (with the clock
+                    // read after the wait, for the rate, the idle timer and the date), which
+                    // only a body slower than its head costs.
+                    Arrival::Complete => {}
+                    // The client left mid-body: nobody to answer.
+                    Arrival::Closed => return Ok(Next::Close),
+                    Arrival::TimedOut => {
+                        let answer = Answer::body_timed_out().with_origin(allow_origin);
+                        self.answer(answer, Instant::now(), true).await?;
                         return Ok(Next::Close);
                     }
-                }
+                },
             }
         }
     }
@@ -322,11 +301,8 @@ impl ClickConnection {
         let request_bytes = head_bytes + body_bytes;
         if self.buffer.len() < request_bytes {
             return Step::ReadBody {
-                client: head.client,
                 allow_origin,
-                head_bytes,
-                body_bytes,
-                close,
+                request_bytes,
             };
         }
         let answer = self

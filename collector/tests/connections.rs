@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clickheatmap_collector::client::{HttpClient, HttpResponse};
 use clickheatmap_collector::{AllowedOrigins, ChannelSink, CollectorConfig};
-use common::{Running, assert_exactly_once, event};
+use common::{Running, assert_exactly_once, comparable, event};
 use tokio::sync::mpsc;
 
 /// Long enough for any machine; the tests wait for events, not for durations.
@@ -136,18 +135,6 @@ async fn chunked_and_expect_continue_bodies_are_served_by_hyper() {
 
     server.stop().await;
     assert_exactly_once(&records(receiver).await, &[1, 2]);
-}
-
-/// Status, headers and body of an answer; but the date, and `connection` (the collector's path
-/// closes a connection whose refused body has not all arrived, hyper reads on).
-fn comparable(response: &HttpResponse) -> (u16, BTreeMap<String, String>, String) {
-    let headers = response
-        .headers
-        .iter()
-        .filter(|(name, _)| name != "date" && name != "connection")
-        .cloned()
-        .collect();
-    (response.status, headers, response.text())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clickheatmap_collector::client::{HttpClient, HttpResponse};
+use clickheatmap_collector::client::HttpClient;
 use clickheatmap_collector::{AllowedOrigins, ChannelSink, CollectorConfig};
-use common::{Running, event};
+use common::{Running, comparable, event};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -189,16 +189,6 @@ async fn answers(server: SocketAddr, bytes: &[u8]) -> Vec<(u16, BTreeMap<String,
             Err(_) => panic!("no answer and no close within 30 s after {answers:?}"),
         }
     }
-}
-
-fn comparable(response: &HttpResponse) -> (u16, BTreeMap<String, String>, String) {
-    let headers = response
-        .headers
-        .iter()
-        .filter(|(name, _)| name != "date" && name != "connection")
-        .cloned()
-        .collect();
-    (response.status, headers, response.text())
 }
 
 #[test]

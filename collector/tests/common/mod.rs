@@ -137,3 +137,18 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Status, headers and body of an answer, to compare the collector's own HTTP path with
+/// hyper's: but the date, and `connection` (the own path closes a connection whose refused body
+/// has not all arrived, hyper reads on).
+pub fn comparable(
+    response: &clickheatmap_collector::client::HttpResponse,
+) -> (u16, BTreeMap<String, String>, String) {
+    let headers = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "date" && name != "connection")
+        .cloned()
+        .collect();
+    (response.status, headers, response.text())
+}
