@@ -29,10 +29,8 @@ fn find_chromium() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Whether a missing tool must fail the test rather than skip it.
-fn required() -> bool {
-    std::env::var_os("CI").is_some_and(|value| !value.is_empty() && value != "false")
-}
+// Whether a missing tool must fail the test rather than skip it.
+use clickheatmap_testkit::in_ci as required;
 
 fn skip_or_fail(message: &str) {
     assert!(!required(), "CI must run the browser tests: {message}");

@@ -13,7 +13,7 @@ fn binary(name: &str) -> Option<PathBuf> {
     }
     // `cargo test --workspace` (CI) builds every binary; `-p clickheatmap-operator` alone does not.
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
+        !clickheatmap_testkit::in_ci(),
         "{} is missing: cargo test --workspace builds it",
         path.display()
     );

@@ -13,6 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether a missing prerequisite (a tool, an emulator, a cluster) must fail a test rather than
+/// skip it: under CI (`CI` set, and not `false` or `0`) nothing may pass by skipping.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI")
+        .is_some_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
 /// The workspace root (this crate lives one level below it).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -40,9 +40,7 @@ pub enum Read {
     EnhancedFanOut,
 }
 
-fn required() -> bool {
-    std::env::var_os("CI").is_some_and(|value| !value.is_empty() && value != "false")
-}
+use clickheatmap_testkit::in_ci as required;
 
 fn emulator() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

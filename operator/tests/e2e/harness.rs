@@ -35,9 +35,7 @@ pub struct Cluster {
 
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
+use clickheatmap_testkit::in_ci;
 
 /// The shared cluster, started on first use; `None` (after saying why) when there is none and
 /// this is not CI. Under `CI=true` a missing control plane fails the test.

@@ -49,9 +49,7 @@ const ROWS: i64 = 20;
 /// Pod start-ups on two busy cores: generous.
 const WAIT: Duration = Duration::from_secs(240);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
+use clickheatmap_testkit::in_ci;
 
 fn kube_dir() -> PathBuf {
     std::env::var_os("CLICKHEATMAP_KUBE_DIR")
