@@ -17,6 +17,9 @@ use clickheatmap_aggregator::synth::Rng;
 use clickheatmap_aggregator::time::now_ms;
 use kinesis_local::*;
 
+/// What the aggregator logs once its consumer is active and subscriptions can start.
+const FAN_OUT_STARTED: &str = "reading with enhanced fan-out";
+
 #[test]
 fn sigkill_with_enhanced_fan_out_in_a_private_network() {
     in_a_private_network(
@@ -38,7 +41,9 @@ async fn kill_while_subscribed(dir: PathBuf) {
     let mut aggregator = start_aggregator(&config, &log_path);
     for round in 0..3 {
         put_clicks(&client, &mut rng, round, 300, &mut expected).await;
-        // Somewhere between subscribing and having written everything.
+        // Somewhere between subscribing and having written everything: a process killed while
+        // it still registers the consumer would prove nothing about resuming subscriptions.
+        wait_for_log_lines(&log_path, FAN_OUT_STARTED, round as usize + 1).await;
         let delay = 500 + rng.below(2_500) as u64;
         tokio::time::sleep(Duration::from_millis(delay)).await;
         aggregator.0.kill().unwrap();
@@ -62,7 +67,7 @@ async fn kill_while_subscribed(dir: PathBuf) {
     assert_eq!(curated_sums(&curated_store(&dir)).await, expected);
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(
-        log.matches("reading with enhanced fan-out").count(),
+        log.matches(FAN_OUT_STARTED).count(),
         4,
         "every start registered or found the consumer"
     );

@@ -357,6 +357,19 @@ pub fn terminate(aggregator: &mut KillOnDrop) {
     assert!(exit.success(), "graceful shutdown: {exit:?}");
 }
 
+/// Waits (up to a minute) until the log holds `count` lines containing `message`.
+pub async fn wait_for_log_lines(log: &FsPath, message: &str, count: usize) {
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(message).count() >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("{count} log lines with {message:?} never came; log:\n{text}");
+}
+
 /// Shard ids in `"shard":"..."` of the JSON log lines holding `message`, in log order.
 pub fn shards_logged(log: &str, message: &str) -> Vec<String> {
     log.lines()
