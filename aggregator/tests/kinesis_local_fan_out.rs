@@ -17,9 +17,6 @@ use clickheatmap_aggregator::synth::Rng;
 use clickheatmap_aggregator::time::now_ms;
 use kinesis_local::*;
 
-/// What the aggregator logs once its consumer is active and subscriptions can start.
-const FAN_OUT_STARTED: &str = "reading with enhanced fan-out";
-
 #[test]
 fn sigkill_with_enhanced_fan_out_in_a_private_network() {
     in_a_private_network(

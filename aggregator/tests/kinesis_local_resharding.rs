@@ -49,6 +49,11 @@ async fn reshard_while_consuming(dir: PathBuf, read: Read) {
     let config = write_config(&dir, read);
     let log_path = dir.join("aggregator.log");
     let mut aggregator = start_aggregator(&config, &log_path);
+    // The parents are to be read through subscriptions too, not closed before the consumer
+    // is active (a slow start would leave fewer subscriptions than the end asserts).
+    if read == Read::EnhancedFanOut {
+        wait_for_log_lines(&log_path, FAN_OUT_STARTED, 1).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Split: every open shard gets two children.

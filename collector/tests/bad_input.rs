@@ -632,7 +632,8 @@ async fn a_stalled_body_times_out_and_a_slow_one_is_read_whole() {
     let (sink, mut receiver) = ChannelSink::new(64);
     let config = CollectorConfig {
         rate_limit: None,
-        body_read_timeout: Duration::from_millis(500),
+        // Room for a loaded machine between the slow body's pieces (150 ms of sleeps).
+        body_read_timeout: Duration::from_secs(2),
         ..CollectorConfig::default()
     };
     let server = Running::start(config, Arc::new(sink)).await;

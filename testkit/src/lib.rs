@@ -115,6 +115,63 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+enum Listening {
+    Yes,
+    Exited,
+    NotInTime,
+}
+
+/// Waits until `child` itself listens on `port` (not merely something on that port), or exits.
+fn wait_until_listening(child: &mut Child, port: u16, timeout: Duration) -> Listening {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return Listening::Exited;
+        }
+        if process_listens_on(child.id(), port) {
+            return Listening::Yes;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Listening::NotInTime
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port`: the listening sockets' inodes
+/// from `/proc/net/tcp{,6}`, looked for among the process's file descriptors.
+fn process_listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let port_hex = format!("{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1).and_then(|local| local.rsplit(':').next());
+            if local_port == Some(port_hex.as_str())
+                && fields.get(3) == Some(&LISTEN)
+                && let Some(inode) = fields.get(9)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    descriptors.flatten().any(|descriptor| {
+        std::fs::read_link(descriptor.path()).is_ok_and(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
+    })
+}
+
 /// A certificate authority made for one test run, and a server certificate it signed for
 /// `127.0.0.1` and `localhost` (made with the `openssl` command, EC P-256, valid two days).
 /// Clients trust it through `SSL_CERT_FILE=<ca_file>` (rustls-native-certs reads it) or by
@@ -274,8 +331,9 @@ impl MotoServer {
         };
         let binary = moto_binary();
         // Tests start servers in parallel: two may be handed the same free port, and then only
-        // one binds it while the other's wait sees that one listening. So the port counts only
-        // when our own process is still alive after it answers; otherwise try another port.
+        // one binds it while the other's wait would see that one listening (moto takes seconds
+        // to import before it even tries). So the port counts only once our own process holds
+        // its listening socket; if it exits first, it lost the port: try another.
         for _ in 0..5 {
             let port = free_port();
             let child = Command::new(&binary)
@@ -291,20 +349,17 @@ impl MotoServer {
                 port,
                 ca: None,
             };
-            let listening = wait_for_port(port, Duration::from_secs(60));
-            // A server that lost the port exits at once; give it a moment to do so.
-            std::thread::sleep(Duration::from_millis(300));
-            match server.child.try_wait() {
-                Ok(None) if listening => {
+            match wait_until_listening(&mut server.child, port, Duration::from_secs(60)) {
+                Listening::Yes => {
                     server.ca = ca;
                     return server;
                 }
-                Ok(None) => {
+                Listening::NotInTime => {
                     let _ = server.child.kill();
                     panic!("moto_server did not listen on 127.0.0.1:{port} within 60 s");
                 }
-                // Exited: the port was taken by another server; `server` is dropped.
-                _ => continue,
+                // The port was taken by another server; `server` is dropped.
+                Listening::Exited => continue,
             }
         }
         panic!("moto_server could not get a free port on 127.0.0.1 in 5 tries");

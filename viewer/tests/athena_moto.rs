@@ -286,10 +286,23 @@ async fn a_query_that_never_finishes_is_stopped_on_moto() {
         Some(&QueryExecutionState::Cancelled)
     );
 
-    // The same when the caller goes away instead: the drop guard stops the execution.
+    // The same when the caller goes away instead: the drop guard stops the execution. The
+    // caller leaves once the execution has started and is being polled (not while moto still
+    // answers StartQueryExecution: there would be nothing to stop yet).
+    let patient = AthenaEngine::new(counting.clone(), settings());
     let query = query();
-    let abandoned = tokio::time::timeout(Duration::from_millis(500), engine.heatmap(&query)).await;
-    assert!(abandoned.is_err());
+    let polls_before = counting.count("GetQueryExecution");
+    let polled = async {
+        while counting.count("GetQueryExecution") == polls_before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        result = patient.heatmap(&query) => panic!("a QUEUED query finished: {result:?}"),
+        polled = tokio::time::timeout(Duration::from_secs(30), polled) => {
+            assert!(polled.is_ok(), "the abandoned query was never polled");
+        }
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while counting.count("StopQueryExecution") < 2 {
         assert!(
@@ -306,22 +319,29 @@ async fn a_query_that_never_finishes_is_stopped_on_moto() {
         .unwrap();
     let ids = executions.query_execution_ids();
     assert_eq!(ids.len(), 2);
-    // Wait for the spawned stop to land, then every execution is cancelled.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The drop guard's stop runs in a task of its own: every execution ends up cancelled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for id in ids {
-        let execution = client
-            .get_query_execution()
-            .query_execution_id(id)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            execution
+        loop {
+            let execution = client
+                .get_query_execution()
+                .query_execution_id(id)
+                .send()
+                .await
+                .unwrap();
+            let state = execution
                 .query_execution()
                 .and_then(|e| e.status())
-                .and_then(|s| s.state()),
-            Some(&QueryExecutionState::Cancelled),
-            "{id}"
-        );
+                .and_then(|s| s.state())
+                .cloned();
+            if state == Some(QueryExecutionState::Cancelled) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} not cancelled: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -357,6 +357,10 @@ pub fn terminate(aggregator: &mut KillOnDrop) {
     assert!(exit.success(), "graceful shutdown: {exit:?}");
 }
 
+/// What the aggregator logs once its enhanced fan-out consumer is active and subscriptions can
+/// start.
+pub const FAN_OUT_STARTED: &str = "reading with enhanced fan-out";
+
 /// Waits (up to a minute) until the log holds `count` lines containing `message`.
 pub async fn wait_for_log_lines(log: &FsPath, message: &str, count: usize) {
     for _ in 0..600 {

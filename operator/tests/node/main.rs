@@ -1022,6 +1022,21 @@ async fn inside_the_node() {
 
     // Live: the open window, from the aggregator replicas through the viewer.
     point_viewer_at_aggregators(&client).await;
+    // A click is live only until its window closes (10-20 s): the viewer's new pod must be
+    // serving before the click is posted, not still starting.
+    let has_aliases = |pod: &Pod| pod.spec.as_ref().is_some_and(|s| s.host_aliases.is_some());
+    eventually(
+        "the viewer pod with the aggregators' names Ready",
+        WAIT,
+        || async {
+            let viewers = pods(&client, "viewer").await;
+            viewers
+                .iter()
+                .any(|p| is_ready(p) && has_aliases(p))
+                .then_some(())
+        },
+    )
+    .await;
     let live_before = now_ms();
     let body = clicks.batch("live", 7, live_before, window_ms, (COLUMNS, ROWS));
     post_clicks(&collector, &body).await;
@@ -1029,9 +1044,10 @@ async fn inside_the_node() {
         "the viewer's live mode shows the open window",
         WAIT,
         || async {
-            let viewer = pods(&client, "viewer").await.into_iter().find(|p| {
-                is_ready(p) && p.spec.as_ref().is_some_and(|s| s.host_aliases.is_some())
-            })?;
+            let viewer = pods(&client, "viewer")
+                .await
+                .into_iter()
+                .find(|p| is_ready(p) && has_aliases(p))?;
             let (status, body) = http("GET", &pod_ip(&viewer), 8080, "/api/live?page=live", "")?;
             let json: Value = serde_json::from_str(&body).ok()?;
             let total: i64 = json["cells"]
@@ -1081,23 +1097,23 @@ async fn inside_the_node() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    eventually("both aggregator pods back", WAIT, || async {
-        let set = stateful_sets.get("shop-aggregator").await.ok()?;
-        (set.status?.ready_replicas? == 2).then_some(())
-    })
+    // The kubelet may report pod 1 ready before it has noticed its container died: the restart
+    // is waited for, not read once.
+    eventually(
+        "both aggregator pods back, the SIGKILLed container restarted in place",
+        WAIT,
+        || async {
+            let set = stateful_sets.get("shop-aggregator").await.ok()?;
+            let restarted = pod_api.get("shop-aggregator-1").await.ok()?;
+            let restarts = restarted
+                .status?
+                .container_statuses?
+                .first()
+                .map(|c| c.restart_count)?;
+            (set.status?.ready_replicas? == 2 && restarts >= 1).then_some(())
+        },
+    )
     .await;
-    let restarted = pod_api.get("shop-aggregator-1").await.expect("pod 1");
-    let restarts = restarted
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .map(|c| c.restart_count)
-        .unwrap_or(0);
-    assert!(
-        restarts >= 1,
-        "the SIGKILLed container was restarted in place"
-    );
     wait_exact_in(
         Some(&client),
         &clicks,
