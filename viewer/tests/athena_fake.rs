@@ -166,7 +166,7 @@ async fn a_query_that_never_finishes_is_stopped_at_the_timeout() {
         "{result:?}"
     );
     assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     // Stopped exactly once, before the error was returned.
     assert_eq!(fake.stops(), ["exec-1"]);
     let polls = fake
@@ -193,7 +193,8 @@ async fn a_slow_status_call_still_honours_the_timeout() {
         engine.heatmap(&query()).await,
         Err(EngineError::Timeout { .. })
     ));
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Far below the 30 s the status call would take, with room for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(fake.stops(), ["exec-1"]);
 }
 

@@ -40,7 +40,7 @@ async fn fake_live(
         "garbage" => "<html>not json</html>",
         "missing" => return (StatusCode::NOT_FOUND, "no such page").into_response(),
         "slow" => {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             "{}"
         }
         _ => r#"{"columns":20,"rows":20,"cells":[],"watermark_ms":null}"#,
@@ -118,7 +118,9 @@ async fn a_slow_live_endpoint_times_out_quickly() {
     let started = std::time::Instant::now();
     let (status, _) = get_json(&server.url("/api/live?page=slow")).await;
     assert_eq!(status, 502);
-    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    // The viewer gives up after its 2 s; the bound leaves room for a loaded machine and is
+    // still far from the minute the endpoint would take.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[tokio::test]
