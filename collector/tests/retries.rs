@@ -15,7 +15,8 @@ use bytes::Bytes;
 use clickheatmap_collector::{
     CollectorConfig, PutError, PutResults, QueueConfig, RecordSink, RetryPolicy, SinkFuture,
 };
-use common::{Running, array, assert_exactly_once, wait_for};
+use clickheatmap_testkit::eventually;
+use common::{Running, array, assert_exactly_once};
 
 /// Keeps what it takes; fails every other record the first time it sees it (as Kinesis does
 /// with `ProvisionedThroughputExceededException` on a hot shard), and every record of every
@@ -109,9 +110,9 @@ async fn partially_failed_records_are_retried_until_taken_exactly_once() {
         accepted.extend(seqs);
     }
     let queue = server.queue.clone();
-    wait_for(Duration::from_secs(60), "the queue to empty", || {
+    eventually("the queue to empty", Duration::from_secs(60), || {
         let queue = queue.clone();
-        async move { queue.stats().events == 0 }
+        async move { (queue.stats().events == 0).then_some(()) }
     })
     .await;
     let metrics = server.metrics.snapshot();
@@ -174,12 +175,12 @@ async fn a_down_sink_fills_the_queue_then_everything_accepted_is_delivered() {
     let mut probe = server.client().await;
     assert_eq!(probe.get("/readyz").await.unwrap().status, 503);
     let metrics = server.metrics.clone();
-    wait_for(
-        Duration::from_secs(60),
+    eventually(
         "records to use up the retry budget",
+        Duration::from_secs(60),
         || {
             let metrics = metrics.clone();
-            async move { metrics.snapshot().records_over_retry_budget > 0 }
+            async move { (metrics.snapshot().records_over_retry_budget > 0).then_some(()) }
         },
     )
     .await;
@@ -189,18 +190,18 @@ async fn a_down_sink_fills_the_queue_then_everything_accepted_is_delivered() {
     // The sink comes back: every accepted event arrives, once.
     sink.down.store(false, Ordering::SeqCst);
     let queue = server.queue.clone();
-    wait_for(Duration::from_secs(60), "the queue to empty", || {
+    eventually("the queue to empty", Duration::from_secs(60), || {
         let queue = queue.clone();
-        async move { queue.stats().events == 0 }
+        async move { (queue.stats().events == 0).then_some(()) }
     })
     .await;
-    wait_for(Duration::from_secs(30), "readiness", || {
+    eventually("readiness", Duration::from_secs(30), || {
         let address = server.address;
         async move {
             let mut client = clickheatmap_collector::client::HttpClient::connect(address)
                 .await
                 .unwrap();
-            client.get("/readyz").await.unwrap().status == 200
+            (client.get("/readyz").await.unwrap().status == 200).then_some(())
         }
     })
     .await;

@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clickheatmap_aggregator::time::now_ms;
 use clickheatmap_collector::client::HttpClient;
 use clickheatmap_local::{Options, Running, start};
+use clickheatmap_testkit::eventually;
 use serde_json::Value;
 
 /// Generous: nothing here asserts timing.
@@ -52,22 +53,6 @@ fn sum(cells: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-/// Polls `check` until it returns `Some`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn heatmap(running: &Running, page: &str) -> Value {
     get_json(running.viewer_addr, &format!("/api/heatmap?page={page}")).await
 }
@@ -87,7 +72,7 @@ async fn clicks_reach_the_curated_table_and_survive_a_restart() {
     .join("\n");
     post_clicks(&running, &body).await;
 
-    let result = eventually("the clicks in /api/heatmap", || async {
+    let result = eventually("the clicks in /api/heatmap", PATIENCE, || async {
         let result = heatmap(&running, "restart-page").await;
         (result["total"] == 5).then_some(result)
     })
@@ -123,7 +108,7 @@ async fn clicks_reach_the_curated_table_and_survive_a_restart() {
 
     // The curated folder is rebuilt from the log: the clicks are back, counted once.
     let running = start(&options(dir.path(), "2s", "1s")).await.unwrap();
-    eventually("the replayed clicks in /api/heatmap", || async {
+    eventually("the replayed clicks in /api/heatmap", PATIENCE, || async {
         (heatmap(&running, "restart-page").await["total"] == 5).then_some(())
     })
     .await;
@@ -164,7 +149,7 @@ async fn open_windows_show_live_and_the_demo_page_is_served() {
         &[click("live-page", 1.0, 1.0), click("live-page", 2.0, 2.0)].join("\n"),
     )
     .await;
-    let live = eventually("the clicks in /api/live", || async {
+    let live = eventually("the clicks in /api/live", PATIENCE, || async {
         let live = get_json(running.viewer_addr, "/api/live?page=live-page").await;
         (sum(&live["cells"]) == 2).then_some(live)
     })
@@ -188,14 +173,14 @@ async fn synthetic_clicks_flow_through() {
     let mut options = options(dir.path(), "1d", "5s");
     options.synthetic = Some(50.0);
     let running = start(&options).await.unwrap();
-    let pages = eventually("synthetic clicks in the log", || async {
+    let pages = eventually("synthetic clicks in the log", PATIENCE, || async {
         let log = std::fs::read_to_string(&running.log_path).unwrap_or_default();
         let line = log.lines().next()?.to_owned();
         Some(serde_json::from_str::<Value>(&line).unwrap())
     })
     .await;
     let page = pages["page_id"].as_str().unwrap().to_owned();
-    eventually("synthetic clicks live", || async {
+    eventually("synthetic clicks live", PATIENCE, || async {
         let live = get_json(running.viewer_addr, &format!("/api/live?page={page}")).await;
         (sum(&live["cells"]) > 0).then_some(())
     })

@@ -20,6 +20,29 @@ pub fn in_ci() -> bool {
         .is_some_and(|value| !value.is_empty() && value != "false" && value != "0")
 }
 
+/// Polls `check` until it returns `Some`, and fails the test after `timeout` saying what it
+/// waited for. Polls soon at first (a fast condition costs little waiting), then every 250 ms
+/// (a slow one costs few calls).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
 /// The workspace root (this crate lives one level below it).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

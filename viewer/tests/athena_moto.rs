@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_athena::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_athena::types::QueryExecutionState;
-use clickheatmap_testkit::MotoServer;
+use clickheatmap_testkit::{MotoServer, eventually};
 use clickheatmap_viewer::engine::athena::{AthenaEngine, AthenaSettings, SdkAthenaClient};
 use clickheatmap_viewer::engine::{EngineError, HeatmapEngine, HeatmapQuery};
 use clickheatmap_viewer::params::{PageId, QueryRange};
@@ -114,6 +114,20 @@ fn settings() -> AthenaSettings {
     settings.poll_max = Duration::from_millis(100);
     settings.query_timeout = Duration::from_secs(30);
     settings
+}
+
+/// The state moto reports for an execution.
+async fn execution_state(
+    client: &aws_sdk_athena::Client,
+    execution_id: &str,
+) -> Option<QueryExecutionState> {
+    let execution = client
+        .get_query_execution()
+        .query_execution_id(execution_id)
+        .send()
+        .await
+        .unwrap();
+    execution.query_execution()?.status()?.state().cloned()
 }
 
 fn query() -> HeatmapQuery {
@@ -272,18 +286,9 @@ async fn a_query_that_never_finishes_is_stopped_on_moto() {
     assert!(counting.count("GetQueryExecution") >= 3);
     assert_eq!(counting.count("StopQueryExecution"), 1);
     assert_eq!(counting.count("GetQueryResults"), 0);
-    let execution = client
-        .get_query_execution()
-        .query_execution_id(&execution_id)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        execution
-            .query_execution()
-            .and_then(|e| e.status())
-            .and_then(|s| s.state()),
-        Some(&QueryExecutionState::Cancelled)
+        execution_state(&client, &execution_id).await,
+        Some(QueryExecutionState::Cancelled)
     );
 
     // The same when the caller goes away instead: the drop guard stops the execution. The
@@ -292,25 +297,21 @@ async fn a_query_that_never_finishes_is_stopped_on_moto() {
     let patient = AthenaEngine::new(counting.clone(), settings());
     let query = query();
     let polls_before = counting.count("GetQueryExecution");
-    let polled = async {
-        while counting.count("GetQueryExecution") == polls_before {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let polled = eventually(
+        "the query to be polled",
+        Duration::from_secs(30),
+        || async { (counting.count("GetQueryExecution") > polls_before).then_some(()) },
+    );
     tokio::select! {
         result = patient.heatmap(&query) => panic!("a QUEUED query finished: {result:?}"),
-        polled = tokio::time::timeout(Duration::from_secs(30), polled) => {
-            assert!(polled.is_ok(), "the abandoned query was never polled");
-        }
+        () = polled => {}
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while counting.count("StopQueryExecution") < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the abandoned query was not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the abandoned query to be stopped",
+        Duration::from_secs(10),
+        || async { (counting.count("StopQueryExecution") >= 2).then_some(()) },
+    )
+    .await;
     let executions = client
         .list_query_executions()
         .work_group(WORKGROUP)
@@ -320,28 +321,15 @@ async fn a_query_that_never_finishes_is_stopped_on_moto() {
     let ids = executions.query_execution_ids();
     assert_eq!(ids.len(), 2);
     // The drop guard's stop runs in a task of its own: every execution ends up cancelled.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for id in ids {
-        loop {
-            let execution = client
-                .get_query_execution()
-                .query_execution_id(id)
-                .send()
-                .await
-                .unwrap();
-            let state = execution
-                .query_execution()
-                .and_then(|e| e.status())
-                .and_then(|s| s.state())
-                .cloned();
-            if state == Some(QueryExecutionState::Cancelled) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} not cancelled: {state:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            &format!("{id} cancelled"),
+            Duration::from_secs(30),
+            || async {
+                (execution_state(&client, id).await == Some(QueryExecutionState::Cancelled))
+                    .then_some(())
+            },
+        )
+        .await;
     }
 }

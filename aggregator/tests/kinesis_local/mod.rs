@@ -363,15 +363,12 @@ pub const FAN_OUT_STARTED: &str = "reading with enhanced fan-out";
 
 /// Waits (up to a minute) until the log holds `count` lines containing `message`.
 pub async fn wait_for_log_lines(log: &FsPath, message: &str, count: usize) {
-    for _ in 0..600 {
+    let what = format!("{count} log lines with {message:?} in {}", log.display());
+    clickheatmap_testkit::eventually(&what, Duration::from_secs(60), || async {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.matches(message).count() >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("{count} log lines with {message:?} never came; log:\n{text}");
+        (text.matches(message).count() >= count).then_some(())
+    })
+    .await;
 }
 
 /// Shard ids in `"shard":"..."` of the JSON log lines holding `message`, in log order.

@@ -4,10 +4,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clickheatmap_collector::client::HttpClient;
@@ -117,25 +116,6 @@ pub fn assert_exactly_once(records: &[Bytes], expected: &[u64]) {
         delivered, expected_sorted,
         "delivered events differ from accepted ones"
     );
-}
-
-/// Polls `condition` until it holds or `timeout` passes.
-pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Status, headers and body of an answer, to compare the collector's own HTTP path with

@@ -1,7 +1,6 @@
 //! The pieces of the end-to-end suite: a real control plane, the chart as Helm renders it, the
 //! operator process with the chart's ServiceAccount token, moto over HTTPS, the audit log.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -9,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use clickheatmap_testkit::eventually;
 use clickheatmap_testkit::{MotoServer, free_port, workspace_root};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -344,25 +344,6 @@ impl Cluster {
             .as_ref()
             .and_then(|log| std::fs::metadata(log).ok())
             .map_or(0, |meta| meta.len())
-    }
-}
-
-/// Polls `check` until it returns `Some`, or fails after `timeout` saying what it waited for.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
